@@ -1,0 +1,91 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+
+namespace SdFunctions.Inference.Tests;
+
+/// <summary>
+/// Paths to the provided material beside the checkout (../shared/fixtures) and readers for the reference
+/// tensors: raw little-endian C-order arrays described by each group's JSON index.
+/// </summary>
+public static class Fixtures
+{
+    public static string Root { get; } = FindRoot();
+    public static string TinySd => Path.Combine(Root, "tiny-sd");
+    public static string Reference => Path.Combine(Root, "reference");
+
+    private static string FindRoot()
+    {
+        if (Environment.GetEnvironmentVariable("SDF_FIXTURES") is { Length: > 0 } env) return env;
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+        {
+            string candidate = Path.Combine(dir.FullName, "shared", "fixtures");
+            if (Directory.Exists(Path.Combine(candidate, "tiny-sd"))) return candidate;
+        }
+        throw new DirectoryNotFoundException("../shared/fixtures (beside the checkout) was not found; set SDF_FIXTURES.");
+    }
+
+    public static JsonElement Index(string group) =>
+        JsonDocument.Parse(File.ReadAllText(Path.Combine(Reference, group + ".json"))).RootElement;
+
+    public static JsonElement Meta(string group) => Index(group).GetProperty("meta");
+
+    private static string FileOf(string group, string name)
+    {
+        foreach (var t in Index(group).GetProperty("tensors").EnumerateArray())
+            if (t.GetProperty("name").GetString() == name) return Path.Combine(Reference, t.GetProperty("file").GetString()!);
+        throw new KeyNotFoundException($"{group}.json has no tensor '{name}'");
+    }
+
+    public static bool Has(string group, string name) =>
+        Index(group).GetProperty("tensors").EnumerateArray().Any(t => t.GetProperty("name").GetString() == name);
+
+    public static float[] Floats(string group, string name) => MemoryMarshal.Cast<byte, float>(File.ReadAllBytes(FileOf(group, name))).ToArray();
+    public static long[] Longs(string group, string name) => MemoryMarshal.Cast<byte, long>(File.ReadAllBytes(FileOf(group, name))).ToArray();
+    public static byte[] Bytes(string group, string name) => File.ReadAllBytes(FileOf(group, name));
+
+    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
+    public static string CopyTinySd()
+    {
+        string dest = Path.Combine(Path.GetTempPath(), "sdf-tiny-" + Guid.NewGuid().ToString("N")[..8]);
+        foreach (string file in Directory.EnumerateFiles(TinySd, "*", SearchOption.AllDirectories))
+        {
+            string target = Path.Combine(dest, Path.GetRelativePath(TinySd, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+            File.SetAttributes(target, FileAttributes.Normal);
+        }
+        return dest;
+    }
+}
+
+/// <summary>Comparisons that report where and by how much two arrays differ.</summary>
+public static class Close
+{
+    public static double MaxAbs(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double max = 0;
+        for (int i = 0; i < expected.Length; i++) max = Math.Max(max, Math.Abs(expected[i] - (double)actual[i]));
+        return max;
+    }
+
+    /// <summary>max |e − a| / max |e|: relative to the tensor's scale.</summary>
+    public static double MaxRel(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        double scale = 0;
+        foreach (float e in expected) scale = Math.Max(scale, Math.Abs(e));
+        return MaxAbs(expected, actual) / Math.Max(scale, 1e-30);
+    }
+
+    public static void AllClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double absTol, string what)
+    {
+        double d = MaxAbs(expected, actual);
+        Assert.True(d <= absTol, $"{what}: max abs difference {d:E3} > tolerance {absTol:E1}");
+    }
+
+    public static void RelClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double relTol, string what)
+    {
+        double d = MaxRel(expected, actual);
+        Assert.True(d <= relTol, $"{what}: max abs difference / max |expected| = {d:E3} > tolerance {relTol:E1}");
+    }
+}
