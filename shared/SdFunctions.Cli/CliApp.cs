@@ -1,0 +1,172 @@
+using System.CommandLine;
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Runtime;
+using SdFunctions.Inference.Schedulers;
+using SdFunctions.Inference.Text;
+
+namespace SdFunctions.Cli;
+
+/// <summary>
+/// The <c>sdf</c> command line: <c>generate</c> an image and <c>tokenize</c> a prompt with a local bundle.
+/// Exit codes: 0 done, 1 the model or the run failed, 2 bad usage or input, 130 canceled.
+/// </summary>
+public static class CliApp
+{
+    public const int Ok = 0, Failed = 1, BadInput = 2, Canceled = 130;
+
+    /// <summary>The model used when --model is not given: $SDF_MODEL, else the tiny test bundle beside the checkout.</summary>
+    public static string DefaultModel => Environment.GetEnvironmentVariable("SDF_MODEL") is { Length: > 0 } m ? m : Path.Combine("..", "shared", "fixtures", "tiny-sd");
+
+    public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken = default)
+    {
+        var root = new RootCommand("SdFunctions: Stable Diffusion 1.x on ONNX Runtime, from the command line.");
+        root.Subcommands.Add(GenerateCommand(stderr));
+        root.Subcommands.Add(TokenizeCommand(stdout));
+
+        var parsed = root.Parse(args);
+        if (parsed.Errors.Count > 0)
+        {
+            stderr.WriteLine($"sdf: {string.Join("; ", parsed.Errors.Select(e => e.Message))} (see sdf --help)");
+            return BadInput;
+        }
+        try
+        {
+            return await parsed.InvokeAsync(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false },
+                cancellationToken);
+        }
+        catch (InvalidGenerationRequestException e) { return Fail(stderr, e.Message, BadInput); }
+        catch (CliUsageException e) { return Fail(stderr, e.Message, BadInput); }
+        catch (ModelBundleException e) { return Fail(stderr, e.Message, Failed); }
+        catch (OperationCanceledException) { return Fail(stderr, "canceled", Canceled); }
+        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return Fail(stderr, e.Message, Failed); }
+    }
+
+    private static int Fail(TextWriter stderr, string message, int code)
+    {
+        stderr.WriteLine($"sdf: {message.ReplaceLineEndings(" ")}");
+        return code;
+    }
+
+    private static Option<string> ModelOption() => new("--model", "-m")
+    {
+        Description = "Model bundle directory (diffusers ONNX layout). Default: $SDF_MODEL or ../shared/fixtures/tiny-sd.",
+        DefaultValueFactory = _ => DefaultModel,
+    };
+
+    private static Command GenerateCommand(TextWriter stderr)
+    {
+        var model = ModelOption();
+        var prompt = new Option<string>("--prompt", "-p") { Description = "What to draw.", Required = true };
+        var negative = new Option<string>("--negative-prompt") { Description = "What to steer away from.", DefaultValueFactory = _ => "" };
+        var steps = new Option<int>("--steps") { Description = "Denoising steps (1–150).", DefaultValueFactory = _ => 50 };
+        var guidance = new Option<double>("--guidance") { Description = "Classifier-free guidance scale (0–30; ≤ 1 turns guidance off).", DefaultValueFactory = _ => 7.5 };
+        var seed = new Option<long?>("--seed") { Description = "Seed for the initial noise; random when absent (printed)." };
+        var scheduler = new Option<string?>("--scheduler") { Description = $"One of {string.Join(", ", SchedulerFactory.Names)}. Default: the bundle's." };
+        var karras = new Option<bool>("--karras") { Description = "Karras sigmas (euler, lms, dpmpp-2m)." };
+        var width = new Option<int?>("--width") { Description = "Image width (multiple of 64). Default: the model's native size." };
+        var height = new Option<int?>("--height") { Description = "Image height (multiple of 64). Default: the model's native size." };
+        var latents = new Option<string?>("--latents") { Description = "Initial latents: raw little-endian float32 [1,4,H/8,W/8], instead of the seed." };
+        var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
+        var cache = new Option<string?>("--cache") { Description = "Directory for optimized graphs, reused on the next load." };
+        var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
+
+        var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
+        {
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, width, height, latents, output, cache, threads,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var request = new GenerationRequest
+            {
+                Prompt = parse.GetValue(prompt)!,
+                NegativePrompt = parse.GetValue(negative) ?? "",
+                Steps = parse.GetValue(steps),
+                GuidanceScale = parse.GetValue(guidance),
+                Seed = parse.GetValue(seed),
+                Scheduler = parse.GetValue(scheduler),
+                KarrasSigmas = parse.GetValue(karras) ? true : null,
+            };
+            request.ValidateParameters(); // fail before spending time on loading
+            if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
+            string outPath = parse.GetValue(output)!;
+            if (Path.GetDirectoryName(Path.GetFullPath(outPath)) is { } outDir && !Directory.Exists(outDir))
+                throw new CliUsageException($"The output folder '{outDir}' does not exist.");
+
+            using var loggerFactory = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; })
+                .AddFilter((category, level) => level >= LogLevel.Warning).SetMinimumLevel(LogLevel.Warning));
+            var options = new PipelineOptions
+            {
+                Width = parse.GetValue(width),
+                Height = parse.GetValue(height),
+                WarmUp = false, // one generation per process: warming up would only add a run
+                Session = new SessionSettings { IntraOpThreads = parse.GetValue(threads), OptimizedModelCacheDirectory = parse.GetValue(cache) },
+            };
+            using var pipeline = await StableDiffusionPipeline.LoadAsync(parse.GetValue(model)!, options, loggerFactory.CreateLogger("sdf"), ct);
+
+            if (parse.GetValue(latents) is { } latentsPath) request = request with { InitialLatents = ReadLatents(latentsPath) };
+            var bar = new ProgressBar(stderr);
+            var result = await pipeline.GenerateAsync(request, bar, ct);
+            bar.Finish();
+
+            await using (var file = File.Create(outPath)) await result.WritePngAsync(file, ct);
+            var t = result.Timings;
+            var sorted = t.Steps.Order().ToArray();
+            var median = sorted.Length == 0 ? TimeSpan.Zero : sorted[sorted.Length / 2];
+            stderr.WriteLine(
+                $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
+                $"{t.Steps.Count} steps ({result.Scheduler}) median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | " +
+                $"decode {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
+            stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, seed {result.Seed}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
+            return Ok;
+        });
+        return command;
+    }
+
+    private static Command TokenizeCommand(TextWriter stdout)
+    {
+        var model = ModelOption();
+        var text = new Argument<string>("text") { Description = "The prompt to tokenize." };
+        var command = new Command("tokenize", "Print the 77 CLIP token ids of a prompt as a JSON array.") { model, text };
+        command.SetAction(parse =>
+        {
+            string dir = Path.Combine(parse.GetValue(model)!, "tokenizer");
+            if (!Directory.Exists(dir)) throw new ModelBundleException($"{dir} does not exist: the model bundle needs a tokenizer/ folder.");
+            ClipTokenizer tokenizer;
+            try { tokenizer = ClipTokenizer.Load(dir); }
+            catch (Exception e) when (e is IOException or JsonException or InvalidDataException) { throw new ModelBundleException($"{dir}: {e.Message}", e); }
+            stdout.WriteLine(JsonSerializer.Serialize(tokenizer.Encode(parse.GetValue(text)!).Ids));
+            return Ok;
+        });
+        return command;
+    }
+
+    private static float[] ReadLatents(string path)
+    {
+        if (!File.Exists(path)) throw new CliUsageException($"--latents: {path} does not exist.");
+        byte[] bytes = File.ReadAllBytes(path);
+        if (bytes.Length % 4 != 0) throw new CliUsageException($"--latents: {path} is {bytes.Length} bytes, not a whole number of float32 values.");
+        return MemoryMarshal.Cast<byte, float>(bytes).ToArray();
+    }
+}
+
+/// <summary>A command-line mistake found after parsing (a missing file, a value out of range).</summary>
+public sealed class CliUsageException(string message) : Exception(message);
+
+/// <summary>A one-line progress bar on stderr, redrawn after each step.</summary>
+internal sealed class ProgressBar(TextWriter writer) : IProgress<GenerationProgress>
+{
+    private const int Width = 30;
+
+    public void Report(GenerationProgress p)
+    {
+        int filled = p.Total == 0 ? Width : p.Step * Width / p.Total;
+        writer.Write($"\r[{new string('#', filled)}{new string('.', Width - filled)}] step {p.Step}/{p.Total} {p.Elapsed.TotalSeconds:F1} s");
+        writer.Flush();
+    }
+
+    public void Finish() => writer.WriteLine();
+}

@@ -1,0 +1,147 @@
+using System.Text.Json;
+using SdFunctions.Inference.Onnx;
+using SdFunctions.Inference.Schedulers;
+
+namespace SdFunctions.Inference.Bundle;
+
+/// <summary>
+/// A Stable Diffusion 1.x bundle in the diffusers ONNX layout that <c>optimum-cli export onnx</c> writes:
+/// model_index.json, tokenizer/, text_encoder/, unet/, vae_decoder/, optional vae_encoder/, scheduler/.
+/// <see cref="Open"/> checks that every file is there and readable, that each graph declares the inputs the
+/// pipeline feeds with supported dtypes, and that external weight files exist — before any session is made.
+/// </summary>
+public sealed class ModelBundle
+{
+    public required string Directory { get; init; }
+    public required string Name { get; init; }
+    public required string TokenizerDirectory { get; init; }
+    public required OnnxModelInfo TextEncoder { get; init; }
+    public required OnnxModelInfo Unet { get; init; }
+    public required OnnxModelInfo VaeDecoder { get; init; }
+    public OnnxModelInfo? VaeEncoder { get; init; }
+    public required SchedulerConfig Scheduler { get; init; }
+
+    /// <summary>unet/config.json sample_size (latent pixels), when the bundle has it.</summary>
+    public int? UnetSampleSize { get; init; }
+
+    /// <summary>Image pixels per latent pixel: 2^(number of VAE blocks − 1), 8 for SD.</summary>
+    public int VaeScaleFactor { get; init; } = 8;
+
+    /// <summary>vae config scaling_factor: latents are divided by it before decoding (0.18215 for SD 1.x).</summary>
+    public float VaeScalingFactor { get; init; } = 0.18215f;
+
+    /// <summary>The image size the bundle was trained for (512 for SD 1.x).</summary>
+    public int DefaultImageSize => (UnetSampleSize ?? 64) * VaeScaleFactor;
+
+    public static ModelBundle Open(string directory)
+    {
+        if (!System.IO.Directory.Exists(directory))
+            throw new ModelBundleException($"Model directory '{directory}' does not exist.");
+        string dir = Path.GetFullPath(directory);
+
+        string index = Require(dir, "model_index.json");
+        string name = ReadJson(index, r => r.TryGetProperty("_name_or_path", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null)
+            ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar));
+
+        string tokenizer = Path.Combine(dir, "tokenizer");
+        foreach (string f in new[] { "vocab.json", "merges.txt" }) Require(dir, Path.Combine("tokenizer", f));
+
+        var scheduler = Guard(Require(dir, Path.Combine("scheduler", "scheduler_config.json")), SchedulerConfig.Load);
+        var textEncoder = ReadModel(dir, "text_encoder");
+        var unet = ReadModel(dir, "unet");
+        var vaeDecoder = ReadModel(dir, "vae_decoder");
+        var vaeEncoder = File.Exists(Path.Combine(dir, "vae_encoder", "model.onnx")) ? ReadModel(dir, "vae_encoder") : null;
+
+        ExpectInput(textEncoder, "input_ids", [OnnxElementType.Int32, OnnxElementType.Int64], rank: 2);
+        ExpectInput(unet, "sample", [OnnxElementType.Float], rank: 4);
+        ExpectInput(unet, "timestep", [OnnxElementType.Int64, OnnxElementType.Float], rank: null);
+        ExpectInput(unet, "encoder_hidden_states", [OnnxElementType.Float], rank: 3);
+        ExpectInput(vaeDecoder, "latent_sample", [OnnxElementType.Float], rank: 4);
+        ExpectOutput(textEncoder, OnnxElementType.Float, rank: 3, preferred: "last_hidden_state");
+        ExpectOutput(unet, OnnxElementType.Float, rank: 4, preferred: "out_sample");
+        ExpectOutput(vaeDecoder, OnnxElementType.Float, rank: 4, preferred: "sample");
+
+        string unetConfig = Path.Combine(dir, "unet", "config.json");
+        string vaeConfig = Path.Combine(dir, "vae_decoder", "config.json");
+        int? sampleSize = File.Exists(unetConfig)
+            ? ReadJson(unetConfig, r => r.TryGetProperty("sample_size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt32() : (int?)null)
+            : null;
+        int scale = 8; float scaling = 0.18215f;
+        if (File.Exists(vaeConfig))
+        {
+            scale = ReadJson(vaeConfig, r => r.TryGetProperty("block_out_channels", out var b) && b.ValueKind == JsonValueKind.Array
+                ? 1 << (b.GetArrayLength() - 1) : 8);
+            scaling = ReadJson(vaeConfig, r => r.TryGetProperty("scaling_factor", out var s) && s.ValueKind == JsonValueKind.Number
+                ? s.GetSingle() : 0.18215f);
+        }
+
+        return new ModelBundle
+        {
+            Directory = dir, Name = name, TokenizerDirectory = tokenizer, Scheduler = scheduler,
+            TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder,
+            UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling,
+        };
+    }
+
+    /// <summary>The output the pipeline reads: the preferred name if present, else the first output.</summary>
+    public static OnnxValueInfo MainOutput(OnnxModelInfo model, string preferred) =>
+        model.Outputs.FirstOrDefault(o => o.Name == preferred) ?? model.Outputs[0];
+
+    private static string Require(string dir, string relative)
+    {
+        string path = Path.Combine(dir, relative);
+        if (!File.Exists(path))
+            throw new ModelBundleException($"{path} is missing: a diffusers ONNX bundle (optimum-cli export onnx) has {relative.Replace('\\', '/')}.");
+        return path;
+    }
+
+    private static OnnxModelInfo ReadModel(string dir, string component)
+    {
+        string path = Require(dir, Path.Combine(component, "model.onnx"));
+        var info = Guard(path, OnnxModelInfo.Read);
+        foreach (string data in info.ExternalDataFiles)
+        {
+            string dataPath = Path.Combine(Path.GetDirectoryName(path)!, data);
+            if (!File.Exists(dataPath))
+                throw new ModelBundleException($"{dataPath} is missing: {path} keeps its weights in that external data file, which must sit beside it.");
+        }
+        return info;
+    }
+
+    private static void ExpectInput(OnnxModelInfo model, string name, OnnxElementType[] types, int? rank)
+    {
+        var input = model.FindInput(name) ?? throw new ModelBundleException(
+            $"{model.Path} has no input '{name}'. Its inputs are: {string.Join("; ", model.Inputs)}.");
+        if (!types.Contains(input.ElementType))
+            throw new ModelBundleException(
+                $"{model.Path}: input '{name}' is {Lower(input.ElementType)}; expected {string.Join(" or ", types.Select(Lower))}.");
+        if (rank is { } r && input.Dims.Count != r)
+            throw new ModelBundleException($"{model.Path}: input '{name}' has rank {input.Dims.Count}; expected {r}.");
+    }
+
+    private static void ExpectOutput(OnnxModelInfo model, OnnxElementType type, int rank, string preferred)
+    {
+        if (model.Outputs.Count == 0) throw new ModelBundleException($"{model.Path} declares no outputs.");
+        var output = MainOutput(model, preferred);
+        if (output.ElementType != type || output.Dims.Count != rank)
+            throw new ModelBundleException(
+                $"{model.Path}: output '{output.Name}' is {Lower(output.ElementType)} of rank {output.Dims.Count}; expected {Lower(type)} of rank {rank}.");
+    }
+
+    private static string Lower(OnnxElementType t) => t.ToString().ToLowerInvariant();
+
+    private static T Guard<T>(string path, Func<string, T> read)
+    {
+        try { return read(path); }
+        catch (Exception e) when (e is InvalidDataException or JsonException or IOException or UnauthorizedAccessException)
+        {
+            throw new ModelBundleException(e.Message.StartsWith(path, StringComparison.Ordinal) ? e.Message : $"{path}: {e.Message}", e);
+        }
+    }
+
+    private static T ReadJson<T>(string path, Func<JsonElement, T> read) => Guard(path, p =>
+    {
+        using var doc = JsonDocument.Parse(File.ReadAllText(p));
+        return read(doc.RootElement);
+    });
+}

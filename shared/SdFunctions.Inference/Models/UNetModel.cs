@@ -1,0 +1,79 @@
+using Microsoft.ML.OnnxRuntime;
+using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Onnx;
+using SdFunctions.Inference.Runtime;
+
+namespace SdFunctions.Inference.Models;
+
+/// <summary>
+/// The denoising UNet at one static shape (batch × 4 × h × w latents, 77 × hidden text states). The
+/// input and output buffers are allocated once and pinned; each step writes into them and runs.
+/// The timestep input is int64 (optimum) or float32 (the older diffusers exporter), of shape [1] or [batch].
+/// </summary>
+public sealed class UNetModel : IDisposable
+{
+    private readonly InferenceSession _session;
+    private readonly long[] _timestep64 = [];
+    private readonly float[] _timestep32 = [];
+    private readonly OrtValue[] _inputs;
+    private readonly OrtValue[] _outputs;
+    private readonly string[] _inputNames = ["sample", "timestep", "encoder_hidden_states"];
+    private readonly string[] _outputNames;
+
+    public int Batch { get; }
+    public bool IntegerTimestep { get; }
+    public float[] Sample { get; }
+    public float[] EncoderHiddenStates { get; }
+    public float[] Output { get; }
+    public SessionLoadInfo LoadInfo { get; }
+
+    public UNetModel(OnnxSessionFactory factory, ModelBundle bundle, int batch, int latentHeight, int latentWidth, int sequenceLength, int hiddenSize)
+    {
+        var model = bundle.Unet;
+        Batch = batch;
+        var sampleInfo = model.FindInput("sample")!;
+        int channels = (int)(StaticShapes.FixedDim(sampleInfo, 1) ?? 4);
+        long[] sampleShape = [batch, channels, latentHeight, latentWidth];
+        long[] hiddenShape = [batch, sequenceLength, hiddenSize];
+
+        var overrides = new Dictionary<string, long>();
+        StaticShapes.Bind(model, "sample", sampleShape, overrides);
+        StaticShapes.Bind(model, "encoder_hidden_states", hiddenShape, overrides);
+        long[] timestepShape = StaticShapes.Resolve(model, "timestep", overrides);
+        StaticShapes.Bind(model, "timestep", timestepShape, overrides);
+        (_session, LoadInfo) = factory.Create("unet", model.Path, overrides);
+
+        IntegerTimestep = model.FindInput("timestep")!.ElementType == OnnxElementType.Int64;
+        int timestepLength = (int)timestepShape.Aggregate(1L, (a, b) => a * b);
+        Sample = new float[batch * channels * latentHeight * latentWidth];
+        EncoderHiddenStates = new float[batch * sequenceLength * hiddenSize];
+        Output = new float[Sample.Length];
+        OrtValue timestepValue;
+        if (IntegerTimestep) { _timestep64 = new long[timestepLength]; timestepValue = OrtValue.CreateTensorValueFromMemory(_timestep64, timestepShape); }
+        else { _timestep32 = new float[timestepLength]; timestepValue = OrtValue.CreateTensorValueFromMemory(_timestep32, timestepShape); }
+        _inputs =
+        [
+            OrtValue.CreateTensorValueFromMemory(Sample, sampleShape),
+            timestepValue,
+            OrtValue.CreateTensorValueFromMemory(EncoderHiddenStates, hiddenShape),
+        ];
+        _outputs = [OrtValue.CreateTensorValueFromMemory(Output, sampleShape)];
+        _outputNames = [ModelBundle.MainOutput(model, "out_sample").Name];
+    }
+
+    /// <summary>Runs on the current <see cref="Sample"/> and <see cref="EncoderHiddenStates"/>, writing <see cref="Output"/>.</summary>
+    public void Run(double timestep, RunOptions runOptions)
+    {
+        // An int64 UNet gets the timestep truncated, as numpy's cast in diffusers' ONNX pipeline does.
+        if (IntegerTimestep) Array.Fill(_timestep64, (long)timestep);
+        else Array.Fill(_timestep32, (float)timestep);
+        _session.Run(runOptions, _inputNames, _inputs, _outputNames, _outputs);
+    }
+
+    public void Dispose()
+    {
+        foreach (var v in _inputs) v.Dispose();
+        foreach (var v in _outputs) v.Dispose();
+        _session.Dispose();
+    }
+}

@@ -1,0 +1,47 @@
+using SdFunctions.Inference.Schedulers;
+
+namespace SdFunctions.Inference.Pipeline;
+
+/// <summary>One text-to-image request. Defaults are diffusers' StableDiffusionPipeline defaults.</summary>
+public sealed record GenerationRequest
+{
+    public const int MinSteps = 1, MaxSteps = 150;
+    public const double MinGuidance = 0, MaxGuidance = 30;
+
+    public required string Prompt { get; init; }
+    public string NegativePrompt { get; init; } = "";
+    public int Steps { get; init; } = 50;
+    public double GuidanceScale { get; init; } = 7.5;
+
+    /// <summary>Determines the initial latents (see <see cref="SeededGaussianNoise"/>); null = a random seed, reported in the result.</summary>
+    public long? Seed { get; init; }
+
+    /// <summary>pndm, ddim, euler, euler-a, lms or dpmpp-2m; null = the bundle's scheduler.</summary>
+    public string? Scheduler { get; init; }
+
+    /// <summary>Use Karras sigmas (Euler, LMS, DPM++); null = what the scheduler config says.</summary>
+    public bool? KarrasSigmas { get; init; }
+
+    /// <summary>Must equal the pipeline's compiled size when given (the shapes are static).</summary>
+    public int? Width { get; init; }
+    public int? Height { get; init; }
+
+    /// <summary>Explicit initial latents [1, 4, H/8, W/8] (NCHW), instead of drawing them from the seed.</summary>
+    public float[]? InitialLatents { get; init; }
+
+    /// <summary>The checks that need no loaded model: prompt, steps, guidance, scheduler name.</summary>
+    public void ValidateParameters()
+    {
+        if (Prompt is null) throw new InvalidGenerationRequestException("prompt", "A prompt is required.");
+        if (NegativePrompt is null) throw new InvalidGenerationRequestException("negativePrompt", "The negative prompt may be empty but not null.");
+        if (Steps is < MinSteps or > MaxSteps)
+            throw new InvalidGenerationRequestException("steps", $"Steps must be between {MinSteps} and {MaxSteps}; got {Steps}.");
+        if (!(GuidanceScale >= MinGuidance && GuidanceScale <= MaxGuidance))
+            throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {GuidanceScale}.");
+        if (Scheduler is { } s && !SchedulerFactory.IsKnown(s))
+            throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerFactory.Names)}.");
+    }
+}
+
+/// <summary>A request the pipeline cannot run: the parameter and why, for a 400 or a CLI usage error.</summary>
+public sealed class InvalidGenerationRequestException(string parameter, string message) : ArgumentException(message, parameter);

@@ -1,0 +1,47 @@
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.Formats.Png;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace SdFunctions.Inference.Pipeline;
+
+/// <summary>Progress after each denoising step.</summary>
+public readonly record struct GenerationProgress(int Step, int Total, TimeSpan Elapsed);
+
+/// <summary>Where a generation's time went.</summary>
+public sealed record GenerationTimings(TimeSpan Encode, IReadOnlyList<TimeSpan> Steps, TimeSpan Decode, TimeSpan Total)
+{
+    public TimeSpan Denoise => Steps.Aggregate(TimeSpan.Zero, (a, b) => a + b);
+}
+
+/// <summary>A finished generation: the RGB pixels, the final latents, and what produced them.</summary>
+public sealed class GenerationResult
+{
+    public required long Seed { get; init; }
+    public required string Scheduler { get; init; }
+    public required int Steps { get; init; }
+    public required int Width { get; init; }
+    public required int Height { get; init; }
+
+    /// <summary>RGB, 8 bits per channel, rows top to bottom (HWC).</summary>
+    public required byte[] Rgb { get; init; }
+
+    /// <summary>The final latents [1, 4, H/8, W/8] before VAE decoding.</summary>
+    public required float[] Latents { get; init; }
+
+    public required bool PromptTruncated { get; init; }
+    public required GenerationTimings Timings { get; init; }
+
+    /// <summary>Encodes the image as PNG (ImageSharp 2.1, lossless).</summary>
+    public async Task WritePngAsync(Stream destination, CancellationToken cancellationToken = default)
+    {
+        using var image = Image.LoadPixelData<Rgb24>(Rgb, Width, Height);
+        await image.SaveAsPngAsync(destination, new PngEncoder { ColorType = PngColorType.Rgb, BitDepth = PngBitDepth.Bit8 }, cancellationToken);
+    }
+
+    public async Task<byte[]> ToPngAsync(CancellationToken cancellationToken = default)
+    {
+        using var stream = new MemoryStream();
+        await WritePngAsync(stream, cancellationToken);
+        return stream.ToArray();
+    }
+}

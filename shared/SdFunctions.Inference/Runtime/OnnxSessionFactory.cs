@@ -1,0 +1,142 @@
+using System.Diagnostics;
+using System.Security.Cryptography;
+using System.Text;
+using Microsoft.Extensions.Logging;
+using Microsoft.ML.OnnxRuntime;
+using SdFunctions.Inference.Bundle;
+
+namespace SdFunctions.Inference.Runtime;
+
+/// <summary>How one session was created: from which file, whether the optimized-graph cache served it, and how long it took.</summary>
+public sealed record SessionLoadInfo(string Component, string ModelPath, string LoadedFrom, bool FromCache, TimeSpan Duration);
+
+/// <summary>
+/// Creates ONNX Runtime sessions the way the pipeline needs them: static shapes through free-dimension
+/// overrides named by the model's own dims, full graph optimization, one intra-op thread per physical core,
+/// no spinning between requests. With a cache directory, the optimized graph is saved once under a key
+/// (model files, ORT version, CPU features, shapes) and loaded from there next time, which skips minutes of
+/// graph optimization on a cold start; a stale or broken cache entry is rebuilt.
+/// </summary>
+public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
+{
+    public static string OrtVersion => OrtEnv.Instance().GetVersionString();
+
+    public (InferenceSession Session, SessionLoadInfo Info) Create(string component, string modelPath, IReadOnlyDictionary<string, long> dimOverrides)
+    {
+        var watch = Stopwatch.StartNew();
+        if (settings.OptimizedModelCacheDirectory is not { Length: > 0 } cacheRoot)
+        {
+            var session = CreateFromSource(modelPath, dimOverrides, saveTo: null);
+            return (session, new SessionLoadInfo(component, modelPath, modelPath, false, watch.Elapsed));
+        }
+
+        string key = CacheKey(modelPath, dimOverrides);
+        string entry = Path.Combine(cacheRoot, $"{component}-{key}");
+        string cached = Path.Combine(entry, "model.onnx");
+        if (File.Exists(cached))
+        {
+            try
+            {
+                var session = CreateSession(cached, dimOverrides, optimize: false, saveTo: null);
+                logger.LogInformation("{Component}: loaded the optimized graph from cache {Path}", component, cached);
+                return (session, new SessionLoadInfo(component, modelPath, cached, true, watch.Elapsed));
+            }
+            catch (OnnxRuntimeException e)
+            {
+                logger.LogWarning("{Component}: cached graph {Path} failed to load ({Message}); rebuilding it", component, cached, e.Message);
+                TryDelete(entry);
+            }
+        }
+
+        // Build into a private folder, then publish it with one rename so a reader never sees half a file.
+        string staging = Path.Combine(cacheRoot, $".{component}-{key}-{Guid.NewGuid():N}");
+        Directory.CreateDirectory(staging);
+        try
+        {
+            var session = CreateFromSource(modelPath, dimOverrides, saveTo: Path.Combine(staging, "model.onnx"));
+            try { Directory.Move(staging, entry); }
+            catch (IOException) { TryDelete(staging); } // another instance published the same entry first
+            logger.LogInformation("{Component}: saved the optimized graph to {Path}", component, entry);
+            return (session, new SessionLoadInfo(component, modelPath, modelPath, false, watch.Elapsed));
+        }
+        catch
+        {
+            TryDelete(staging);
+            throw;
+        }
+    }
+
+    private InferenceSession CreateSession(string path, IReadOnlyDictionary<string, long> dims, bool optimize, string? saveTo)
+    {
+        using var options = new SessionOptions
+        {
+            GraphOptimizationLevel = optimize ? settings.GraphOptimizationLevel : GraphOptimizationLevel.ORT_DISABLE_ALL,
+            IntraOpNumThreads = settings.IntraOpThreads ?? CpuInfo.PhysicalCores,
+            InterOpNumThreads = 1,
+            ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
+            EnableMemoryPattern = true,
+            EnableCpuMemArena = true,
+        };
+        foreach (var (name, value) in dims) options.AddFreeDimensionOverrideByName(name, value);
+        // Stop busy-waiting threads as soon as a run ends: an idle instance should not burn its CPU.
+        options.AddSessionConfigEntry("session.force_spinning_stop", "1");
+        if (saveTo is not null)
+        {
+            options.OptimizedModelFilePath = saveTo;
+            // ORT warns that an ENABLE_ALL graph is hardware-specific; the cache key holds the CPU features for that reason.
+            options.LogSeverityLevel = OrtLoggingLevel.ORT_LOGGING_LEVEL_ERROR;
+            // Graphs over 2 GB cannot be one protobuf: weights go to a file beside the graph.
+            options.AddSessionConfigEntry("session.optimized_model_external_initializers_file_name", "model.onnx.data");
+            options.AddSessionConfigEntry("session.optimized_model_external_initializers_min_size_in_bytes", "1024");
+        }
+        return new InferenceSession(path, options);
+    }
+
+    /// <summary>Loads a bundle's own model file; ORT's failure becomes an error that names the file.</summary>
+    private InferenceSession CreateFromSource(string path, IReadOnlyDictionary<string, long> dims, string? saveTo)
+    {
+        try
+        {
+            return CreateSession(path, dims, optimize: true, saveTo);
+        }
+        catch (OnnxRuntimeException e)
+        {
+            throw new ModelBundleException($"{path}: ONNX Runtime could not load it ({e.Message.Trim()}).", e);
+        }
+    }
+
+    private string CacheKey(string modelPath, IReadOnlyDictionary<string, long> dims)
+    {
+        var text = new StringBuilder();
+        string dir = Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
+        // The model file and every file beside it (external weights) by size and time: no multi-GB hashing at start-up.
+        foreach (string f in Directory.EnumerateFiles(dir).Order(StringComparer.Ordinal))
+        {
+            var fi = new FileInfo(f);
+            text.Append(fi.Name).Append(':').Append(fi.Length).Append(':').Append(fi.LastWriteTimeUtc.Ticks).Append(';');
+        }
+        text.Append(Path.GetFullPath(modelPath)).Append("|ort=").Append(OrtVersion).Append("|cpu=").Append(CpuInfo.FeatureSummary)
+            .Append("|opt=").Append(settings.GraphOptimizationLevel).Append("|dims=")
+            .AppendJoin(',', dims.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => $"{d.Key}={d.Value}"));
+        return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())))[..16];
+    }
+
+    private static void TryDelete(string dir)
+    {
+        try { if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true); }
+        catch (IOException) { }
+        catch (UnauthorizedAccessException) { }
+    }
+}
+
+/// <summary>ONNX Runtime settings for every session of a pipeline.</summary>
+public sealed record SessionSettings
+{
+    /// <summary>Intra-op threads per session; null = the number of physical cores.</summary>
+    public int? IntraOpThreads { get; init; }
+
+    public GraphOptimizationLevel GraphOptimizationLevel { get; init; } = GraphOptimizationLevel.ORT_ENABLE_ALL;
+
+    /// <summary>Where optimized graphs are saved and reused; null = optimize on every load.</summary>
+    public string? OptimizedModelCacheDirectory { get; init; }
+}

@@ -1,0 +1,102 @@
+using System.Runtime.InteropServices;
+using System.Text.Json;
+using SdFunctions.Cli;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
+
+namespace SdFunctions.Inference.Tests;
+
+/// <summary>The sdf command line, run in-process with captured output.</summary>
+public class CliTests
+{
+    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
+    {
+        var stdout = new StringWriter();
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(args, stdout, stderr);
+        return (code, stdout.ToString(), stderr.ToString());
+    }
+
+    private static string TempPng() => Path.Combine(Path.GetTempPath(), $"sdf-{Guid.NewGuid():N}.png");
+
+    [Fact]
+    public async Task GenerateFromReferenceLatentsWritesTheReferenceImage()
+    {
+        string latents = Path.Combine(Fixtures.Reference, "pipeline", "ddim__initial_latents.bin");
+        string png = TempPng();
+        var (code, _, err) = await Run("generate", "--model", Fixtures.TinySd, "--prompt", "a drawing of a green pokemon with red eyes",
+            "--steps", "10", "--guidance", "7.5", "--scheduler", "ddim", "--latents", latents, "--out", png, "--cache", TinyPipelineFixture.SharedCache);
+        Assert.True(code == 0, err);
+        Assert.Contains("10 steps (ddim)", err);
+        Assert.Contains("load ", err);
+        Assert.Contains("decode ", err);
+
+        using var ours = Image.Load<Rgb24>(png);
+        using var reference = Image.Load<Rgb24>(Path.Combine(Fixtures.Reference, "pipeline_ddim.png"));
+        var a = new byte[256 * 256 * 3];
+        var b = new byte[a.Length];
+        ours.CopyPixelDataTo(a);
+        reference.CopyPixelDataTo(b);
+        Assert.True(a.Zip(b, (x, y) => Math.Abs(x - y)).Max() <= 1);
+    }
+
+    [Fact]
+    public async Task GenerateWithASeedIsRepeatableAndReportsTheSeed()
+    {
+        string first = TempPng(), second = TempPng();
+        string[] common = ["generate", "--model", Fixtures.TinySd, "--prompt", "a cat", "--steps", "3", "--seed", "77", "--cache", TinyPipelineFixture.SharedCache, "--out"];
+        var r1 = await Run([.. common, first]);
+        var r2 = await Run([.. common, second]);
+        Assert.Equal(0, r1.Code);
+        Assert.Equal(0, r2.Code);
+        Assert.Contains("seed 77", r1.Err);
+        Assert.Equal(await File.ReadAllBytesAsync(first), await File.ReadAllBytesAsync(second));
+    }
+
+    [Fact]
+    public async Task TokenizePrintsTheIdsAsJson()
+    {
+        var (code, stdout, _) = await Run("tokenize", "--model", Fixtures.TinySd, "a drawing of a green pokemon with red eyes");
+        Assert.Equal(0, code);
+        int[] ids = JsonSerializer.Deserialize<int[]>(stdout)!;
+        var expected = Fixtures.Index("tokenizer").GetProperty("items")[0].GetProperty("ids_hf_slow_ftfy").EnumerateArray().Select(e => e.GetInt32());
+        Assert.Equal(expected, ids);
+    }
+
+    public static TheoryData<string[], string> BadInvocations() => new()
+    {
+        { ["generate", "--prompt", "x", "--out", "x.png", "--scheduler", "heun", "--model", Fixtures.TinySd], "Unknown scheduler 'heun'" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--steps", "0", "--model", Fixtures.TinySd], "Steps must be between 1 and 150" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--steps", "151", "--model", Fixtures.TinySd], "Steps must be between 1 and 150" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--guidance", "31", "--model", Fixtures.TinySd], "Guidance scale must be between 0 and 30" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--width", "300", "--model", Fixtures.TinySd], "multiples of 64" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--model", "/no/such/dir"], "/no/such/dir" },
+        { ["generate", "--out", "x.png", "--model", Fixtures.TinySd], "--prompt" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--steps", "many"], "many" },
+        { ["generate", "--prompt", "x", "--out", "/no/such/dir/x.png", "--model", Fixtures.TinySd], "does not exist" },
+        { ["generate", "--prompt", "x", "--out", "x.png", "--latents", "/no/such/latents.bin", "--model", Fixtures.TinySd], "latents" },
+        { ["tokenize", "--model", "/no/such/dir", "hello"], "/no/such/dir" },
+        { ["paint"], "paint" },
+    };
+
+    [Theory, MemberData(nameof(BadInvocations))]
+    public async Task BadInputGivesOneLineAndANonZeroExit(string[] args, string expected)
+    {
+        var (code, _, err) = await Run(args);
+        Assert.NotEqual(0, code);
+        Assert.Contains(expected, err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+        Assert.StartsWith("sdf: ", err);
+    }
+
+    [Fact]
+    public async Task LatentsOfTheWrongSizeAreRejected()
+    {
+        string latents = Path.GetTempFileName();
+        await File.WriteAllBytesAsync(latents, MemoryMarshal.AsBytes(new float[100].AsSpan()).ToArray());
+        var (code, _, err) = await Run("generate", "--model", Fixtures.TinySd, "--prompt", "x", "--latents", latents, "--out", TempPng(),
+            "--cache", TinyPipelineFixture.SharedCache);
+        Assert.Equal(CliApp.BadInput, code);
+        Assert.Contains("Initial latents must hold [1, 4, 32, 32] = 4096 floats; got 100", err);
+    }
+}
