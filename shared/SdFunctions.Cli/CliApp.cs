@@ -6,7 +6,6 @@ using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Inference.Schedulers;
-using SdFunctions.Inference.Text;
 
 namespace SdFunctions.Cli;
 
@@ -133,11 +132,7 @@ public static class CliApp
         var command = new Command("tokenize", "Print the 77 CLIP token ids of a prompt as a JSON array.") { model, text };
         command.SetAction(parse =>
         {
-            string dir = Path.Combine(parse.GetValue(model)!, "tokenizer");
-            if (!Directory.Exists(dir)) throw new ModelBundleException($"{dir} does not exist: the model bundle needs a tokenizer/ folder.");
-            ClipTokenizer tokenizer;
-            try { tokenizer = ClipTokenizer.Load(dir); }
-            catch (Exception e) when (e is IOException or JsonException or InvalidDataException) { throw new ModelBundleException($"{dir}: {e.Message}", e); }
+            var tokenizer = ModelBundle.OpenTokenizer(parse.GetValue(model)!);
             stdout.WriteLine(JsonSerializer.Serialize(tokenizer.Encode(parse.GetValue(text)!).Ids));
             return Ok;
         });

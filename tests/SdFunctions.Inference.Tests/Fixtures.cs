@@ -43,10 +43,18 @@ public static class Fixtures
     public static long[] Longs(string group, string name) => MemoryMarshal.Cast<byte, long>(File.ReadAllBytes(FileOf(group, name))).ToArray();
     public static byte[] Bytes(string group, string name) => File.ReadAllBytes(FileOf(group, name));
 
-    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
+    private static readonly List<string> Copies = [];
+
+    static Fixtures() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    {
+        lock (Copies) foreach (string dir in Copies) try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
+    };
+
+    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it; removed when the test run ends.</summary>
     public static string CopyTinySd()
     {
         string dest = Path.Combine(Path.GetTempPath(), "sdf-tiny-" + Guid.NewGuid().ToString("N")[..8]);
+        lock (Copies) Copies.Add(dest);
         foreach (string file in Directory.EnumerateFiles(TinySd, "*", SearchOption.AllDirectories))
         {
             string target = Path.Combine(dest, Path.GetRelativePath(TinySd, file));

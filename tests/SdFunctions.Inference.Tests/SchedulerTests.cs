@@ -86,8 +86,8 @@ public class SchedulerTests
             for (int k = 0; k < n; k++) output[k] = 0.1f * scaled[k] + eps[i * n + k];
             s.Step(output, t, x, noise);
             // Relative to the tensor's scale: the sigma-space samples start at ±40.
-            Close.RelClose(afterRef.AsSpan(i * n, n), x, 2e-5, $"{key} samples_after_step[{i}]");
-            if (x0Ref is not null) Close.RelClose(x0Ref.AsSpan(i * n, n), s.PredictedOriginalSample, 2e-5, $"{key} pred_original_sample[{i}]");
+            Close.RelClose(afterRef.AsSpan(i * n, n), x, 1e-5, $"{key} samples_after_step[{i}]");
+            if (x0Ref is not null) Close.RelClose(x0Ref.AsSpan(i * n, n), s.PredictedOriginalSample, 1e-5, $"{key} pred_original_sample[{i}]");
         }
     }
 

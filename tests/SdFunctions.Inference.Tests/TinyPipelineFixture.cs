@@ -23,6 +23,11 @@ public sealed class TinyPipelineFixture : IAsyncLifetime
         Pipeline.Dispose();
         return Task.CompletedTask;
     }
+
+    static TinyPipelineFixture() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    {
+        try { Directory.Delete(SharedCache, recursive: true); } catch (IOException) { }
+    };
 }
 
 [CollectionDefinition(Name)]

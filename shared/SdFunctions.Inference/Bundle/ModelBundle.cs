@@ -1,6 +1,7 @@
 using System.Text.Json;
 using SdFunctions.Inference.Onnx;
 using SdFunctions.Inference.Schedulers;
+using SdFunctions.Inference.Text;
 
 namespace SdFunctions.Inference.Bundle;
 
@@ -14,7 +15,7 @@ public sealed class ModelBundle
 {
     public required string Directory { get; init; }
     public required string Name { get; init; }
-    public required string TokenizerDirectory { get; init; }
+    public required ClipTokenizer Tokenizer { get; init; }
     public required OnnxModelInfo TextEncoder { get; init; }
     public required OnnxModelInfo Unet { get; init; }
     public required OnnxModelInfo VaeDecoder { get; init; }
@@ -43,8 +44,7 @@ public sealed class ModelBundle
         string name = ReadJson(index, r => r.TryGetProperty("_name_or_path", out var n) && n.ValueKind == JsonValueKind.String ? n.GetString() : null)
             ?? Path.GetFileName(dir.TrimEnd(Path.DirectorySeparatorChar));
 
-        string tokenizer = Path.Combine(dir, "tokenizer");
-        foreach (string f in new[] { "vocab.json", "merges.txt" }) Require(dir, Path.Combine("tokenizer", f));
+        var tokenizer = OpenTokenizer(dir);
 
         var scheduler = Guard(Require(dir, Path.Combine("scheduler", "scheduler_config.json")), SchedulerConfig.Load);
         var textEncoder = ReadModel(dir, "text_encoder");
@@ -77,10 +77,23 @@ public sealed class ModelBundle
 
         return new ModelBundle
         {
-            Directory = dir, Name = name, TokenizerDirectory = tokenizer, Scheduler = scheduler,
+            Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
             TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder,
             UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling,
         };
+    }
+
+    /// <summary>Loads the CLIP tokenizer from a bundle's tokenizer/ folder; a missing or broken file is named.</summary>
+    public static ClipTokenizer OpenTokenizer(string modelDirectory)
+    {
+        string dir = Path.Combine(modelDirectory, "tokenizer");
+        foreach (string f in new[] { "vocab.json", "merges.txt" })
+        {
+            string path = Path.Combine(dir, f);
+            if (!File.Exists(path))
+                throw new ModelBundleException($"{path} is missing: a diffusers ONNX bundle (optimum-cli export onnx) has tokenizer/{f}.");
+        }
+        return Guard(dir, ClipTokenizer.Load);
     }
 
     /// <summary>The output the pipeline reads: the preferred name if present, else the first output.</summary>

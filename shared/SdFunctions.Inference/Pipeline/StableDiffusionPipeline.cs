@@ -42,14 +42,14 @@ public sealed class StableDiffusionPipeline : IDisposable
     public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
 
     /// <summary>True when the UNet takes int64 timesteps (fractional scheduler timesteps are truncated).</summary>
-    public bool IntegerTimestepUnet => Unet(2).IntegerTimestep;
+    public bool IntegerTimestepUnet => _unets[2].IntegerTimestep;
 
     private StableDiffusionPipeline(string modelDirectory, PipelineOptions options, ILogger logger, CancellationToken cancellationToken)
     {
         var watch = Stopwatch.StartNew();
         _logger = logger;
         Bundle = ModelBundle.Open(modelDirectory);
-        Tokenizer = Guarded(() => ClipTokenizer.Load(Bundle.TokenizerDirectory), Bundle.TokenizerDirectory);
+        Tokenizer = Bundle.Tokenizer;
         DefaultScheduler = SchedulerFactory.DefaultName(Bundle.Scheduler);
         Width = options.Width ?? Bundle.DefaultImageSize;
         Height = options.Height ?? Bundle.DefaultImageSize;
@@ -244,15 +244,6 @@ public sealed class StableDiffusionPipeline : IDisposable
         _warnedFractionalTimesteps = true;
         _logger.LogWarning("{Scheduler} uses fractional timesteps but {Path} takes int64: they are truncated, as diffusers' ONNX pipeline does",
             scheduler.Name, Bundle.Unet.Path);
-    }
-
-    private static T Guarded<T>(Func<T> load, string path)
-    {
-        try { return load(); }
-        catch (Exception e) when (e is InvalidDataException or System.Text.Json.JsonException or IOException)
-        {
-            throw new ModelBundleException($"{path}: {e.Message}", e);
-        }
     }
 
     private void DisposeSessions()

@@ -65,7 +65,8 @@ public abstract class SchedulerBase : IScheduler
 public abstract class SigmaSchedulerBase(SchedulerConfig config) : SchedulerBase(config)
 {
     protected override string DefaultSpacing => "linspace";
-    protected readonly float[] TrainingSigmas = NoiseSchedule.TrainingSigmas(NoiseSchedule.AlphasCumprod(config));
+    private float[]? _trainingSigmas;
+    protected float[] TrainingSigmas => _trainingSigmas ??= NoiseSchedule.TrainingSigmas(AlphasCumprod);
 
     /// <summary>σ for each step and a final 0.</summary>
     public float[] Sigmas { get; private set; } = [];
@@ -80,13 +81,10 @@ public abstract class SigmaSchedulerBase(SchedulerConfig config) : SchedulerBase
     protected override void Reset(int numInferenceSteps)
     {
         int n = numInferenceSteps, T = Config.NumTrainTimesteps;
-        double[] timesteps = Spacing switch
-        {
-            // float32 linspace as numpy makes it, descending
-            "linspace" => NoiseSchedule.Linspace(0, T - 1, n).Select(t => (double)(float)t).Reverse().ToArray(),
-            "leading" => Enumerable.Range(0, n).Select(i => (double)(i * (T / n) + Config.StepsOffset)).Reverse().ToArray(),
-            _ => TrailingFloat(T, n),
-        };
+        // linspace stays fractional (float32, as numpy makes it); leading and trailing are whole numbers.
+        double[] timesteps = Spacing == "linspace"
+            ? NoiseSchedule.Linspace(0, T - 1, n).Select(t => (double)(float)t).Reverse().ToArray()
+            : NoiseSchedule.DiscreteTimesteps(Spacing, T, n, Config.StepsOffset);
         double[] sigmas = timesteps.Select(t => NoiseSchedule.Interp(t, TrainingSigmas)).ToArray();
         if (Config.UseKarrasSigmas && SupportsKarras)
         {
@@ -96,15 +94,6 @@ public abstract class SigmaSchedulerBase(SchedulerConfig config) : SchedulerBase
         Timesteps = timesteps.Select(t => (double)(float)t).ToArray();
         Sigmas = [.. sigmas.Select(s => (float)s), 0f];
         OnSigmasSet();
-    }
-
-    // np.arange(T, 0, -T / n).round() - 1 as float32, descending.
-    private static double[] TrailingFloat(int T, int n)
-    {
-        double ratio = (double)T / n;
-        var list = new List<double>();
-        for (double t = T; t > 0; t -= ratio) list.Add(NoiseSchedule.RoundHalfEven(t) - 1);
-        return [.. list];
     }
 
     protected virtual void OnSigmasSet() { }

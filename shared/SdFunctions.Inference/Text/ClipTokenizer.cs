@@ -144,7 +144,7 @@ public sealed class ClipTokenizer
     private static readonly string[] Contractions = ["'s", "'t", "'re", "'ve", "'m", "'ll", "'d"];
 
     private static bool StartsWithAt(string text, int index, string value) =>
-        string.CompareOrdinal(text, index, value, 0, value.Length) == 0 && index + value.Length <= text.Length;
+        index + value.Length <= text.Length && string.CompareOrdinal(text, index, value, 0, value.Length) == 0;
 
     private enum CharKind { Letter, Number, Space, Other }
 
