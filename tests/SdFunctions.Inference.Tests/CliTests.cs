@@ -17,7 +17,7 @@ public class CliTests
         return (code, stdout.ToString(), stderr.ToString());
     }
 
-    private static string TempPng() => Path.Combine(Path.GetTempPath(), $"sdf-{Guid.NewGuid():N}.png");
+    private static string TempPng() => Fixtures.TempDirectory("out") + ".png";
 
     [Fact]
     public async Task GenerateFromReferenceLatentsWritesTheReferenceImage()
@@ -92,7 +92,7 @@ public class CliTests
     [Fact]
     public async Task LatentsOfTheWrongSizeAreRejected()
     {
-        string latents = Path.GetTempFileName();
+        string latents = Fixtures.TempDirectory("latents") + ".bin";
         await File.WriteAllBytesAsync(latents, MemoryMarshal.AsBytes(new float[100].AsSpan()).ToArray());
         var (code, _, err) = await Run("generate", "--model", Fixtures.TinySd, "--prompt", "x", "--latents", latents, "--out", TempPng(),
             "--cache", TinyPipelineFixture.SharedCache);

@@ -43,18 +43,31 @@ public static class Fixtures
     public static long[] Longs(string group, string name) => MemoryMarshal.Cast<byte, long>(File.ReadAllBytes(FileOf(group, name))).ToArray();
     public static byte[] Bytes(string group, string name) => File.ReadAllBytes(FileOf(group, name));
 
-    private static readonly List<string> Copies = [];
-
-    static Fixtures() => AppDomain.CurrentDomain.ProcessExit += (_, _) =>
+    // Test runs end by having their process torn down, so nothing can be cleaned at exit reliably: each run
+    // works under tmp/sdf-tests/<pid> and removes the folders of earlier runs whose process is gone.
+    private static readonly Lazy<string> RunRoot = new(() =>
     {
-        lock (Copies) foreach (string dir in Copies) try { Directory.Delete(dir, recursive: true); } catch (IOException) { }
-    };
+        string root = Path.Combine(Path.GetTempPath(), "sdf-tests");
+        if (Directory.Exists(root))
+            foreach (string dir in Directory.GetDirectories(root))
+                if (int.TryParse(Path.GetFileName(dir), out int pid) && pid != Environment.ProcessId && !IsRunning(pid))
+                    try { Directory.Delete(dir, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
+        return Directory.CreateDirectory(Path.Combine(root, Environment.ProcessId.ToString())).FullName;
+    });
 
-    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it; removed when the test run ends.</summary>
+    private static bool IsRunning(int pid)
+    {
+        try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
+        catch (ArgumentException) { return false; }
+    }
+
+    /// <summary>A new folder path under this test run's temp root.</summary>
+    public static string TempDirectory(string prefix) => Path.Combine(RunRoot.Value, $"{prefix}-{Guid.NewGuid().ToString("N")[..8]}");
+
+    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
     public static string CopyTinySd()
     {
-        string dest = Path.Combine(Path.GetTempPath(), "sdf-tiny-" + Guid.NewGuid().ToString("N")[..8]);
-        lock (Copies) Copies.Add(dest);
+        string dest = TempDirectory("sdf-tiny");
         foreach (string file in Directory.EnumerateFiles(TinySd, "*", SearchOption.AllDirectories))
         {
             string target = Path.Combine(dest, Path.GetRelativePath(TinySd, file));

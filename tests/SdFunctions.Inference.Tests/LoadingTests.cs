@@ -10,7 +10,7 @@ public class LoadingTests
     [Fact]
     public async Task OptimizedGraphCacheIsWrittenThenUsedWithIdenticalResults()
     {
-        string cache = Path.Combine(Path.GetTempPath(), "sdf-cache-" + Guid.NewGuid().ToString("N")[..8]);
+        string cache = Fixtures.TempDirectory("sdf-cache");
         var options = new PipelineOptions { WarmUp = false, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } };
         var request = new GenerationRequest { Prompt = "a red barn", Steps = 3, Seed = 11 };
         try
@@ -37,7 +37,7 @@ public class LoadingTests
     [Fact]
     public async Task ACorruptCacheEntryIsRebuilt()
     {
-        string cache = Path.Combine(Path.GetTempPath(), "sdf-cache-" + Guid.NewGuid().ToString("N")[..8]);
+        string cache = Fixtures.TempDirectory("sdf-cache");
         var options = new PipelineOptions { WarmUp = false, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } };
         try
         {
