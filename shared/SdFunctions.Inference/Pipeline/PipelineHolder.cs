@@ -16,6 +16,9 @@ public sealed class PipelineHolder(Func<CancellationToken, Task<StableDiffusionP
 
     public bool IsLoaded => _loading is { IsCompletedSuccessfully: true };
 
+    /// <summary>The pipeline if it has been loaded, without starting a load (for health reports).</summary>
+    public StableDiffusionPipeline? Loaded => _loading is { IsCompletedSuccessfully: true } done ? done.Result : null;
+
     public Task<StableDiffusionPipeline> GetAsync(CancellationToken cancellationToken = default)
     {
         Task<StableDiffusionPipeline> loading;

@@ -1,0 +1,95 @@
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Azure.Functions.Worker;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions;
+
+/// <summary>
+/// The HTTP API: submit, poll, download, cancel. Each function binds the request, calls
+/// <see cref="GenerationService"/> and maps the result or its problem to a response.
+/// </summary>
+public sealed class GenerationsApi(GenerationService service)
+{
+    private const int MaxBodyBytes = 64 * 1024;
+    private const string RetryAfterSeconds = "2";
+
+    [Function("SubmitGeneration")]
+    public async Task<IActionResult> Submit(
+        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct)
+    {
+        try
+        {
+            if (req.ContentType is { Length: > 0 } type && !type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
+                return HttpResults.Problem(new Problem
+                {
+                    Type = ProblemTypes.UnsupportedMediaType, Title = "Unsupported media type", Status = 415,
+                    Detail = $"Send the request as application/json, not {type}.",
+                }, req);
+            byte[]? body = await ReadBodyAsync(req, ct);
+            if (body is null)
+                return HttpResults.Problem(new Problem
+                {
+                    Type = ProblemTypes.Validation, Title = "Request too large", Status = 413, Detail = $"The body may be at most {MaxBodyBytes} bytes.",
+                }, req);
+
+            var (job, _) = await service.SubmitAsync(body, req.Headers["Idempotency-Key"].FirstOrDefault(), ct);
+            req.HttpContext.Response.Headers.Location = HttpResults.JobUrl(req, job.Id);
+            req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
+            return HttpResults.Json(JobResource.From(job, null), StatusCodes.Status202Accepted);
+        }
+        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
+    }
+
+    [Function("GetGeneration")]
+    public async Task<IActionResult> Get(
+        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}")] HttpRequest req, string id, CancellationToken ct)
+    {
+        try
+        {
+            var job = await service.GetResourceAsync(id, HttpResults.JobUrl(req, id) + "/image", ct);
+            if (job.Status is JobStatus.Queued or JobStatus.Running) req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
+            return HttpResults.Json(job);
+        }
+        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
+    }
+
+    [Function("GetGenerationImage")]
+    public async Task<IActionResult> GetImage(
+        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}/image")] HttpRequest req, string id, CancellationToken ct)
+    {
+        try
+        {
+            var png = await service.GetImageAsync(id, ct);
+            return new FileContentResult(png.ToArray(), "image/png") { FileDownloadName = $"{id}.png" };
+        }
+        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
+    }
+
+    [Function("CancelGeneration")]
+    public async Task<IActionResult> Cancel(
+        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations/{id}/cancel")] HttpRequest req, string id, CancellationToken ct)
+    {
+        try
+        {
+            var job = await service.CancelAsync(id, ct);
+            // Queued: canceled now (200). Running: the worker stops at its next check (202).
+            return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
+        }
+        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
+    }
+
+    // Reads at most MaxBodyBytes; null when the body is larger.
+    private static async Task<byte[]?> ReadBodyAsync(HttpRequest req, CancellationToken ct)
+    {
+        using var buffer = new MemoryStream();
+        var chunk = new byte[8192];
+        int read;
+        while ((read = await req.Body.ReadAsync(chunk, ct)) > 0)
+        {
+            if (buffer.Length + read > MaxBodyBytes) return null;
+            buffer.Write(chunk, 0, read);
+        }
+        return buffer.ToArray();
+    }
+}

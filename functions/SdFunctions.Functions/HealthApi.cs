@@ -1,0 +1,29 @@
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Azure.Functions.Worker;
+using Microsoft.Extensions.Options;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Runtime;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions;
+
+/// <summary>GET /api/health (anonymous): what this instance runs. Never loads the model, never shows settings.</summary>
+public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jobs)
+{
+    [Function("Health")]
+    public IActionResult Run([HttpTrigger(AuthorizationLevel.Anonymous, "get", Route = "health")] HttpRequest req)
+    {
+        var pipeline = pipelines.Loaded;
+        return HttpResults.Json(new
+        {
+            Status = "ok",
+            ModelLoaded = pipeline is not null,
+            Model = pipeline?.Bundle.Name,
+            ImageSize = $"{jobs.Value.Width}x{jobs.Value.Height}",
+            OnnxRuntime = OnnxSessionFactory.OrtVersion,
+            Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },
+            InstanceId = Environment.GetEnvironmentVariable("WEBSITE_INSTANCE_ID") is { Length: > 0 } id ? id : Environment.MachineName,
+        });
+    }
+}

@@ -1,0 +1,8 @@
+using Microsoft.Azure.Functions.Worker.Builder;
+using Microsoft.Extensions.Hosting;
+using SdFunctions.Jobs;
+
+var builder = FunctionsApplication.CreateBuilder(args);
+builder.ConfigureFunctionsWebApplication();
+builder.Services.AddGenerationJobs(builder.Configuration);
+builder.Build().Run();

@@ -1,0 +1,126 @@
+using System.Text.Json;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+
+namespace SdFunctions.Jobs;
+
+/// <summary>
+/// What the HTTP API does, without HTTP: submit a job (validated, idempotent, queued), read it, cancel it,
+/// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
+/// </summary>
+public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, IOptions<JobsOptions> options,
+    TimeProvider time, ILogger<GenerationService> logger)
+{
+    private JobsOptions Options => options.Value;
+    public const int MaxIdempotencyKeyLength = 200;
+
+    /// <summary>Validates and queues a request. Returns the job and whether this call created it (false: idempotent replay).</summary>
+    public async Task<(JobRecord Job, bool Created)> SubmitAsync(ReadOnlyMemory<byte> body, string? idempotencyKey, CancellationToken ct)
+    {
+        var request = SubmitRequest.Parse(body.Span);
+        var input = request.Validate(Options);
+        if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), input, null, ct), true);
+
+        if (idempotencyKey.Length is 0 or > MaxIdempotencyKeyLength)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400,
+                Detail = $"The Idempotency-Key header must be 1 to {MaxIdempotencyKeyLength} characters.",
+                Errors = new Dictionary<string, string[]> { ["Idempotency-Key"] = [$"1 to {MaxIdempotencyKeyLength} characters."] },
+            });
+        // The same request is the same JSON after parsing (field order and spacing do not matter), seed as sent.
+        string requestHash = JobStore.Hash(JsonSerializer.Serialize(request, JobJson.Options));
+        var (claimed, claim) = await store.ClaimIdempotencyKeyAsync(idempotencyKey, new JobStore.IdempotencyClaim(JobIds.New(), requestHash), ct);
+        if (claim.RequestHash != requestHash)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.IdempotencyConflict, Title = "Idempotency key reused", Status = 422,
+                Detail = $"Idempotency-Key '{idempotencyKey}' was used for a different request (job {claim.JobId}).",
+            });
+        if (!claimed && await store.GetAsync(claim.JobId, ct) is { } existing) return (existing, false);
+        // Claimed now, or claimed by an earlier call that failed before its job existed: make the job under that id.
+        return (await CreateAndQueueAsync(claim.JobId, input, idempotencyKey, ct), true);
+    }
+
+    private async Task<JobRecord> CreateAndQueueAsync(string id, GenerationInput input, string? idempotencyKey, CancellationToken ct)
+    {
+        var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow() };
+        if (!await store.TryCreateAsync(job, ct)) return (await store.GetAsync(id, ct))!; // a concurrent replay made it first
+        try
+        {
+            await queue.SendAsync(id, ct);
+        }
+        catch (Exception e) when (e is Azure.RequestFailedException or OperationCanceledException)
+        {
+            // Never leave a job that no worker will ever see: undo, and let the client try again.
+            logger.LogError(e, "Could not queue job {JobId}; removing it", id);
+            await store.DeleteAsync(id, CancellationToken.None);
+            if (idempotencyKey is not null) await store.ReleaseIdempotencyKeyAsync(idempotencyKey, CancellationToken.None);
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.ServiceUnavailable, Title = "Service unavailable", Status = 503,
+                Detail = "The job could not be queued. Nothing was charged or created; try again.",
+            });
+        }
+        logger.LogInformation("Queued job {JobId}", id);
+        return job;
+    }
+
+    public async Task<JobRecord> GetAsync(string id, CancellationToken ct)
+    {
+        if (!JobIds.IsWellFormed(id))
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.MalformedId, Title = "Malformed job id", Status = 400,
+                Detail = $"'{id}' is not a job id (32 hexadecimal digits).",
+            });
+        return await store.GetAsync(id, ct) ?? throw NotFound(id);
+    }
+
+    /// <summary>The job as clients see it, with a fresh image link when it has succeeded.</summary>
+    public async Task<JobResource> GetResourceAsync(string id, string imageRoute, CancellationToken ct)
+    {
+        var job = await GetAsync(id, ct);
+        string? url = job.Status == JobStatus.Succeeded ? await images.GetReadUrlAsync(id, ct) ?? imageRoute : null;
+        return JobResource.From(job, url);
+    }
+
+    /// <summary>A queued job is canceled at once; a running one is flagged and its worker stops at the next check.</summary>
+    public async Task<JobRecord> CancelAsync(string id, CancellationToken ct)
+    {
+        await GetAsync(id, ct);
+        JobStatus? finishedAs = null;
+        var job = await store.UpdateAsync(id, r =>
+        {
+            if (r.IsFinished) { finishedAs = r.Status; return null; }
+            finishedAs = null;
+            return r.Status == JobStatus.Queued
+                ? r with { Status = JobStatus.Canceled, CancelRequested = true, CompletedAt = time.GetUtcNow() }
+                : r with { CancelRequested = true };
+        }, ct) ?? throw NotFound(id);
+        if (finishedAs is { } status)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.AlreadyFinished, Title = "Job already finished", Status = 409,
+                Detail = $"Job {id} has already {status.ToString().ToLowerInvariant()}; there is nothing to cancel.",
+            });
+        return job;
+    }
+
+    public async Task<BinaryData> GetImageAsync(string id, CancellationToken ct)
+    {
+        var job = await GetAsync(id, ct);
+        if (job.Status != JobStatus.Succeeded)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.NotFinished, Title = "Image not ready", Status = 409,
+                Detail = $"Job {id} is {job.Status.ToString().ToLowerInvariant()}; its image exists once it has succeeded.",
+            });
+        return await images.DownloadAsync(id, ct) ?? throw NotFound(id);
+    }
+
+    private static ProblemException NotFound(string id) => new(new Problem
+    {
+        Type = ProblemTypes.NotFound, Title = "Job not found", Status = 404, Detail = $"There is no job {id}.",
+    });
+}

@@ -1,0 +1,46 @@
+using System.Text.Json;
+using Azure.Storage.Queues;
+
+namespace SdFunctions.Jobs;
+
+/// <summary>The message that asks a worker to run a job: just its id; everything else is in the job record.</summary>
+public sealed record JobMessage(string JobId)
+{
+    /// <summary>Reads a message; null when it is not a JSON object with a well-formed job id.</summary>
+    public static JobMessage? TryParse(string text)
+    {
+        try
+        {
+            var message = JsonSerializer.Deserialize<JobMessage>(text, JobJson.Options);
+            return message is { JobId: { } id } && JobIds.IsWellFormed(id) ? message : null;
+        }
+        catch (JsonException) { return null; }
+    }
+}
+
+/// <summary>The generations queue and its poison queue (base64 messages, as the Functions queue trigger expects).</summary>
+public sealed class JobQueue(QueueClient queue, QueueClient poison)
+{
+    /// <summary>The queue the worker function listens on.</summary>
+    public const string Name = "generations";
+
+    public static QueueClientOptions ClientOptions() => new() { MessageEncoding = QueueMessageEncoding.Base64 };
+
+    public async Task EnsureCreatedAsync(CancellationToken ct)
+    {
+        await queue.CreateIfNotExistsAsync(cancellationToken: ct);
+        await poison.CreateIfNotExistsAsync(cancellationToken: ct);
+    }
+
+    public async Task SendAsync(string jobId, CancellationToken ct) =>
+        await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId), JobJson.Options), ct);
+
+    /// <summary>Moves a message that can never succeed straight to the poison queue (no pointless retries).</summary>
+    public async Task SendToPoisonAsync(string text, CancellationToken ct) => await poison.SendMessageAsync(text, ct);
+}
+
+public static class JobIds
+{
+    public static string New() => Guid.NewGuid().ToString("N");
+    public static bool IsWellFormed(string id) => Guid.TryParseExact(id, "N", out _);
+}

@@ -1,0 +1,87 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+
+namespace SdFunctions.Jobs;
+
+public enum JobStatus { Queued, Running, Succeeded, Failed, Canceled }
+
+/// <summary>What a client asked for, as validated; stored with the job and echoed in its resource.</summary>
+public sealed record GenerationInput
+{
+    public required string Prompt { get; init; }
+    public string NegativePrompt { get; init; } = "";
+    public int Steps { get; init; }
+    public double GuidanceScale { get; init; }
+    public long Seed { get; init; }
+    public string? Scheduler { get; init; }
+    public int Width { get; init; }
+    public int Height { get; init; }
+}
+
+public sealed record JobProgress(int Step, int? Total);
+
+/// <summary>Seconds spent in each stage of a finished job.</summary>
+public sealed record JobTimings
+{
+    public double QueuedSeconds { get; init; }
+    public double ModelLoadSeconds { get; init; }
+    public double EncodeSeconds { get; init; }
+    public double DenoiseSeconds { get; init; }
+    public double StepMedianSeconds { get; init; }
+    public double DecodeSeconds { get; init; }
+    public double UploadSeconds { get; init; }
+    public double TotalSeconds { get; init; }
+}
+
+public sealed record JobOutput
+{
+    public string? ImageUrl { get; init; }
+    public long Seed { get; init; }
+    public int Width { get; init; }
+    public int Height { get; init; }
+    public string? Scheduler { get; init; }
+    public string? Model { get; init; }
+    public JobTimings? Timings { get; init; }
+}
+
+/// <summary>
+/// A job as stored (private blob JSON, updated with ETag concurrency). <see cref="CancelRequested"/> is how the
+/// cancel endpoint reaches a running worker; <see cref="LastError"/> keeps the latest failure between retries.
+/// </summary>
+public sealed record JobRecord
+{
+    public required string Id { get; init; }
+    public JobStatus Status { get; init; } = JobStatus.Queued;
+    public JobProgress Progress { get; init; } = new(0, null);
+    public DateTimeOffset CreatedAt { get; init; }
+    public DateTimeOffset? StartedAt { get; init; }
+    public DateTimeOffset? CompletedAt { get; init; }
+    public int Attempt { get; init; }
+    public required GenerationInput Input { get; init; }
+    public JobOutput? Output { get; init; }
+    public Problem? Error { get; init; }
+    public bool CancelRequested { get; init; }
+    public Problem? LastError { get; init; }
+
+    [JsonIgnore]
+    public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled;
+}
+
+/// <summary>The job as clients see it (GET /api/generations/{id}).</summary>
+public sealed record JobResource(
+    string Id, JobStatus Status, JobProgress Progress, DateTimeOffset CreatedAt, DateTimeOffset? StartedAt,
+    DateTimeOffset? CompletedAt, int Attempt, GenerationInput Input, JobOutput? Output, Problem? Error)
+{
+    public static JobResource From(JobRecord r, string? imageUrl) => new(
+        r.Id, r.Status, r.Progress, r.CreatedAt, r.StartedAt, r.CompletedAt, r.Attempt, r.Input,
+        r.Output is { } o ? o with { ImageUrl = imageUrl } : null, r.Error);
+}
+
+/// <summary>JSON settings shared by the store and the HTTP API: camelCase, enums as lower-case strings, no nulls dropped.</summary>
+public static class JobJson
+{
+    public static readonly JsonSerializerOptions Options = new(JsonSerializerDefaults.Web)
+    {
+        Converters = { new JsonStringEnumConverter(JsonNamingPolicy.CamelCase) },
+    };
+}

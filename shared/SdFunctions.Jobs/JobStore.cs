@@ -1,0 +1,101 @@
+using System.Security.Cryptography;
+using System.Text;
+using System.Text.Json;
+using Azure;
+using Azure.Storage.Blobs;
+using Azure.Storage.Blobs.Models;
+
+namespace SdFunctions.Jobs;
+
+/// <summary>
+/// Job records as private blob JSON (jobs/{id}.json), changed only by read-modify-write with the blob's ETag,
+/// so a worker's progress write and a client's cancel never overwrite each other. Idempotency keys live
+/// beside them (idempotency/{sha256(key)}.json), claimed with If-None-Match.
+/// </summary>
+public sealed class JobStore(BlobContainerClient container)
+{
+    public Task EnsureCreatedAsync(CancellationToken ct) => container.CreateIfNotExistsAsync(PublicAccessType.None, cancellationToken: ct);
+
+    private BlobClient JobBlob(string id) => container.GetBlobClient($"jobs/{id}.json");
+
+    /// <summary>Creates the record; false when one with this id exists already.</summary>
+    public async Task<bool> TryCreateAsync(JobRecord job, CancellationToken ct)
+    {
+        try
+        {
+            await JobBlob(job.Id).UploadAsync(Serialize(job), new BlobUploadOptions
+            {
+                Conditions = new BlobRequestConditions { IfNoneMatch = ETag.All },
+                HttpHeaders = new BlobHttpHeaders { ContentType = "application/json" },
+            }, ct);
+            return true;
+        }
+        catch (RequestFailedException e) when (e.Status is 409 or 412) { return false; }
+    }
+
+    public async Task<JobRecord?> GetAsync(string id, CancellationToken ct) => (await GetWithETagAsync(id, ct)).Job;
+
+    private async Task<(JobRecord? Job, ETag ETag)> GetWithETagAsync(string id, CancellationToken ct)
+    {
+        try
+        {
+            var download = await JobBlob(id).DownloadContentAsync(ct);
+            return (JsonSerializer.Deserialize<JobRecord>(download.Value.Content.ToMemory().Span, JobJson.Options), download.Value.Details.ETag);
+        }
+        catch (RequestFailedException e) when (e.Status == 404) { return (null, default); }
+    }
+
+    /// <summary>
+    /// Applies <paramref name="change"/> to the current record and writes it if nobody wrote in between, retrying
+    /// on conflict. The change returns null to leave the record as it is. Returns the record as it ends up (null: no job).
+    /// </summary>
+    public async Task<JobRecord?> UpdateAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct)
+    {
+        for (int attempt = 0; ; attempt++)
+        {
+            var (current, etag) = await GetWithETagAsync(id, ct);
+            if (current is null) return null;
+            var updated = change(current);
+            if (updated is null) return current;
+            try
+            {
+                await JobBlob(id).UploadAsync(Serialize(updated), new BlobUploadOptions
+                {
+                    Conditions = new BlobRequestConditions { IfMatch = etag },
+                    HttpHeaders = new BlobHttpHeaders { ContentType = "application/json" },
+                }, ct);
+                return updated;
+            }
+            catch (RequestFailedException e) when (e.Status == 412 && attempt < 20) { } // someone else wrote: re-read and re-apply
+        }
+    }
+
+    public async Task DeleteAsync(string id, CancellationToken ct) => await JobBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
+
+    /// <summary>An idempotency key's claim: which job it made and a hash of the request that made it.</summary>
+    public sealed record IdempotencyClaim(string JobId, string RequestHash);
+
+    /// <summary>Claims <paramref name="key"/> for a new job; if it was claimed before, returns that earlier claim instead.</summary>
+    public async Task<(bool Claimed, IdempotencyClaim Claim)> ClaimIdempotencyKeyAsync(string key, IdempotencyClaim claim, CancellationToken ct)
+    {
+        var blob = container.GetBlobClient($"idempotency/{Hash(key)}.json");
+        try
+        {
+            await blob.UploadAsync(BinaryData.FromObjectAsJson(claim, JobJson.Options),
+                new BlobUploadOptions { Conditions = new BlobRequestConditions { IfNoneMatch = ETag.All } }, ct);
+            return (true, claim);
+        }
+        catch (RequestFailedException e) when (e.Status is 409 or 412)
+        {
+            var existing = (await blob.DownloadContentAsync(ct)).Value.Content.ToObjectFromJson<IdempotencyClaim>(JobJson.Options)!;
+            return (false, existing);
+        }
+    }
+
+    public async Task ReleaseIdempotencyKeyAsync(string key, CancellationToken ct) =>
+        await container.GetBlobClient($"idempotency/{Hash(key)}.json").DeleteIfExistsAsync(cancellationToken: ct);
+
+    public static string Hash(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
+
+    private static BinaryData Serialize(JobRecord job) => BinaryData.FromObjectAsJson(job, JobJson.Options);
+}

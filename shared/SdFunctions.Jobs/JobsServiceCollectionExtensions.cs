@@ -1,0 +1,77 @@
+using Azure.Core;
+using Azure.Identity;
+using Azure.Storage.Blobs;
+using Azure.Storage.Queues;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Runtime;
+
+namespace SdFunctions.Jobs;
+
+/// <summary>Registers the generation service, the worker and what they need, from configuration.</summary>
+public static class JobsServiceCollectionExtensions
+{
+    /// <summary>The setting that names the storage account, as the Functions host reads it.</summary>
+    public const string StorageSetting = "AzureWebJobsStorage";
+
+    public static IServiceCollection AddGenerationJobs(this IServiceCollection services, IConfiguration configuration)
+    {
+        services.AddOptions<JobsOptions>().Bind(configuration.GetSection(JobsOptions.Section))
+            .Validate(o => o.Width > 0 && o.Height > 0 && o.MaxDequeueCount > 0 && o.ProgressInterval > TimeSpan.Zero, "Jobs settings out of range")
+            .ValidateOnStart();
+        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section));
+        services.AddSingleton(TimeProvider.System);
+
+        var (blobs, queues) = StorageClients.Create(configuration, StorageSetting);
+        services.AddSingleton(blobs);
+        services.AddSingleton(queues);
+        services.AddSingleton(sp => new JobStore(blobs.GetBlobContainerClient(Jobs(sp).JobsContainer)));
+        services.AddSingleton(sp => new ImageStore(blobs.GetBlobContainerClient(Jobs(sp).ImagesContainer), Jobs(sp).ImageUrlLifetime));
+        services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
+        services.AddSingleton<GenerationService>();
+        services.AddSingleton<GenerationWorker>();
+        // One pipeline per instance, loaded on first use (the first job), shared by every invocation after it.
+        services.AddSingleton(sp => new PipelineHolder(async ct =>
+        {
+            var model = sp.GetRequiredService<IOptions<ModelOptions>>().Value;
+            var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("SdFunctions.Pipeline");
+            string dir = await new ModelLocator(model, blobs, logger).ResolveAsync(ct);
+            return await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
+            {
+                Width = Jobs(sp).Width, Height = Jobs(sp).Height,
+                Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
+            }, logger, ct);
+        }));
+        return services;
+    }
+
+    private static JobsOptions Jobs(IServiceProvider sp) => sp.GetRequiredService<IOptions<JobsOptions>>().Value;
+}
+
+/// <summary>
+/// Storage clients from the same setting the Functions host uses: a connection string (local, Azurite), or
+/// identity-based settings <c>AzureWebJobsStorage__accountName</c> (or <c>__blobServiceUri</c> / <c>__queueServiceUri</c>)
+/// with the app's managed identity (<c>__credential=managedidentity</c>, optional <c>__clientId</c>).
+/// </summary>
+public static class StorageClients
+{
+    public static (BlobServiceClient Blobs, QueueServiceClient Queues) Create(IConfiguration configuration, string name)
+    {
+        var section = configuration.GetSection(name);
+        if (section.Value is { Length: > 0 } connectionString)
+            return (new BlobServiceClient(connectionString), new QueueServiceClient(connectionString, JobQueue.ClientOptions()));
+
+        string? account = section["accountName"];
+        Uri? blobUri = section["blobServiceUri"] is { Length: > 0 } b ? new Uri(b) : account is null ? null : new Uri($"https://{account}.blob.core.windows.net");
+        Uri? queueUri = section["queueServiceUri"] is { Length: > 0 } q ? new Uri(q) : account is null ? null : new Uri($"https://{account}.queue.core.windows.net");
+        if (blobUri is null || queueUri is null)
+            throw new InvalidOperationException($"Storage is not configured: set {name} (a connection string) or {name}__accountName (identity-based).");
+        TokenCredential credential = section["credential"] == "managedidentity"
+            ? new ManagedIdentityCredential(section["clientId"] is { Length: > 0 } id ? ManagedIdentityId.FromUserAssignedClientId(id) : ManagedIdentityId.SystemAssigned)
+            : new DefaultAzureCredential();
+        return (new BlobServiceClient(blobUri, credential), new QueueServiceClient(queueUri, credential, JobQueue.ClientOptions()));
+    }
+}

@@ -1,0 +1,83 @@
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Schedulers;
+
+namespace SdFunctions.Jobs;
+
+/// <summary>The POST /api/generations body, as sent. Unknown fields are rejected.</summary>
+[JsonUnmappedMemberHandling(JsonUnmappedMemberHandling.Disallow)]
+public sealed record SubmitRequest
+{
+    public string? Prompt { get; init; }
+    public string? NegativePrompt { get; init; }
+    public int? Steps { get; init; }
+    public double? GuidanceScale { get; init; }
+    public long? Seed { get; init; }
+    public string? Scheduler { get; init; }
+    public int? Width { get; init; }
+    public int? Height { get; init; }
+
+    /// <summary>The largest seed a JSON client can send back exactly (2^53 − 1).</summary>
+    public const long MaxSeed = (1L << 53) - 1;
+
+    /// <summary>Parses a body; malformed JSON, a wrong type or an unknown field is a 400 problem naming the field.</summary>
+    public static SubmitRequest Parse(ReadOnlySpan<byte> body)
+    {
+        try
+        {
+            return JsonSerializer.Deserialize<SubmitRequest>(body, JobJson.Options)
+                ?? throw Invalid(ProblemTypes.MalformedJson, "The body must be a JSON object.", null);
+        }
+        catch (JsonException e)
+        {
+            string? field = e.Path is { Length: > 2 } p && p.StartsWith("$.", StringComparison.Ordinal) ? p[2..] : null;
+            bool unknown = e.Message.Contains("could not be mapped", StringComparison.Ordinal);
+            if (field is not null)
+                throw Invalid(ProblemTypes.Validation, "The request has invalid fields.",
+                    new Dictionary<string, string[]> { [field] = [unknown ? "Unknown field." : "Wrong type for this field."] });
+            throw Invalid(ProblemTypes.MalformedJson, "The body is not valid JSON.", null);
+        }
+    }
+
+    /// <summary>Checks every rule, reports every broken one, and fills in the defaults (a seed is chosen when absent).</summary>
+    public GenerationInput Validate(JobsOptions options)
+    {
+        var errors = new Dictionary<string, string[]>();
+        if (string.IsNullOrWhiteSpace(Prompt)) errors["prompt"] = ["A non-empty prompt is required."];
+        else if (Prompt.Length > options.MaxPromptLength) errors["prompt"] = [$"At most {options.MaxPromptLength} characters."];
+        if (NegativePrompt is { } n && n.Length > options.MaxPromptLength) errors["negativePrompt"] = [$"At most {options.MaxPromptLength} characters."];
+        if (Steps is { } s && s is < GenerationRequest.MinSteps or > GenerationRequest.MaxSteps)
+            errors["steps"] = [$"Between {GenerationRequest.MinSteps} and {GenerationRequest.MaxSteps}."];
+        if (GuidanceScale is { } g && !(g >= GenerationRequest.MinGuidance && g <= GenerationRequest.MaxGuidance))
+            errors["guidanceScale"] = [$"Between {GenerationRequest.MinGuidance} and {GenerationRequest.MaxGuidance}."];
+        if (Seed is { } seed && seed is < 0 or > MaxSeed) errors["seed"] = [$"Between 0 and {MaxSeed}."];
+        if (Scheduler is { } name && !SchedulerFactory.IsKnown(name))
+            errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerFactory.Names)}."];
+        if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
+        if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
+        if (errors.Count > 0)
+        {
+            var problem = Invalid(ProblemTypes.Validation, "The request has invalid fields.", errors).Problem;
+            throw new ProblemException(problem with { Allowed = errors.ContainsKey("width") || errors.ContainsKey("height") ? [$"{options.Width}x{options.Height}"] : null });
+        }
+
+        var defaults = new GenerationRequest { Prompt = "" };
+        return new GenerationInput
+        {
+            Prompt = Prompt!,
+            NegativePrompt = NegativePrompt ?? "",
+            Steps = Steps ?? defaults.Steps,
+            GuidanceScale = GuidanceScale ?? defaults.GuidanceScale,
+            Seed = Seed ?? Random.Shared.NextInt64(0, MaxSeed + 1),
+            Scheduler = Scheduler,
+            Width = options.Width,
+            Height = options.Height,
+        };
+    }
+
+    private static ProblemException Invalid(string type, string detail, Dictionary<string, string[]>? errors) => new(new Problem
+    {
+        Type = type, Title = type == ProblemTypes.Validation ? "Invalid request" : "Malformed request", Status = 400, Detail = detail, Errors = errors,
+    });
+}

@@ -1,0 +1,131 @@
+using System.Text;
+using Azure.Storage.Blobs;
+using Azure.Storage.Queues;
+using Azure.Storage.Queues.Models;
+using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.DependencyInjection;
+using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>
+/// The app as the Functions host builds it (the real AddGenerationJobs registration, settings from configuration),
+/// on Azurite with names of its own, the tiny bundle as the model, and the function classes ready to call.
+/// </summary>
+public sealed class TestApp : IAsyncDisposable
+{
+    public ServiceProvider Services { get; }
+    public GenerationsApi Api { get; }
+    public GenerationQueueFunctions Queue { get; }
+    public HealthApi Health { get; }
+    public JobStore Store => Services.GetRequiredService<JobStore>();
+    public QueueClient Messages { get; }
+    public QueueClient Poison { get; }
+    public BlobContainerClient Images { get; }
+    public string CacheDirectory { get; }
+
+    public TestApp(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null)
+    {
+        string suffix = Guid.NewGuid().ToString("N")[..10];
+        // Shared by every test app and kept between runs: optimized graphs and downloaded bundles are reusable.
+        CacheDirectory = Path.Combine(Path.GetTempPath(), "sdf-functions-tests");
+        var settings = new Dictionary<string, string?>
+        {
+            ["AzureWebJobsStorage"] = AzuriteFixture.ConnectionString,
+            ["Jobs:QueueName"] = $"gen-{suffix}",
+            ["Jobs:JobsContainer"] = $"jobs-{suffix}",
+            ["Jobs:ImagesContainer"] = $"images-{suffix}",
+            ["Jobs:Width"] = "256",
+            ["Jobs:Height"] = "256",
+            ["Jobs:ProgressInterval"] = "00:00:00.100",
+            ["Model:Directory"] = modelDirectory ?? AzuriteFixture.TinySd,
+            ["Model:CacheDirectory"] = CacheDirectory,
+        };
+        configure?.Invoke(settings);
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        var services = new ServiceCollection().AddLogging(b => b.SetMinimumLevel(LogLevel.Warning));
+        services.AddGenerationJobs(configuration);
+        Services = services.BuildServiceProvider();
+        Api = ActivatorUtilities.CreateInstance<GenerationsApi>(Services);
+        Queue = ActivatorUtilities.CreateInstance<GenerationQueueFunctions>(Services);
+        Health = ActivatorUtilities.CreateInstance<HealthApi>(Services);
+        var queues = Services.GetRequiredService<QueueServiceClient>();
+        Messages = queues.GetQueueClient($"gen-{suffix}");
+        Poison = queues.GetQueueClient($"gen-{suffix}-poison");
+        Images = Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient($"images-{suffix}");
+    }
+
+    public async Task InitializeAsync()
+    {
+        await Store.EnsureCreatedAsync(default);
+        await Services.GetRequiredService<ImageStore>().EnsureCreatedAsync(default);
+        await Services.GetRequiredService<JobQueue>().EnsureCreatedAsync(default);
+    }
+
+    public static async Task<TestApp> StartAsync(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null)
+    {
+        var app = new TestApp(modelDirectory, configure);
+        await app.InitializeAsync();
+        return app;
+    }
+
+    public JobsOptions Options => Services.GetRequiredService<IOptions<JobsOptions>>().Value;
+    public PipelineHolder Pipelines => Services.GetRequiredService<PipelineHolder>();
+
+    /// <summary>An HTTP request as the ASP.NET Core integration hands it to a function.</summary>
+    public static HttpRequest Request(string method, string path, string? json = null, string contentType = "application/json",
+        IDictionary<string, string>? headers = null)
+    {
+        var context = new DefaultHttpContext();
+        context.Request.Method = method;
+        context.Request.Scheme = "http";
+        context.Request.Host = new HostString("localhost", 7071);
+        context.Request.Path = path;
+        if (json is not null)
+        {
+            context.Request.Body = new MemoryStream(Encoding.UTF8.GetBytes(json));
+            context.Request.ContentType = contentType;
+        }
+        foreach (var (k, v) in headers ?? new Dictionary<string, string>()) context.Request.Headers[k] = v;
+        return context.Request;
+    }
+
+    public async Task<(ContentResult Result, HttpResponse Response)> SubmitAsync(string json, IDictionary<string, string>? headers = null)
+    {
+        var req = Request("POST", "/api/generations", json, headers: headers);
+        var result = (ContentResult)await Api.Submit(req, default);
+        return (result, req.HttpContext.Response);
+    }
+
+    public async Task<ContentResult> GetAsync(string id) => (ContentResult)await Api.Get(Request("GET", $"/api/generations/{id}"), id, default);
+
+    /// <summary>Takes the next message off the queue (as the trigger would) and runs the queue function on it.</summary>
+    public async Task<QueueMessage> RunNextMessageAsync(CancellationToken ct = default)
+    {
+        var message = (await Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5), ct)).Value
+            ?? throw new InvalidOperationException("no message on the queue");
+        await Queue.Process(message.Body.ToString(), message.DequeueCount, ct);
+        await Messages.DeleteMessageAsync(message.MessageId, message.PopReceipt, CancellationToken.None);
+        return message;
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Messages.DeleteIfExistsAsync();
+        await Poison.DeleteIfExistsAsync();
+        await Images.DeleteIfExistsAsync();
+        await Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient(Options.JobsContainer).DeleteIfExistsAsync();
+        await Services.DisposeAsync();
+    }
+}
+
+[CollectionDefinition(Name)]
+public sealed class AzuriteCollection : ICollectionFixture<AzuriteFixture>
+{
+    public const string Name = "azurite";
+}
