@@ -1,3 +1,4 @@
+using System.Globalization;
 using Microsoft.Azure.Functions.Worker;
 using SdFunctions.Jobs;
 
@@ -10,11 +11,17 @@ public sealed class GenerationQueueFunctions(GenerationWorker worker)
 
     [Function("ProcessGeneration")]
     public Task Process([QueueTrigger(JobQueue.Name, Connection = JobsServiceCollectionExtensions.StorageSetting)] string message,
-        long dequeueCount, CancellationToken ct) =>
-        worker.ProcessAsync(message, dequeueCount, ct);
+        FunctionContext context, CancellationToken ct) =>
+        worker.ProcessAsync(message, DequeueCount(context), ct);
 
     [Function("FailPoisonedGeneration")]
     public Task Poison([QueueTrigger(PoisonQueue, Connection = JobsServiceCollectionExtensions.StorageSetting)] string message,
         CancellationToken ct) =>
         worker.HandlePoisonAsync(message, ct);
+
+    /// <summary>How many times the host has handed out this message (1 on the first delivery), from the trigger's metadata.</summary>
+    internal static long DequeueCount(FunctionContext context) =>
+        context.BindingContext.BindingData.TryGetValue("DequeueCount", out object? value) && value is not null
+            ? Convert.ToInt64(value, CultureInfo.InvariantCulture)
+            : 1;
 }

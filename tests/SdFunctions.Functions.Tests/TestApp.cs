@@ -109,7 +109,7 @@ public sealed class TestApp : IAsyncDisposable
     {
         var message = (await Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5), ct)).Value
             ?? throw new InvalidOperationException("no message on the queue");
-        await Queue.Process(message.Body.ToString(), message.DequeueCount, ct);
+        await Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), ct);
         await Messages.DeleteMessageAsync(message.MessageId, message.PopReceipt, CancellationToken.None);
         return message;
     }

@@ -1,0 +1,96 @@
+using Azure.Storage.Blobs;
+using Microsoft.Extensions.Configuration;
+using Microsoft.Extensions.Logging.Abstractions;
+using SdFunctions.Inference.Bundle;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>Where the model and the storage account come from.</summary>
+[Collection(AzuriteCollection.Name)]
+public class ConfigurationTests
+{
+    [Fact]
+    public async Task ABundleUnderABlobPrefixIsDownloadedOnceAndRedownloadedWhenIncomplete()
+    {
+        var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);
+        var container = blobs.GetBlobContainerClient("models-" + Guid.NewGuid().ToString("N")[..8]);
+        await container.CreateAsync();
+        try
+        {
+            foreach (string file in Directory.EnumerateFiles(AzuriteFixture.TinySd, "*", SearchOption.AllDirectories)
+                         .Where(f => !f.Contains("unet-float-timestep") && !f.Contains("vae_encoder")))
+                await container.GetBlobClient("sd/tiny/" + Path.GetRelativePath(AzuriteFixture.TinySd, file).Replace('\\', '/')).UploadAsync(file);
+
+            string cache = Directory.CreateTempSubdirectory("sdf-model-cache-").FullName;
+            var options = new ModelOptions { BlobContainer = container.Name, BlobPrefix = "sd/tiny", CacheDirectory = cache };
+            var locator = new ModelLocator(options, blobs, NullLogger.Instance);
+
+            string dir = await locator.ResolveAsync(default);
+            var bundle = ModelBundle.Open(dir);
+            Assert.Equal("sdref-tiny-sd", bundle.Name);
+
+            var stamp = File.GetLastWriteTimeUtc(Path.Combine(dir, "unet", "model.onnx"));
+            Assert.Equal(dir, await locator.ResolveAsync(default));
+            Assert.Equal(stamp, File.GetLastWriteTimeUtc(Path.Combine(dir, "unet", "model.onnx"))); // not downloaded again
+
+            File.Delete(Path.Combine(dir, "vae_decoder", "model.onnx")); // an instance's disk lost a file
+            string again = await locator.ResolveAsync(default);
+            Assert.True(File.Exists(Path.Combine(again, "vae_decoder", "model.onnx")));
+            Directory.Delete(cache, true);
+        }
+        finally { await container.DeleteIfExistsAsync(); }
+    }
+
+    [Fact]
+    public async Task AnEmptyPrefixOrNoModelSettingIsAClearError()
+    {
+        var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);
+        var none = new ModelLocator(new ModelOptions(), blobs, NullLogger.Instance);
+        var e1 = await Assert.ThrowsAsync<ModelBundleException>(() => none.ResolveAsync(default));
+        Assert.Contains("Model__Directory", e1.Message);
+
+        var container = blobs.GetBlobContainerClient("empty-" + Guid.NewGuid().ToString("N")[..8]);
+        await container.CreateAsync();
+        try
+        {
+            var empty = new ModelLocator(new ModelOptions { BlobContainer = container.Name, BlobPrefix = "nothing" }, blobs, NullLogger.Instance);
+            var e2 = await Assert.ThrowsAsync<ModelBundleException>(() => empty.ResolveAsync(default));
+            Assert.Contains("not uploaded", e2.Message);
+        }
+        finally { await container.DeleteIfExistsAsync(); }
+    }
+
+    [Fact]
+    public void IdentityBasedStorageSettingsPointAtTheAccount()
+    {
+        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["AzureWebJobsStorage:accountName"] = "sdfprod",
+            ["AzureWebJobsStorage:credential"] = "managedidentity",
+        }).Build();
+        var (blobs, queues) = StorageClients.Create(config, "AzureWebJobsStorage");
+        Assert.Equal(new Uri("https://sdfprod.blob.core.windows.net"), blobs.Uri);
+        Assert.Equal(new Uri("https://sdfprod.queue.core.windows.net"), queues.Uri);
+        Assert.False(blobs.CanGenerateAccountSasUri); // no key: image links use a user-delegation SAS
+
+        var missing = new ConfigurationBuilder().Build();
+        var e = Assert.Throws<InvalidOperationException>(() => StorageClients.Create(missing, "AzureWebJobsStorage"));
+        Assert.Contains("AzureWebJobsStorage__accountName", e.Message);
+    }
+
+    [Fact]
+    public void TheExampleSettingsWorkAsTheyAre()
+    {
+        string path = Path.Combine(AzuriteFixture.RepoRoot(), "local.settings.json.example");
+        var values = System.Text.Json.JsonDocument.Parse(File.ReadAllText(path)).RootElement.GetProperty("Values");
+        Assert.Equal("UseDevelopmentStorage=true", values.GetProperty("AzureWebJobsStorage").GetString());
+        Assert.Equal("dotnet-isolated", values.GetProperty("FUNCTIONS_WORKER_RUNTIME").GetString());
+        // The model path is relative to the app's build output (functions/SdFunctions.Functions/bin/<cfg>/<tfm>).
+        var testDir = new DirectoryInfo(AppContext.BaseDirectory);
+        string output = Path.Combine(AzuriteFixture.RepoRoot(), "functions", "SdFunctions.Functions", "bin", testDir.Parent!.Name, testDir.Name);
+        string model = Path.GetFullPath(Path.Combine(output, values.GetProperty("Model__Directory").GetString()!));
+        Assert.Equal("sdref-tiny-sd", ModelBundle.Open(model).Name);
+        Assert.Equal("256", values.GetProperty("Jobs__Width").GetString());
+    }
+}

@@ -1,0 +1,199 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Mvc;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>Idempotency, cancellation and at-least-once delivery, on Azurite with the real pipeline.</summary>
+[Collection(AzuriteCollection.Name)]
+public class JobLifecycleTests
+{
+    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
+    private static string Id(ContentResult r) => Body(r).GetProperty("id").GetString()!;
+    private static Dictionary<string, string> Key(string key) => new() { ["Idempotency-Key"] = key };
+
+    private static async Task<int> QueueLength(TestApp app) => (await app.Messages.PeekMessagesAsync(32)).Value.Length;
+
+    [Fact]
+    public async Task SameKeyAndBodyIsTheSameJobOtherBodyIs422()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (first, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("order-17"));
+        var (replay, response) = await app.SubmitAsync("""{ "steps": 2,   "prompt": "a fox" }""", Key("order-17")); // same JSON, other spacing/order
+        Assert.Equal(202, replay.StatusCode);
+        Assert.Equal(Id(first), Id(replay));
+        Assert.Equal(Body(first).GetProperty("input").GetProperty("seed").GetInt64(), Body(replay).GetProperty("input").GetProperty("seed").GetInt64());
+        Assert.EndsWith(Id(first), response.Headers.Location.ToString());
+        Assert.Equal(1, await QueueLength(app));
+
+        var (other, _) = await app.SubmitAsync("""{"prompt": "a wolf", "steps": 2}""", Key("order-17"));
+        FlowTests.AssertProblem(other, 422, ProblemTypes.IdempotencyConflict);
+
+        var (unrelated, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("order-18"));
+        Assert.NotEqual(Id(first), Id(unrelated));
+        Assert.Equal(2, await QueueLength(app));
+
+        var (tooLong, _) = await app.SubmitAsync("""{"prompt": "a fox"}""", Key(new string('k', 201)));
+        FlowTests.AssertProblem(tooLong, 400, ProblemTypes.Validation);
+    }
+
+    [Fact]
+    public async Task ConcurrentRetriesWithOneKeyMakeOneJob()
+    {
+        await using var app = await TestApp.StartAsync();
+        var results = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("burst"))));
+        Assert.Single(results.Select(r => Id(r.Result)).Distinct());
+        Assert.Equal(1, await QueueLength(app));
+    }
+
+    [Fact]
+    public async Task ACanceledQueuedJobNeverRuns()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        string id = Id(submitted);
+        var canceled = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        Assert.Equal(200, canceled.StatusCode);
+        Assert.Equal("canceled", Body(canceled).GetProperty("status").GetString());
+
+        await app.RunNextMessageAsync();
+        var job = Body(await app.GetAsync(id));
+        Assert.Equal("canceled", job.GetProperty("status").GetString());
+        Assert.Equal(0, job.GetProperty("attempt").GetInt32());
+        Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
+
+        var again = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        FlowTests.AssertProblem(again, 409, ProblemTypes.AlreadyFinished);
+    }
+
+    [Fact]
+    public async Task ARunningJobStopsWhenCanceled()
+    {
+        await using var app = await TestApp.StartAsync();
+        await app.Pipelines.GetAsync(); // load first, so the job is running (not loading) when we cancel
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""");
+        string id = Id(submitted);
+        var worker = app.RunNextMessageAsync();
+
+        await WaitUntil(app, id, j => j.GetProperty("status").GetString() == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        var accepted = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        Assert.Equal(202, accepted.StatusCode);
+        await worker;
+
+        var job = Body(await app.GetAsync(id));
+        Assert.Equal("canceled", job.GetProperty("status").GetString());
+        Assert.True(job.GetProperty("progress").GetProperty("step").GetInt32() < 150);
+        Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
+        var finished = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        FlowTests.AssertProblem(finished, 409, ProblemTypes.AlreadyFinished);
+    }
+
+    [Fact]
+    public async Task ARedeliveredMessageForAFinishedJobDoesNothing()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2, "seed": 5}""");
+        string id = Id(submitted);
+        var message = await app.RunNextMessageAsync();
+        var first = Body(await app.GetAsync(id));
+        var etag = (await app.Images.GetBlobClient($"{id}.png").GetPropertiesAsync()).Value.ETag;
+
+        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(2), default); // the same message, delivered again
+
+        var second = Body(await app.GetAsync(id));
+        Assert.Equal(1, second.GetProperty("attempt").GetInt32());
+        Assert.Equal(first.GetProperty("completedAt").GetString(), second.GetProperty("completedAt").GetString());
+        Assert.Equal(etag, (await app.Images.GetBlobClient($"{id}.png").GetPropertiesAsync()).Value.ETag);
+    }
+
+    [Fact]
+    public async Task AWorkerThatDiesMidRunIsRetriedAndEndsWithOneImage()
+    {
+        await using var app = await TestApp.StartAsync();
+        await app.Pipelines.GetAsync();
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 120, "seed": 9, "scheduler": "ddim"}""");
+        string id = Id(submitted);
+        var message = (await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5))).Value;
+
+        // The host shuts down mid-run: the function sees its token canceled and the message is not completed.
+        using var shutdown = new CancellationTokenSource();
+        var run = app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), shutdown.Token);
+        await WaitUntil(app, id, j => j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        await shutdown.CancelAsync();
+        await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
+        var interrupted = Body(await app.GetAsync(id));
+        Assert.Equal("running", interrupted.GetProperty("status").GetString());
+        Assert.Equal(1, interrupted.GetProperty("attempt").GetInt32());
+
+        // The message comes back (dequeue count 2) and the job runs to the end.
+        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(2), default);
+        var done = Body(await app.GetAsync(id));
+        Assert.Equal("succeeded", done.GetProperty("status").GetString());
+        Assert.Equal(2, done.GetProperty("attempt").GetInt32());
+        var blobs = new List<string>();
+        await foreach (var b in app.Images.GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, null, default)) blobs.Add(b.Name);
+        Assert.Equal([$"{id}.png"], blobs);
+    }
+
+    [Fact]
+    public async Task AMalformedMessageGoesToThePoisonQueueWithoutFailingTheHost()
+    {
+        await using var app = await TestApp.StartAsync();
+        foreach (string bad in new[] { "not json", """{"jobId": "../etc"}""", """{"other": 1}""" })
+        {
+            await app.Queue.Process(bad, QueueContext.Delivery(1), default); // does not throw
+            var poisoned = (await app.Poison.ReceiveMessageAsync()).Value;
+            Assert.Equal(bad, poisoned.Body.ToString());
+            await app.Queue.Poison(poisoned.Body.ToString(), default); // logged and dropped, does not throw
+            await app.Poison.DeleteMessageAsync(poisoned.MessageId, poisoned.PopReceipt);
+        }
+    }
+
+    [Fact]
+    public async Task AJobWhoseRetriesRunOutIsFailedWithItsLastErrorByThePoisonFunction()
+    {
+        // A model folder that cannot load: every attempt fails, as a broken deployment would.
+        await using var app = await TestApp.StartAsync(modelDirectory: "/no/such/model");
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        string id = Id(submitted);
+        var message = (await app.Messages.ReceiveMessageAsync()).Value;
+
+        for (int attempt = 1; attempt < app.Options.MaxDequeueCount; attempt++)
+        {
+            await Assert.ThrowsAnyAsync<Exception>(() => app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(attempt), default));
+            var retrying = Body(await app.GetAsync(id));
+            Assert.Equal("queued", retrying.GetProperty("status").GetString()); // waiting for its retry
+            Assert.Equal(attempt, retrying.GetProperty("attempt").GetInt32());
+        }
+        // The host moves the message to the poison queue after the last dequeue; the poison function fails the job.
+        await app.Queue.Poison(message.Body.ToString(), default);
+        var failed = Body(await app.GetAsync(id));
+        Assert.Equal("failed", failed.GetProperty("status").GetString());
+        var error = failed.GetProperty("error");
+        Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());
+        Assert.Contains("/no/such/model", error.GetProperty("detail").GetString());
+    }
+
+    [Fact]
+    public async Task AnErrorOnTheLastAttemptFailsTheJobAtOnce()
+    {
+        await using var app = await TestApp.StartAsync(modelDirectory: "/no/such/model");
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        string id = Id(submitted);
+        var message = (await app.Messages.ReceiveMessageAsync()).Value;
+        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(app.Options.MaxDequeueCount), default); // no throw: final
+        var failed = Body(await app.GetAsync(id));
+        Assert.Equal("failed", failed.GetProperty("status").GetString());
+        Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());
+    }
+
+    private static async Task WaitUntil(TestApp app, string id, Func<JsonElement, bool> condition)
+    {
+        for (int i = 0; i < 600; i++)
+        {
+            if (condition(Body(await app.GetAsync(id)))) return;
+            await Task.Delay(50);
+        }
+        throw new TimeoutException($"job {id} never reached the expected state");
+    }
+}

@@ -1,0 +1,78 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Mvc;
+using SdFunctions.Jobs;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>Every submit rule gives a 400/413/415 problem naming the field, and nothing is queued.</summary>
+[Collection(AzuriteCollection.Name)]
+public class ValidationTests
+{
+    public static TheoryData<string, string> InvalidBodies() => new()
+    {
+        { """{}""", "prompt" },
+        { """{"prompt": ""}""", "prompt" },
+        { """{"prompt": "   "}""", "prompt" },
+        { $$"""{"prompt": "{{new string('a', 1001)}}"}""", "prompt" },
+        { $$"""{"prompt": "x", "negativePrompt": "{{new string('a', 1001)}}"}""", "negativePrompt" },
+        { """{"prompt": "x", "steps": 0}""", "steps" },
+        { """{"prompt": "x", "steps": 151}""", "steps" },
+        { """{"prompt": "x", "steps": 2.5}""", "steps" },
+        { """{"prompt": "x", "guidanceScale": -0.1}""", "guidanceScale" },
+        { """{"prompt": "x", "guidanceScale": 30.5}""", "guidanceScale" },
+        { """{"prompt": "x", "seed": -1}""", "seed" },
+        { """{"prompt": "x", "seed": 9007199254740992}""", "seed" },
+        { """{"prompt": "x", "scheduler": "heun"}""", "scheduler" },
+        { """{"prompt": "x", "width": 512}""", "width" },
+        { """{"prompt": "x", "height": 128}""", "height" },
+        { """{"prompt": "x", "nsfw": true}""", "nsfw" },
+        { """{"prompt": 42}""", "prompt" },
+    };
+
+    [Theory, MemberData(nameof(InvalidBodies))]
+    public async Task InvalidFieldsAreNamed(string body, string field)
+    {
+        await using var app = await TestApp.StartAsync();
+        var (result, _) = await app.SubmitAsync(body);
+        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
+        Assert.True(problem.GetProperty("errors").TryGetProperty(field, out _), $"no error for '{field}' in {result.Content}");
+        Assert.Equal("/api/generations", problem.GetProperty("instance").GetString());
+        Assert.Null((await app.Messages.PeekMessageAsync()).Value);
+    }
+
+    [Fact]
+    public async Task EveryBrokenRuleIsReportedAtOnceAndTheAllowedSizeIsListed()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (result, _) = await app.SubmitAsync("""{"prompt": "", "steps": 0, "width": 1024, "scheduler": "nope"}""");
+        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
+        var errors = problem.GetProperty("errors").EnumerateObject().Select(p => p.Name).Order();
+        Assert.Equal(["prompt", "scheduler", "steps", "width"], errors);
+        Assert.Equal("256x256", problem.GetProperty("allowed")[0].GetString());
+    }
+
+    [Theory]
+    [InlineData("{not json", ProblemTypes.MalformedJson)]
+    [InlineData("[1, 2]", ProblemTypes.MalformedJson)]
+    [InlineData("null", ProblemTypes.MalformedJson)]
+    [InlineData("", ProblemTypes.MalformedJson)]
+    public async Task MalformedJsonIsA400(string body, string type)
+    {
+        await using var app = await TestApp.StartAsync();
+        var (result, _) = await app.SubmitAsync(body);
+        FlowTests.AssertProblem(result, 400, type);
+    }
+
+    [Fact]
+    public async Task OtherMediaTypesAndHugeBodiesAreRefused()
+    {
+        await using var app = await TestApp.StartAsync();
+        var form = (ContentResult)await app.Api.Submit(TestApp.Request("POST", "/api/generations", "prompt=x", "application/x-www-form-urlencoded"), default);
+        FlowTests.AssertProblem(form, 415, ProblemTypes.UnsupportedMediaType);
+
+        string huge = JsonSerializer.Serialize(new { prompt = new string('a', 70_000) });
+        var tooBig = (ContentResult)await app.Api.Submit(TestApp.Request("POST", "/api/generations", huge), default);
+        Assert.Equal(413, tooBig.StatusCode);
+        Assert.Equal("application/problem+json", tooBig.ContentType);
+    }
+}
