@@ -18,8 +18,9 @@ public sealed class AzuriteFixture : IAsyncLifetime
         if (await IsListeningAsync(10000) && await IsListeningAsync(10001)) return;
         string root = RepoRoot();
         string azurite = Path.Combine(root, "tests", "azurite", "node_modules", ".bin", "azurite");
+        if (!File.Exists(azurite)) await NpmCiAsync(Path.Combine(root, "tests", "azurite"));
         if (!File.Exists(azurite))
-            throw new InvalidOperationException("Azurite is not running and not installed: run `npm ci` in tests/azurite (or start Azurite yourself).");
+            throw new InvalidOperationException("Azurite is not running and could not be installed: run `npm ci` in tests/azurite (or start Azurite yourself).");
         _dataDir = Directory.CreateTempSubdirectory("sdf-azurite-").FullName;
         _started = Process.Start(new ProcessStartInfo(azurite,
             ["--silent", "--skipApiVersionCheck", "--location", _dataDir, "--blobHost", "127.0.0.1", "--queueHost", "127.0.0.1", "--tableHost", "127.0.0.1"])
@@ -34,6 +35,15 @@ public sealed class AzuriteFixture : IAsyncLifetime
         _started?.Dispose();
         if (_dataDir is not null) try { Directory.Delete(_dataDir, true); } catch (IOException) { }
         return Task.CompletedTask;
+    }
+
+    // The pinned Azurite from tests/azurite/package-lock.json, installed on first use so `dotnet test` needs no other step.
+    private static async Task NpmCiAsync(string folder)
+    {
+        using var npm = Process.Start(new ProcessStartInfo("npm", ["ci", "--no-audit", "--no-fund", "--silent"])
+            { WorkingDirectory = folder, RedirectStandardOutput = true, RedirectStandardError = true })
+            ?? throw new InvalidOperationException("npm could not be started; install Node.js or start Azurite yourself.");
+        await npm.WaitForExitAsync().WaitAsync(TimeSpan.FromMinutes(5));
     }
 
     private static async Task<bool> IsListeningAsync(int port)
