@@ -1,6 +1,7 @@
 using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Azure.Functions.Worker;
+using Microsoft.Extensions.Logging;
 using SdFunctions.Jobs;
 
 namespace SdFunctions.Functions;
@@ -9,16 +10,15 @@ namespace SdFunctions.Functions;
 /// The HTTP API: submit, poll, download, cancel. Each function binds the request, calls
 /// <see cref="GenerationService"/> and maps the result or its problem to a response.
 /// </summary>
-public sealed class GenerationsApi(GenerationService service)
+public sealed class GenerationsApi(GenerationService service, ILogger<GenerationsApi> logger)
 {
     private const int MaxBodyBytes = 64 * 1024;
     private const string RetryAfterSeconds = "2";
 
     [Function("SubmitGeneration")]
     public async Task<IActionResult> Submit(
-        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct)
-    {
-        try
+        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct) =>
+        await HttpResults.HandleAsync(req, logger, async () =>
         {
             if (req.ContentType is { Length: > 0 } type && !type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
                 return HttpResults.Problem(new Problem
@@ -37,47 +37,36 @@ public sealed class GenerationsApi(GenerationService service)
             req.HttpContext.Response.Headers.Location = HttpResults.JobUrl(req, job.Id);
             req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(JobResource.From(job, null), StatusCodes.Status202Accepted);
-        }
-        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
-    }
+        });
 
     [Function("GetGeneration")]
     public async Task<IActionResult> Get(
-        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}")] HttpRequest req, string id, CancellationToken ct)
-    {
-        try
+        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}")] HttpRequest req, string id, CancellationToken ct) =>
+        await HttpResults.HandleAsync(req, logger, async () =>
         {
             var job = await service.GetResourceAsync(id, HttpResults.JobUrl(req, id) + "/image", ct);
             if (job.Status is JobStatus.Queued or JobStatus.Running) req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(job);
-        }
-        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
-    }
+        });
 
     [Function("GetGenerationImage")]
     public async Task<IActionResult> GetImage(
-        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}/image")] HttpRequest req, string id, CancellationToken ct)
-    {
-        try
+        [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}/image")] HttpRequest req, string id, CancellationToken ct) =>
+        await HttpResults.HandleAsync(req, logger, async () =>
         {
             var png = await service.GetImageAsync(id, ct);
             return new FileContentResult(png.ToArray(), "image/png") { FileDownloadName = $"{id}.png" };
-        }
-        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
-    }
+        });
 
     [Function("CancelGeneration")]
     public async Task<IActionResult> Cancel(
-        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations/{id}/cancel")] HttpRequest req, string id, CancellationToken ct)
-    {
-        try
+        [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations/{id}/cancel")] HttpRequest req, string id, CancellationToken ct) =>
+        await HttpResults.HandleAsync(req, logger, async () =>
         {
             var job = await service.CancelAsync(id, ct);
             // Queued: canceled now (200). Running: the worker stops at its next check (202).
             return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
-        }
-        catch (ProblemException e) { return HttpResults.Problem(e.Problem, req); }
-    }
+        });
 
     // Reads at most MaxBodyBytes; null when the body is larger.
     private static async Task<byte[]?> ReadBodyAsync(HttpRequest req, CancellationToken ct)

@@ -50,7 +50,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         {
             await queue.SendAsync(id, ct);
         }
-        catch (Exception e) when (e is Azure.RequestFailedException or OperationCanceledException)
+        catch (Exception e) when (StorageErrors.IsOutage(e) || e is OperationCanceledException)
         {
             // Never leave a job that no worker will ever see: undo, and let the client try again.
             logger.LogError(e, "Could not queue job {JobId}; removing it", id);

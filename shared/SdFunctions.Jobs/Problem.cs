@@ -43,3 +43,11 @@ public sealed class ProblemException(Problem problem) : Exception(problem.Detail
 {
     public Problem Problem { get; } = problem;
 }
+
+/// <summary>Recognizes storage that cannot be reached, however the Azure SDK reports it.</summary>
+public static class StorageErrors
+{
+    /// <summary>A failed storage request, or the SDK's "retry failed" AggregateException of them.</summary>
+    public static bool IsOutage(Exception e) =>
+        e is Azure.RequestFailedException || (e is AggregateException a && a.InnerExceptions.All(IsOutage));
+}

@@ -9,7 +9,7 @@ namespace SdFunctions.Functions.Tests;
 
 /// <summary>The whole flow through the function classes on Azurite with the real pipeline on the tiny bundle.</summary>
 [Collection(AzuriteCollection.Name)]
-public class FlowTests
+public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
@@ -39,14 +39,15 @@ public class FlowTests
         var progress = done.GetProperty("progress");
         Assert.Equal(4, progress.GetProperty("total").GetInt32());
         Assert.Equal(4, progress.GetProperty("step").GetInt32());
-        var output = done.GetProperty("output");
-        Assert.Equal(256, output.GetProperty("width").GetInt32());
-        Assert.Equal("sdref-tiny-sd", output.GetProperty("model").GetString());
-        Assert.True(output.GetProperty("timings").GetProperty("denoiseSeconds").GetDouble() > 0);
+        var result = done.GetProperty("output");
+        Assert.Equal(256, result.GetProperty("width").GetInt32());
+        Assert.Equal("sdref-tiny-sd", result.GetProperty("model").GetString());
+        Assert.True(result.GetProperty("timings").GetProperty("denoiseSeconds").GetDouble() > 0);
+        output.WriteLine($"timings: {result.GetProperty("timings").GetRawText()}");
         Assert.False(done.GetProperty("completedAt").ValueKind == JsonValueKind.Null);
 
         // imageUrl: a read-only SAS that works without any key.
-        string url = output.GetProperty("imageUrl").GetString()!;
+        string url = result.GetProperty("imageUrl").GetString()!;
         Assert.Contains("sig=", url);
         Assert.Contains("sp=r", url);
         using var http = new HttpClient();
