@@ -99,12 +99,12 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         string unknown = Guid.NewGuid().ToString("N");
         AssertProblem(await app.GetAsync(unknown), 404, ProblemTypes.NotFound);
         AssertProblem((ContentResult)await app.Api.GetImage(TestApp.Request("GET", "/x"), unknown, default), 404, ProblemTypes.NotFound);
-        AssertProblem((ContentResult)await app.Api.Cancel(TestApp.Request("POST", "/x"), unknown, default), 404, ProblemTypes.NotFound);
+        AssertProblem(await app.CancelAsync(unknown), 404, ProblemTypes.NotFound);
         foreach (string bad in new[] { "not-an-id", "1234", "../jobs/x", Guid.NewGuid().ToString() /* dashed form */ })
         {
             AssertProblem(await app.GetAsync(bad), 400, ProblemTypes.MalformedId);
             AssertProblem((ContentResult)await app.Api.GetImage(TestApp.Request("GET", "/x"), bad, default), 400, ProblemTypes.MalformedId);
-            AssertProblem((ContentResult)await app.Api.Cancel(TestApp.Request("POST", "/x"), bad, default), 400, ProblemTypes.MalformedId);
+            AssertProblem(await app.CancelAsync(bad), 400, ProblemTypes.MalformedId);
         }
     }
 

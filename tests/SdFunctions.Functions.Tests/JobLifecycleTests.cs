@@ -52,7 +52,7 @@ public class JobLifecycleTests
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
         string id = Id(submitted);
-        var canceled = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        var canceled = await app.CancelAsync(id);
         Assert.Equal(200, canceled.StatusCode);
         Assert.Equal("canceled", Body(canceled).GetProperty("status").GetString());
 
@@ -62,7 +62,7 @@ public class JobLifecycleTests
         Assert.Equal(0, job.GetProperty("attempt").GetInt32());
         Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
 
-        var again = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        var again = await app.CancelAsync(id);
         FlowTests.AssertProblem(again, 409, ProblemTypes.AlreadyFinished);
     }
 
@@ -76,7 +76,7 @@ public class JobLifecycleTests
         var worker = app.RunNextMessageAsync();
 
         await WaitUntil(app, id, j => j.GetProperty("status").GetString() == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
-        var accepted = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        var accepted = await app.CancelAsync(id);
         Assert.Equal(202, accepted.StatusCode);
         await worker;
 
@@ -84,7 +84,7 @@ public class JobLifecycleTests
         Assert.Equal("canceled", job.GetProperty("status").GetString());
         Assert.True(job.GetProperty("progress").GetProperty("step").GetInt32() < 150);
         Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
-        var finished = (ContentResult)await app.Api.Cancel(TestApp.Request("POST", $"/api/generations/{id}/cancel"), id, default);
+        var finished = await app.CancelAsync(id);
         FlowTests.AssertProblem(finished, 409, ProblemTypes.AlreadyFinished);
     }
 

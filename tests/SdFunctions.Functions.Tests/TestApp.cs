@@ -104,6 +104,8 @@ public sealed class TestApp : IAsyncDisposable
 
     public async Task<ContentResult> GetAsync(string id) => (ContentResult)await Api.Get(Request("GET", $"/api/generations/{id}"), id, default);
 
+    public async Task<ContentResult> CancelAsync(string id) => (ContentResult)await Api.Cancel(Request("POST", $"/api/generations/{id}/cancel"), id, default);
+
     /// <summary>Takes the next message off the queue (as the trigger would) and runs the queue function on it.</summary>
     public async Task<QueueMessage> RunNextMessageAsync(CancellationToken ct = default)
     {
