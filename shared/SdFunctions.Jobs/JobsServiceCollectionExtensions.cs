@@ -33,6 +33,7 @@ public static class JobsServiceCollectionExtensions
         services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
+        services.AddHostedService<StorageInitializer>();
         // One pipeline per instance, loaded on first use (the first job), shared by every invocation after it.
         services.AddSingleton(sp => new PipelineHolder(async ct =>
         {

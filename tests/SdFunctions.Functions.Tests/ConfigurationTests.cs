@@ -2,6 +2,7 @@ using Azure.Storage.Blobs;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.Logging.Abstractions;
 using SdFunctions.Inference.Bundle;
+using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
 
 namespace SdFunctions.Functions.Tests;
@@ -92,5 +93,21 @@ public class ConfigurationTests
         string model = Path.GetFullPath(Path.Combine(output, values.GetProperty("Model__Directory").GetString()!));
         Assert.Equal("sdref-tiny-sd", ModelBundle.Open(model).Name);
         Assert.Equal("256", values.GetProperty("Jobs__Width").GetString());
+    }
+}
+
+[Collection(AzuriteCollection.Name)]
+public class StartupTests
+{
+    [Fact]
+    public async Task StartingTheAppCreatesItsQueuesAndPrivateContainers()
+    {
+        await using var app = await TestApp.StartAsync();
+        Assert.True(await app.Messages.ExistsAsync());
+        Assert.True(await app.Poison.ExistsAsync());
+        Assert.True(await app.Images.ExistsAsync());
+        Assert.Equal(Azure.Storage.Blobs.Models.PublicAccessType.None, (await app.Images.GetPropertiesAsync()).Value.PublicAccess ?? default);
+        var jobs = app.Services.GetRequiredService<Azure.Storage.Blobs.BlobServiceClient>().GetBlobContainerClient(app.Options.JobsContainer);
+        Assert.Equal(Azure.Storage.Blobs.Models.PublicAccessType.None, (await jobs.GetPropertiesAsync()).Value.PublicAccess ?? default);
     }
 }

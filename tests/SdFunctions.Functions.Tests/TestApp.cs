@@ -60,11 +60,10 @@ public sealed class TestApp : IAsyncDisposable
         Images = Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient($"images-{suffix}");
     }
 
+    /// <summary>Starts the app's hosted services, as the host does: they create the queues and containers.</summary>
     public async Task InitializeAsync()
     {
-        await Store.EnsureCreatedAsync(default);
-        await Services.GetRequiredService<ImageStore>().EnsureCreatedAsync(default);
-        await Services.GetRequiredService<JobQueue>().EnsureCreatedAsync(default);
+        foreach (var service in Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>()) await service.StartAsync(default);
     }
 
     public static async Task<TestApp> StartAsync(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null)
