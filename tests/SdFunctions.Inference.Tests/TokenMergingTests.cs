@@ -1,0 +1,73 @@
+using Google.Protobuf;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Models;
+using SdFunctions.Inference.Runtime;
+using SdFunctions.Optimizer.TokenMerging;
+
+namespace SdFunctions.Inference.Tests;
+
+/// <summary>The Token Merging rewrite against tomesd 0.1.3 on the tiny UNet (reference/unet.json, out_sample_tome_r*).</summary>
+public class TokenMergingTests
+{
+    private static readonly OnnxSessionFactory Factory = new(TinyPipelineFixture.CachedSessions, NullLogger.Instance);
+
+    /// <summary>A bundle copy whose UNet is rewritten with ToMe for one static shape.</summary>
+    private static (string Dir, TokenMergingRewriter.Result Result) RewrittenBundle(double ratio, int h, int w)
+    {
+        string dir = Fixtures.CopyTinySd();
+        string path = Path.Combine(dir, "unet", "model.onnx");
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
+        var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions { Ratio = ratio, Batch = 2, LatentHeight = h, LatentWidth = w });
+        File.WriteAllBytes(path, model.ToByteArray());
+        return (dir, result);
+    }
+
+    private static float[] RunUNet(string bundleDir, string @case, int h, int w)
+    {
+        using var unet = new UNetModel(Factory, ModelBundle.Open(bundleDir), 2, h, w, 77, 32);
+        using var run = new RunOptions();
+        Fixtures.Floats("unet", $"{@case}/sample").CopyTo(unet.Sample, 0);
+        Fixtures.Floats("unet", $"{@case}/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
+        unet.Run(Fixtures.Longs("unet", $"{@case}/timestep")[0], run);
+        return unet.Output;
+    }
+
+    [Theory]
+    [InlineData("case0", 32, 32, 0.5)]
+    [InlineData("case0", 32, 32, 0.4)]
+    [InlineData("case1", 24, 40, 0.5)]
+    [InlineData("case1", 24, 40, 0.4)]
+    public void MatchesTomesd(string @case, int h, int w, double ratio)
+    {
+        var (dir, result) = RewrittenBundle(ratio, h, w);
+        // Full resolution only (max_downsample 1): the two down_blocks.0 and three up_blocks.3 transformer blocks.
+        Assert.Equal(5, result.Blocks.Count);
+        Assert.All(result.Blocks, blk => Assert.Equal((int)(h * w * ratio), blk.Merged));
+
+        float[] actual = RunUNet(dir, @case, h, w);
+        float[] expected = Fixtures.Floats("unet", $"{@case}/out_sample_tome_r{ratio}");
+        // tomesd moves the output by ~4e-2 relative L2 (reference meta): 1e-4 tells a faithful rewrite from a wrong one.
+        Close.AllClose(expected, actual, 1e-4, $"{@case} ToMe r={ratio}");
+        Assert.True(Close.MaxAbs(Fixtures.Floats("unet", $"{@case}/out_sample"), actual) > 1e-2, "the rewrite changed nothing");
+    }
+
+    [Fact]
+    public void RatioZeroLeavesTheUNetAsItWas()
+    {
+        var (dir, result) = RewrittenBundle(0, 32, 32);
+        Assert.Empty(result.Blocks);
+        Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), RunUNet(dir, "case0", 32, 32), 1e-5, "ToMe r=0");
+    }
+
+    [Fact]
+    public void AGraphWithoutTransformerBlocksIsRefusedClearly()
+    {
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Fixtures.TinySd, "vae_decoder", "model.onnx")));
+        var e = Assert.Throws<InvalidOperationException>(() =>
+            TokenMergingRewriter.Apply(model, new TokenMergingOptions { Batch = 2, LatentHeight = 32, LatentWidth = 32 }));
+        Assert.Contains("No transformer block", e.Message);
+    }
+}
