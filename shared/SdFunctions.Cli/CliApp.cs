@@ -6,6 +6,7 @@ using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Inference.Schedulers;
+using SdFunctions.Optimizer;
 
 namespace SdFunctions.Cli;
 
@@ -25,6 +26,7 @@ public static class CliApp
         var root = new RootCommand("SdFunctions: Stable Diffusion 1.x on ONNX Runtime, from the command line.");
         root.Subcommands.Add(GenerateCommand(stderr));
         root.Subcommands.Add(TokenizeCommand(stdout));
+        root.Subcommands.Add(OptimizeCommand(stderr));
 
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
@@ -39,7 +41,9 @@ public static class CliApp
         }
         catch (InvalidGenerationRequestException e) { return Fail(stderr, e.Message, BadInput); }
         catch (CliUsageException e) { return Fail(stderr, e.Message, BadInput); }
+        catch (ArgumentException e) { return Fail(stderr, e.Message, BadInput); }
         catch (ModelBundleException e) { return Fail(stderr, e.Message, Failed); }
+        catch (InvalidOperationException e) { return Fail(stderr, e.Message, Failed); }
         catch (OperationCanceledException) { return Fail(stderr, "canceled", Canceled); }
         catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return Fail(stderr, e.Message, Failed); }
     }
@@ -137,6 +141,38 @@ public static class CliApp
             return Ok;
         });
         return command;
+    }
+
+    private static Command OptimizeCommand(TextWriter stderr)
+    {
+        var model = ModelOption();
+        var output = new Option<string>("--out", "-o") { Description = "New folder for the optimized bundle.", Required = true };
+        var tome = new Option<double>("--tome-ratio") { Description = "Token Merging ratio in [0, 1) (0.4–0.5 in practice; 0 = off).", DefaultValueFactory = _ => 0 };
+        var width = new Option<int?>("--width") { Description = "Image width the UNet is fixed to. Default: the model's native size." };
+        var height = new Option<int?>("--height") { Description = "Image height the UNet is fixed to. Default: the model's native size." };
+        var batch = new Option<int>("--batch") { Description = "UNet batch (2 for guidance, 1 without).", DefaultValueFactory = _ => 2 };
+        var command = new Command("optimize", "Write an optimized copy of a bundle: static-shape UNet with Token Merging, and a manifest.")
+        {
+            model, output, tome, width, height, batch,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            var progress = new SynchronousProgress(message => stderr.WriteLine($"optimize: {message}"));
+            var manifest = await BundleOptimizer.OptimizeAsync(new OptimizeOptions
+            {
+                ModelDirectory = parse.GetValue(model)!, OutputDirectory = parse.GetValue(output)!, TomeRatio = parse.GetValue(tome),
+                Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
+            }, progress, ct);
+            stderr.WriteLine($"optimize: UNet {manifest.UnetBytesBefore / 1e6:F1} MB → {manifest.UnetBytesAfter / 1e6:F1} MB; " +
+                $"{manifest.TokenMerging.Count} blocks merge tokens; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");
+            return Ok;
+        });
+        return command;
+    }
+
+    private sealed class SynchronousProgress(Action<string> report) : IProgress<string>
+    {
+        public void Report(string value) => report(value);
     }
 
     private static float[] ReadLatents(string path)

@@ -16,7 +16,8 @@ public class BundleTests
         Assert.Equal(32, bundle.UnetSampleSize);
         Assert.Equal(8, bundle.VaeScaleFactor);
         Assert.Equal(0.18215f, bundle.VaeScalingFactor);
-        Assert.Equal(256, bundle.DefaultImageSize);
+        Assert.Equal((256, 256), (bundle.DefaultWidth, bundle.DefaultHeight));
+        Assert.Null(bundle.FixedUnetBatch);
         Assert.NotNull(bundle.VaeEncoder);
         Assert.Equal("PNDMScheduler", bundle.Scheduler.ClassName);
 

@@ -100,3 +100,25 @@ public class CliTests
         Assert.Contains("Initial latents must hold [1, 4, 32, 32] = 4096 floats; got 100", err);
     }
 }
+
+public class OptimizeCliTests
+{
+    [Fact]
+    public async Task OptimizeWritesABundleAndReportsWhatItDid()
+    {
+        string output = Fixtures.TempDirectory("sdf-cli-optimized");
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", output, "--tome-ratio", "0.5"], new StringWriter(), stderr);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains("token merging: 5 blocks", stderr.ToString());
+        Assert.True(File.Exists(Path.Combine(output, "sdfunctions-optimize.json")));
+
+        var again = new StringWriter();
+        Assert.Equal(CliApp.Failed, await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", output], new StringWriter(), again));
+        Assert.Contains("not empty", again.ToString());
+
+        var bad = new StringWriter();
+        Assert.Equal(CliApp.BadInput, await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("y"), "--tome-ratio", "2"], new StringWriter(), bad));
+        Assert.StartsWith("sdf: ", bad.ToString());
+    }
+}

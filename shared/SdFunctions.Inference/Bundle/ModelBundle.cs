@@ -31,8 +31,18 @@ public sealed class ModelBundle
     /// <summary>vae config scaling_factor: latents are divided by it before decoding (0.18215 for SD 1.x).</summary>
     public float VaeScalingFactor { get; init; } = 0.18215f;
 
-    /// <summary>The image size the bundle was trained for (512 for SD 1.x).</summary>
-    public int DefaultImageSize => (UnetSampleSize ?? 64) * VaeScaleFactor;
+    /// <summary>
+    /// The image size to compile for when none is asked: the UNet's own size when its graph fixes it (an optimized
+    /// bundle), else the size it was trained for (unet/config.json sample_size; 512 for SD 1.x).
+    /// </summary>
+    public int DefaultWidth => (FixedSampleDim(3) ?? UnetSampleSize ?? 64) * VaeScaleFactor;
+    public int DefaultHeight => (FixedSampleDim(2) ?? UnetSampleSize ?? 64) * VaeScaleFactor;
+
+    /// <summary>The UNet's batch when its graph fixes it (a static-shape optimized UNet), else null.</summary>
+    public int? FixedUnetBatch => FixedSampleDim(0);
+
+    private int? FixedSampleDim(int index) =>
+        Unet.FindInput("sample") is { } s && index < s.Dims.Count && s.Dims[index].Value is > 0 and var v ? (int)v : null;
 
     public static ModelBundle Open(string directory)
     {

@@ -51,8 +51,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         Bundle = ModelBundle.Open(modelDirectory);
         Tokenizer = Bundle.Tokenizer;
         DefaultScheduler = SchedulerFactory.DefaultName(Bundle.Scheduler);
-        Width = options.Width ?? Bundle.DefaultImageSize;
-        Height = options.Height ?? Bundle.DefaultImageSize;
+        Width = options.Width ?? Bundle.DefaultWidth;
+        Height = options.Height ?? Bundle.DefaultHeight;
         int multiple = Bundle.VaeScaleFactor * 8; // the UNet halves the latents three times
         if (Width <= 0 || Height <= 0 || Width % multiple != 0 || Height % multiple != 0)
             throw new InvalidGenerationRequestException("size", $"Width and height must be positive multiples of {multiple}; got {Width}×{Height}.");
@@ -138,7 +138,9 @@ public sealed class StableDiffusionPipeline : IDisposable
         var scheduler = SchedulerFactory.Create(schedulerName, Bundle.Scheduler, request.KarrasSigmas);
         scheduler.SetTimesteps(request.Steps);
         bool guided = request.GuidanceScale > 1.0;
-        var unet = Unet(guided ? 2 : 1);
+        // Without guidance one conditional pass suffices; a UNet compiled for batch 2 runs it twice, side by side.
+        int batch = guided || Bundle.FixedUnetBatch == 2 ? 2 : 1;
+        var unet = Unet(batch);
         WarnOnceIfTimestepsAreTruncated(unet, scheduler);
 
         // Text conditioning: [negative; prompt] for guidance, the prompt alone otherwise.
@@ -153,7 +155,8 @@ public sealed class StableDiffusionPipeline : IDisposable
             negative.CopyTo(unet.EncoderHiddenStates, 0);
             promptEmbedding.CopyTo(unet.EncoderHiddenStates, negative.Length);
         }
-        else promptEmbedding.CopyTo(unet.EncoderHiddenStates, 0);
+        else
+            for (int half = 0; half < batch; half++) promptEmbedding.CopyTo(unet.EncoderHiddenStates, half * promptEmbedding.Length);
         var encodeTime = encodeWatch.Elapsed;
 
         int n = LatentChannels * LatentHeight * LatentWidth;
@@ -173,7 +176,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             var stepWatch = Stopwatch.StartNew();
             double t = scheduler.Timesteps[i];
             scheduler.ScaleModelInput(latents, t, unet.Sample.AsSpan(0, n));
-            if (guided) unet.Sample.AsSpan(0, n).CopyTo(unet.Sample.AsSpan(n, n));
+            if (batch == 2) unet.Sample.AsSpan(0, n).CopyTo(unet.Sample.AsSpan(n, n));
             unet.Run(t, runOptions);
             if (guided)
             {
