@@ -32,18 +32,13 @@ internal sealed class GraphBuilder(GraphProto graph, string prefix)
 
     public string Expand(string x, long[] shape) => Op("Expand", [x, Int64("shape", [shape.Length], shape)]);
 
-    public string Int64(string hint, long[] dims, long[] values)
-    {
-        var tensor = new TensorProto { Name = Name(hint), DataType = (int)TensorProto.Types.DataType.Int64 };
-        tensor.Dims.AddRange(dims);
-        tensor.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
-        graph.Initializer.Add(tensor);
-        return tensor.Name;
-    }
+    public string Int64(string hint, long[] dims, long[] values) => Initializer(hint, dims, values, TensorProto.Types.DataType.Int64);
 
-    public string Float(string hint, long[] dims, float[] values)
+    public string Float(string hint, long[] dims, float[] values) => Initializer(hint, dims, values, TensorProto.Types.DataType.Float);
+
+    private string Initializer<T>(string hint, long[] dims, T[] values, TensorProto.Types.DataType type) where T : unmanaged
     {
-        var tensor = new TensorProto { Name = Name(hint), DataType = (int)TensorProto.Types.DataType.Float };
+        var tensor = new TensorProto { Name = Name(hint), DataType = (int)type };
         tensor.Dims.AddRange(dims);
         tensor.RawData = ByteString.CopyFrom(System.Runtime.InteropServices.MemoryMarshal.AsBytes(values.AsSpan()));
         graph.Initializer.Add(tensor);
