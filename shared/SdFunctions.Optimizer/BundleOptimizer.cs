@@ -30,6 +30,7 @@ public sealed record OptimizeManifest
     public required OptimizeOptions Options { get; init; }
     public required IReadOnlyDictionary<string, long> StaticDims { get; init; }
     public required IReadOnlyList<TomeBlock> TokenMerging { get; init; }
+    public required int ZeroAttentionAddsRemoved { get; init; }
     public required long UnetBytesBefore { get; init; }
     public required long UnetBytesAfter { get; init; }
 
@@ -39,7 +40,8 @@ public sealed record OptimizeManifest
 
 /// <summary>
 /// Writes an optimized copy of a bundle: every component copied as it is except <c>unet/</c>, whose graph is
-/// rewritten (Token Merging, static shape) with its external weight files carried along, plus a manifest.
+/// rewritten (Token Merging, the attention's zero additions removed, static shape) with its external weight
+/// files carried along, plus a manifest.
 /// </summary>
 public static class BundleOptimizer
 {
@@ -91,6 +93,8 @@ public static class BundleOptimizer
             blocks.AddRange(result.Blocks.Select(b => new OptimizeManifest.TomeBlock(b.Block, b.Tokens, b.Merged)));
             progress?.Report($"token merging: {blocks.Count} blocks, {blocks.Sum(b => b.Merged)} tokens merged per step");
         }
+        int zeroAdds = ZeroAddRemoval.Apply(model.Graph);
+        progress?.Report($"attention: removed {zeroAdds} additions of constant zeros (baddbmm beta=0)");
         var dims = StaticDims.ForUnet(model.Graph, options.Batch, latentH, latentW, bundle.Tokenizer.MaxLength);
         StaticDims.Apply(model.Graph, dims);
 
@@ -110,6 +114,7 @@ public static class BundleOptimizer
             Options = options with { Width = width, Height = height },
             StaticDims = dims,
             TokenMerging = blocks,
+            ZeroAttentionAddsRemoved = zeroAdds,
             UnetBytesBefore = DirectorySize(sourceUnetDir),
             UnetBytesAfter = DirectorySize(unetOut),
         };

@@ -34,6 +34,7 @@ public class OptimizeTests
         Assert.Equal(0.5, manifest.Options.TomeRatio);
         Assert.Equal((256, 256), (manifest.Options.Width, manifest.Options.Height));
         Assert.Equal(5, manifest.TokenMerging.Count);
+        Assert.Equal(32, manifest.ZeroAttentionAddsRemoved); // attn1 and attn2 of each of the 16 transformer blocks
         Assert.All(manifest.TokenMerging, b => Assert.Equal((1024, 512), (b.Tokens, b.Merged)));
         Assert.Equal(2, manifest.StaticDims["batch_size"]);
         Assert.Equal(32, manifest.StaticDims["height"]);

@@ -71,3 +71,29 @@ public class TokenMergingTests
         Assert.Contains("No transformer block", e.Message);
     }
 }
+
+/// <summary>The removal of the attention's constant-zero additions: exact, and it keeps ORT from folding huge zero tensors.</summary>
+public class ZeroAddRemovalTests
+{
+    [Fact]
+    public void TheUNetComputesTheSameWithoutTheZeroAdditions()
+    {
+        string dir = Fixtures.CopyTinySd();
+        string path = Path.Combine(dir, "unet", "model.onnx");
+        var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
+        int nodesBefore = model.Graph.Node.Count;
+        Assert.Equal(32, SdFunctions.Optimizer.ZeroAddRemoval.Apply(model.Graph));
+        Assert.DoesNotContain(model.Graph.Node, n => n.OpType == "ConstantOfShape" && n.Name.Contains("/attn"));
+        Assert.True(model.Graph.Node.Count < nodesBefore - 32 * 3, "the Add, Mul and ConstantOfShape (and their shape arithmetic) go");
+        Assert.Equal(0, SdFunctions.Optimizer.ZeroAddRemoval.Apply(model.Graph)); // nothing left to remove
+        File.WriteAllBytes(path, model.ToByteArray());
+
+        var factory = new OnnxSessionFactory(new SessionSettings(), NullLogger.Instance); // constant folding on, as in production
+        using var unet = new UNetModel(factory, ModelBundle.Open(dir), 2, 32, 32, 77, 32);
+        using var run = new RunOptions();
+        Fixtures.Floats("unet", "case0/sample").CopyTo(unet.Sample, 0);
+        Fixtures.Floats("unet", "case0/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
+        unet.Run(Fixtures.Longs("unet", "case0/timestep")[0], run);
+        Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), unet.Output, 1e-4, "UNet without the zero additions");
+    }
+}
