@@ -68,13 +68,18 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
 
     public async Task<JobRecord> GetAsync(string id, CancellationToken ct)
     {
+        RequireWellFormed(id);
+        return await store.GetAsync(id, ct) ?? throw NotFound(id);
+    }
+
+    private static void RequireWellFormed(string id)
+    {
         if (!JobIds.IsWellFormed(id))
             throw new ProblemException(new Problem
             {
                 Type = ProblemTypes.MalformedId, Title = "Malformed job id", Status = 400,
                 Detail = $"'{id}' is not a job id (32 hexadecimal digits).",
             });
-        return await store.GetAsync(id, ct) ?? throw NotFound(id);
     }
 
     /// <summary>The job as clients see it, with a fresh image link when it has succeeded.</summary>
@@ -88,7 +93,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     /// <summary>A queued job is canceled at once; a running one is flagged and its worker stops at the next check.</summary>
     public async Task<JobRecord> CancelAsync(string id, CancellationToken ct)
     {
-        await GetAsync(id, ct);
+        RequireWellFormed(id);
         JobStatus? finishedAs = null;
         var job = await store.UpdateAsync(id, r =>
         {

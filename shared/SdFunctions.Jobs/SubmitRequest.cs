@@ -18,9 +18,6 @@ public sealed record SubmitRequest
     public int? Width { get; init; }
     public int? Height { get; init; }
 
-    /// <summary>The largest seed a JSON client can send back exactly (2^53 − 1).</summary>
-    public const long MaxSeed = (1L << 53) - 1;
-
     /// <summary>Parses a body; malformed JSON, a wrong type or an unknown field is a 400 problem naming the field.</summary>
     public static SubmitRequest Parse(ReadOnlySpan<byte> body)
     {
@@ -51,7 +48,7 @@ public sealed record SubmitRequest
             errors["steps"] = [$"Between {GenerationRequest.MinSteps} and {GenerationRequest.MaxSteps}."];
         if (GuidanceScale is { } g && !(g >= GenerationRequest.MinGuidance && g <= GenerationRequest.MaxGuidance))
             errors["guidanceScale"] = [$"Between {GenerationRequest.MinGuidance} and {GenerationRequest.MaxGuidance}."];
-        if (Seed is { } seed && seed is < 0 or > MaxSeed) errors["seed"] = [$"Between 0 and {MaxSeed}."];
+        if (Seed is { } seed && seed is < 0 or > GenerationRequest.MaxSeed) errors["seed"] = [$"Between 0 and {GenerationRequest.MaxSeed}."];
         if (Scheduler is { } name && !SchedulerFactory.IsKnown(name))
             errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerFactory.Names)}."];
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
@@ -69,7 +66,7 @@ public sealed record SubmitRequest
             NegativePrompt = NegativePrompt ?? "",
             Steps = Steps ?? defaults.Steps,
             GuidanceScale = GuidanceScale ?? defaults.GuidanceScale,
-            Seed = Seed ?? Random.Shared.NextInt64(0, MaxSeed + 1),
+            Seed = Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1),
             Scheduler = Scheduler,
             Width = options.Width,
             Height = options.Height,

@@ -81,7 +81,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x"}""");
         var input = Body(submitted).GetProperty("input");
-        Assert.InRange(input.GetProperty("seed").GetInt64(), 0, SubmitRequest.MaxSeed);
+        Assert.InRange(input.GetProperty("seed").GetInt64(), 0, SdFunctions.Inference.Pipeline.GenerationRequest.MaxSeed);
         Assert.Equal(50, input.GetProperty("steps").GetInt32());
         Assert.Equal(7.5, input.GetProperty("guidanceScale").GetDouble());
     }

@@ -153,11 +153,8 @@ public class JobLifecycleTests
     [Fact]
     public async Task AJobWhoseRetriesRunOutIsFailedWithItsLastErrorByThePoisonFunction()
     {
-        // A model folder that cannot load: every attempt fails, as a broken deployment would.
-        await using var app = await TestApp.StartAsync(modelDirectory: "/no/such/model");
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string id = Id(submitted);
-        var message = (await app.Messages.ReceiveMessageAsync()).Value;
+        await using var app = await TestApp.StartAsync(modelDirectory: BrokenModel);
+        var (id, message) = await SubmitAndReceiveAsync(app);
 
         for (int attempt = 1; attempt < app.Options.MaxDequeueCount; attempt++)
         {
@@ -172,20 +169,28 @@ public class JobLifecycleTests
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         var error = failed.GetProperty("error");
         Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());
-        Assert.Contains("/no/such/model", error.GetProperty("detail").GetString());
+        Assert.Contains(BrokenModel, error.GetProperty("detail").GetString());
     }
 
     [Fact]
     public async Task AnErrorOnTheLastAttemptFailsTheJobAtOnce()
     {
-        await using var app = await TestApp.StartAsync(modelDirectory: "/no/such/model");
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string id = Id(submitted);
-        var message = (await app.Messages.ReceiveMessageAsync()).Value;
+        await using var app = await TestApp.StartAsync(modelDirectory: BrokenModel);
+        var (id, message) = await SubmitAndReceiveAsync(app);
         await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(app.Options.MaxDequeueCount), default); // no throw: final
         var failed = Body(await app.GetAsync(id));
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());
+    }
+
+    // A model folder that cannot load: every attempt fails, as a broken deployment would.
+    private const string BrokenModel = "/no/such/model";
+
+    /// <summary>Submits a small job and takes its message off the queue, as the trigger would.</summary>
+    private static async Task<(string Id, Azure.Storage.Queues.Models.QueueMessage Message)> SubmitAndReceiveAsync(TestApp app)
+    {
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        return (Id(submitted), (await app.Messages.ReceiveMessageAsync()).Value);
     }
 
     private static async Task WaitUntil(TestApp app, string id, Func<JsonElement, bool> condition)

@@ -117,10 +117,45 @@ public class BundleTests
     }
 
     [Fact]
+    public async Task ADefaultSchedulerTheConfigCannotBuildIsABundleError()
+    {
+        var (dir, config) = await BundleWithSchedulerConfig(c => c.Replace("\"skip_prk_steps\": true", "\"skip_prk_steps\": false"));
+        var e = await Assert.ThrowsAsync<ModelBundleException>(() =>
+            StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions }));
+        Assert.Contains(config, e.Message);
+        Assert.Contains("skip_prk_steps", e.Message);
+    }
+
+    [Fact]
+    public async Task ASchedulerTheConfigCannotBuildIsRefusedPerRequest()
+    {
+        var (dir, _) = await BundleWithSchedulerConfig(c =>
+            c.Replace("\"PNDMScheduler\"", "\"DDIMScheduler\"").Replace("\"skip_prk_steps\": true", "\"skip_prk_steps\": false"));
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
+        Assert.Equal("ddim", pipeline.DefaultScheduler);
+        Assert.DoesNotContain("pndm", pipeline.SupportedSchedulers);
+        Assert.Equal(5, pipeline.SupportedSchedulers.Count);
+        var e = await Assert.ThrowsAsync<InvalidGenerationRequestException>(() =>
+            pipeline.GenerateAsync(new GenerationRequest { Prompt = "x", Steps = 2, Scheduler = "pndm" }));
+        Assert.Equal("scheduler", e.ParamName);
+        Assert.Contains("skip_prk_steps", e.Message);
+        Assert.Equal(256, (await pipeline.GenerateAsync(new GenerationRequest { Prompt = "x", Steps = 2, Seed = 1 })).Width);
+    }
+
+    [Fact]
     public void ANonexistentDirectoryIsNamed()
     {
         var e = Assert.Throws<ModelBundleException>(() => ModelBundle.Open("/no/such/model"));
         Assert.Contains("/no/such/model", e.Message);
+    }
+
+    /// <summary>A bundle copy whose scheduler_config.json is edited as given.</summary>
+    private static async Task<(string Dir, string Config)> BundleWithSchedulerConfig(Func<string, string> edit)
+    {
+        string dir = Fixtures.CopyTinySd();
+        string config = Path.Combine(dir, "scheduler", "scheduler_config.json");
+        await File.WriteAllTextAsync(config, edit(await File.ReadAllTextAsync(config)));
+        return (dir, config);
     }
 
     private static byte[] Replace(byte[] data, string from, string to)

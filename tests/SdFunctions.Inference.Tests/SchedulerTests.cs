@@ -137,6 +137,16 @@ public class SchedulerTests
     }
 
     [Fact]
+    public void PndmRefusesTheRungeKuttaWarmUpItDoesNotImplement()
+    {
+        var e = Assert.Throws<InvalidDataException>(() => new PndmScheduler(Sd15 with { SkipPrkSteps = false }));
+        Assert.Contains("skip_prk_steps", e.Message);
+        Assert.True(SchedulerFactory.TryCreate("pndm", Sd15 with { SkipPrkSteps = null }, out _)); // no key: PLMS, as SD pipelines run it
+        Assert.False(SchedulerFactory.TryCreate("pndm", Sd15 with { SkipPrkSteps = false }, out string? why));
+        Assert.Contains("PRK", why);
+    }
+
+    [Fact]
     public void UnknownSchedulerNameListsTheKnownOnes()
     {
         var e = Assert.Throws<ArgumentException>(() => SchedulerFactory.Create("heun", Sd15));

@@ -8,6 +8,9 @@ public sealed record GenerationRequest
     public const int MinSteps = 1, MaxSteps = 150;
     public const double MinGuidance = 0, MaxGuidance = 30;
 
+    /// <summary>Chosen seeds stay at or below 2^53 − 1, so JSON clients (JavaScript numbers) can hand them back exactly.</summary>
+    public const long MaxSeed = (1L << 53) - 1;
+
     public required string Prompt { get; init; }
     public string NegativePrompt { get; init; } = "";
     public int Steps { get; init; } = 50;

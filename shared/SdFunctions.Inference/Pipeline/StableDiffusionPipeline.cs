@@ -38,6 +38,9 @@ public sealed class StableDiffusionPipeline : IDisposable
     public int LatentHeight => Height / Bundle.VaeScaleFactor;
     public int LatentWidth => Width / Bundle.VaeScaleFactor;
     public string DefaultScheduler { get; }
+
+    /// <summary>The schedulers the bundle's scheduler_config.json can configure (all six for SD 1.x configs).</summary>
+    public IReadOnlyList<string> SupportedSchedulers { get; }
     public TimeSpan LoadTime { get; }
     public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
 
@@ -51,6 +54,12 @@ public sealed class StableDiffusionPipeline : IDisposable
         Bundle = ModelBundle.Open(modelDirectory);
         Tokenizer = Bundle.Tokenizer;
         DefaultScheduler = SchedulerFactory.DefaultName(Bundle.Scheduler);
+        SupportedSchedulers = SchedulerFactory.Names.Where(name => SchedulerFactory.TryCreate(name, Bundle.Scheduler, out _)).ToList();
+        if (!SupportedSchedulers.Contains(DefaultScheduler))
+        {
+            SchedulerFactory.TryCreate(DefaultScheduler, Bundle.Scheduler, out string? why);
+            throw new ModelBundleException($"{Path.Combine(Bundle.Directory, "scheduler", "scheduler_config.json")}: {why}.");
+        }
         Width = options.Width ?? Bundle.DefaultWidth;
         Height = options.Height ?? Bundle.DefaultHeight;
         int multiple = Bundle.VaeScaleFactor * 8; // the UNet halves the latents three times
@@ -97,6 +106,13 @@ public sealed class StableDiffusionPipeline : IDisposable
     public void Validate(GenerationRequest request)
     {
         request.ValidateParameters();
+        string scheduler = request.Scheduler ?? DefaultScheduler;
+        if (!SupportedSchedulers.Contains(scheduler))
+        {
+            SchedulerFactory.TryCreate(scheduler, Bundle.Scheduler, out string? why);
+            throw new InvalidGenerationRequestException("scheduler",
+                $"This model's scheduler config cannot configure '{scheduler}' ({why}). Choose one of: {string.Join(", ", SupportedSchedulers)}.");
+        }
         if ((request.Width is { } w && w != Width) || (request.Height is { } h && h != Height))
             throw new InvalidGenerationRequestException("size",
                 $"This model is compiled for {Width}×{Height} only; got {request.Width ?? Width}×{request.Height ?? Height}.");
@@ -132,8 +148,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private GenerationResult Generate(GenerationRequest request, RunOptions runOptions, IProgress<GenerationProgress>? progress, CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
-        // Seeds stay below 2^53 so that JSON clients (JavaScript numbers) can hand them back exactly.
-        long seed = request.Seed ?? Random.Shared.NextInt64(0, 1L << 53);
+        long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
         string schedulerName = request.Scheduler ?? DefaultScheduler;
         var scheduler = SchedulerFactory.Create(schedulerName, Bundle.Scheduler, request.KarrasSigmas);
         scheduler.SetTimesteps(request.Steps);
@@ -143,7 +158,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         var unet = Unet(batch);
         WarnOnceIfTimestepsAreTruncated(unet, scheduler);
 
-        // Text conditioning: [negative; prompt] for guidance, the prompt alone otherwise.
+        // Text conditioning: [negative; prompt] for guidance, otherwise the prompt in every half of the batch.
         var encodeWatch = Stopwatch.StartNew();
         var prompt = Tokenizer.Encode(request.Prompt);
         if (prompt.Truncated)

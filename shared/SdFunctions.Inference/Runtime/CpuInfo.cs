@@ -11,7 +11,7 @@ public static class CpuInfo
     public static int PhysicalCores => Math.Max(1, Math.Min(Info.Value.Cores, Environment.ProcessorCount));
 
     public static string Model => Info.Value.Model;
-    public static bool Avx512F => Avx512F_IsSupported();
+    public static bool Avx512F => System.Runtime.Intrinsics.X86.Avx512F.IsSupported || Info.Value.Flags.Contains("avx512f");
     public static bool Avx512Vnni => Info.Value.Flags.Contains("avx512_vnni");
     public static bool AvxVnni => Info.Value.Flags.Contains("avx_vnni") || System.Runtime.Intrinsics.X86.AvxVnni.IsSupported;
 
@@ -19,8 +19,6 @@ public static class CpuInfo
     public static string FeatureSummary =>
         string.Join(",", new[] { ("avx2", Avx2.IsSupported), ("avx512f", Avx512F), ("avx512_vnni", Avx512Vnni), ("avx_vnni", AvxVnni) }
             .Where(f => f.Item2).Select(f => f.Item1));
-
-    private static bool Avx512F_IsSupported() => System.Runtime.Intrinsics.X86.Avx512F.IsSupported || Info.Value.Flags.Contains("avx512f");
 
     private static (int, HashSet<string>, string) Read()
     {

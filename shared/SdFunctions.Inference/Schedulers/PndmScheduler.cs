@@ -4,8 +4,15 @@ namespace SdFunctions.Inference.Schedulers;
 /// diffusers' PNDMScheduler in PLMS mode (skip_prk_steps, as every SD 1.x config sets): N+1 UNet calls,
 /// the second timestep repeated, a linear multistep over up to four past model outputs.
 /// </summary>
-public sealed class PndmScheduler(SchedulerConfig config) : SchedulerBase(config)
+public sealed class PndmScheduler : SchedulerBase
 {
+    public PndmScheduler(SchedulerConfig config) : base(config)
+    {
+        // A config without the key gets PLMS too: SD pipelines never run PNDM's Runge–Kutta warm-up.
+        if (config.SkipPrkSteps == false)
+            throw new InvalidDataException("skip_prk_steps is false: PNDM's Runge–Kutta (PRK) warm-up is not implemented, only PLMS");
+    }
+
     public override string Name => "pndm";
     protected override string DefaultSpacing => "leading";
     private bool SetAlphaToOne => Config.SetAlphaToOne ?? false;
@@ -75,7 +82,7 @@ public sealed class PndmScheduler(SchedulerConfig config) : SchedulerBase(config
             float v = a.w * a.e[i] + b.w * b.e[i];
             if (c.e is not null) v += c.w * c.e[i];
             if (d.e is not null) v += d.w * d.e[i];
-            m[i] = div == 24 ? (1f / 24) * v : v / div;
+            m[i] = div == 24 ? (1f / 24) * v : v / div; // diffusers multiplies by 1/24 for the 4th order; kept for bit-closeness
         }
     }
 

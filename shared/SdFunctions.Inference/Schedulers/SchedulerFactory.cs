@@ -19,6 +19,22 @@ public static class SchedulerFactory
 
     public static bool IsKnown(string name) => Names.Contains(name);
 
+    /// <summary>Whether <paramref name="name"/> can be configured from <paramref name="config"/>; if not, why.</summary>
+    public static bool TryCreate(string name, SchedulerConfig config, out string? whyNot)
+    {
+        try
+        {
+            Create(name, config);
+            whyNot = null;
+            return true;
+        }
+        catch (InvalidDataException e)
+        {
+            whyNot = e.Message;
+            return false;
+        }
+    }
+
     /// <param name="karras">Override the config's use_karras_sigmas (Euler, LMS, DPM++ only).</param>
     public static IScheduler Create(string name, SchedulerConfig config, bool? karras = null)
     {
