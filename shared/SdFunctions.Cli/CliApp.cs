@@ -7,6 +7,7 @@ using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Inference.Schedulers;
 using SdFunctions.Optimizer;
+using SdFunctions.Optimizer.Quantization;
 
 namespace SdFunctions.Cli;
 
@@ -151,9 +152,19 @@ public static class CliApp
         var width = new Option<int?>("--width") { Description = "Image width the UNet is fixed to. Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height the UNet is fixed to. Default: the model's native size." };
         var batch = new Option<int>("--batch") { Description = "UNet batch (2 for guidance, 1 without).", DefaultValueFactory = _ => 2 };
-        var command = new Command("optimize", "Write an optimized copy of a bundle: static-shape UNet with Token Merging, and a manifest.")
+        var quantize = new Option<string?>("--quantize") { Description = "int8: static INT8 QDQ UNet calibrated on prompts. Default: float." };
+        quantize.AcceptOnlyFromAmong("int8");
+        var preset = new Option<QuantizationPreset>("--quantize-preset")
         {
-            model, output, tome, width, height, batch,
+            Description = "mixed: convolutions and linear layers; aggressive: also attention matmuls and residual adds.",
+            DefaultValueFactory = _ => QuantizationPreset.Mixed,
+        };
+        var calibration = new Option<string?>("--calibration") { Description = "Prompt file for calibration, one per line. Default: four built-in prompts." };
+        var calibrationSteps = new Option<int>("--calibration-steps") { Description = "Denoising steps per calibration prompt.", DefaultValueFactory = _ => 10 };
+        var command = new Command("optimize",
+            "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
+        {
+            model, output, tome, width, height, batch, quantize, preset, calibration, calibrationSteps,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -162,9 +173,11 @@ public static class CliApp
             {
                 ModelDirectory = parse.GetValue(model)!, OutputDirectory = parse.GetValue(output)!, TomeRatio = parse.GetValue(tome),
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
+                Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset) },
+                CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps),
             }, progress, ct);
             stderr.WriteLine($"optimize: UNet {manifest.UnetBytesBefore / 1e6:F1} MB → {manifest.UnetBytesAfter / 1e6:F1} MB; " +
-                $"{manifest.TokenMerging.Count} blocks merge tokens; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");
+                $"{manifest.TokenMerging.Count} blocks merge tokens; {(manifest.Quantization is null ? "float" : "int8 " + manifest.Quantization.Preset)}; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");
             return Ok;
         });
         return command;

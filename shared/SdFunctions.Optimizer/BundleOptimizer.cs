@@ -4,6 +4,8 @@ using System.Text.Json;
 using Google.Protobuf;
 using Onnx;
 using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Runtime;
+using SdFunctions.Optimizer.Quantization;
 using SdFunctions.Optimizer.TokenMerging;
 
 namespace SdFunctions.Optimizer;
@@ -17,6 +19,15 @@ public sealed record OptimizeOptions
     public int? Width { get; init; }
     public int? Height { get; init; }
     public int Batch { get; init; } = 2;
+
+    /// <summary>INT8 QDQ quantization of the UNet; null = keep it float.</summary>
+    public QuantizationOptions? Quantization { get; init; }
+
+    /// <summary>Prompts to calibrate on (one per line); null = <see cref="Calibration.DefaultPrompts"/>.</summary>
+    public string? CalibrationFile { get; init; }
+
+    /// <summary>Denoising steps per calibration prompt (the bundle's default scheduler).</summary>
+    public int CalibrationSteps { get; init; } = 10;
 }
 
 /// <summary>The manifest written beside an optimized bundle: where it came from and what was done.</summary>
@@ -34,7 +45,19 @@ public sealed record OptimizeManifest
     public required long UnetBytesBefore { get; init; }
     public required long UnetBytesAfter { get; init; }
 
+    /// <summary>The UNet's weights alone (initializer values, no graph, no padding), before and after.</summary>
+    public required long UnetWeightBytesBefore { get; init; }
+    public required long UnetWeightBytesAfter { get; init; }
+    public QuantizationReport? Quantization { get; init; }
+
     public sealed record TomeBlock(string Block, int Tokens, int Merged);
+
+    /// <summary>How the UNet was quantized and what ONNX Runtime runs for it (op counts of its optimized graph).</summary>
+    public sealed record QuantizationReport(
+        string Format, string Preset, string WeightScheme, string ActivationScheme, string RangeMethod,
+        int CalibrationPrompts, int CalibrationSteps, int CalibrationInputs, int CalibratedTensors,
+        IReadOnlyDictionary<string, int> QuantizedNodes, IReadOnlyDictionary<string, int> IntegerKernels,
+        IReadOnlyDictionary<string, int> FloatKernelsLeft);
     public const string FileName = "sdfunctions-optimize.json";
 }
 
@@ -49,6 +72,8 @@ public static class BundleOptimizer
     {
         var bundle = ModelBundle.Open(options.ModelDirectory);
         if (options.TomeRatio is < 0 or >= 1) throw new ArgumentException($"--tome-ratio must be in [0, 1); got {options.TomeRatio}.");
+        if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
+        var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
         if (options.Batch is not (1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
         int width = options.Width ?? bundle.DefaultWidth, height = options.Height ?? bundle.DefaultHeight;
         int multiple = bundle.VaeScaleFactor * 8;
@@ -81,7 +106,8 @@ public static class BundleOptimizer
         }
 
         progress?.Report("rewriting the UNet graph");
-        var model = ModelProto.Parser.ParseFrom(await File.ReadAllBytesAsync(bundle.Unet.Path, ct));
+        var model = await ModelFiles.ReadAsync(bundle.Unet.Path, ct);
+        long weightBytesBefore = ModelFiles.InitializerBytes(model);
         int latentH = height / bundle.VaeScaleFactor, latentW = width / bundle.VaeScaleFactor;
         var blocks = new List<OptimizeManifest.TomeBlock>();
         if (options.TomeRatio > 0)
@@ -99,10 +125,16 @@ public static class BundleOptimizer
         StaticDims.Apply(model.Graph, dims);
 
         string unetOut = Path.Combine(output, "unet");
+        var weightFiles = ModelFiles.ExternalFiles(model);
         Directory.CreateDirectory(unetOut);
-        foreach (string file in Directory.EnumerateFiles(sourceUnetDir).Where(f => Path.GetFileName(f) != "model.onnx"))
-            File.Copy(file, Path.Combine(unetOut, Path.GetFileName(file))); // config.json and external weights, unchanged
-        await File.WriteAllBytesAsync(Path.Combine(unetOut, "model.onnx"), model.ToByteArray(), ct);
+        foreach (string file in Directory.EnumerateFiles(sourceUnetDir))
+            if (Path.GetFileName(file) is var name && name != "model.onnx" && !weightFiles.Contains(name))
+                File.Copy(file, Path.Combine(unetOut, name)); // config.json and the like
+        await ModelFiles.WriteAsync(model, sourceUnetDir, unetOut, ct);
+
+        OptimizeManifest.QuantizationReport? quantization = null;
+        if (options.Quantization is { } q)
+            quantization = await QuantizeAsync(model, output, unetOut, options, q, prompts, progress, ct);
 
         var manifest = new OptimizeManifest
         {
@@ -117,11 +149,43 @@ public static class BundleOptimizer
             ZeroAttentionAddsRemoved = zeroAdds,
             UnetBytesBefore = DirectorySize(sourceUnetDir),
             UnetBytesAfter = DirectorySize(unetOut),
+            UnetWeightBytesBefore = weightBytesBefore,
+            UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
+            Quantization = quantization,
         };
         await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);
         progress?.Report($"wrote {output}");
         return manifest;
+    }
+
+    /// <summary>
+    /// Calibrates on the float UNet just written (so ranges are those of the rewritten graph, Token Merging included),
+    /// rewrites it in QDQ form and reports the integer kernels ONNX Runtime fuses from it.
+    /// </summary>
+    private static async Task<OptimizeManifest.QuantizationReport> QuantizeAsync(Onnx.ModelProto model, string bundle, string unetDir,
+        OptimizeOptions options, QuantizationOptions quantization, IReadOnlyList<string> prompts, IProgress<string>? progress, CancellationToken ct)
+    {
+        var session = new SessionSettings();
+        var inputs = await Calibration.CollectInputsAsync(bundle, prompts, options.CalibrationSteps, options.Batch, session, progress, ct);
+        var plan = QdqQuantizer.Plan(model.Graph, quantization);
+        if (plan.Targets.Count == 0) throw new InvalidOperationException("The UNet has no Conv or MatMul with initializer weights to quantize.");
+        var ranges = Calibration.MeasureRanges(model, unetDir, plan.Tensors, inputs, session, progress, ct);
+
+        progress?.Report($"quantizing {plan.Targets.Count} nodes ({quantization.Preset})");
+        var quantized = QdqQuantizer.Apply(model, plan, ranges, unetDir);
+        await ModelFiles.WriteAsync(model, unetDir, unetDir, ct);
+
+        progress?.Report("checking which kernels ONNX Runtime runs");
+        var ops = await KernelReport.CountOpsAsync(Path.Combine(unetDir, "model.onnx"), session, ct);
+        var integer = ops.Where(o => KernelReport.IntegerOps.Contains(o.Key)).ToDictionary();
+        var floatLeft = ops.Where(o => o.Key is "Conv" or "FusedConv" or "MatMul" or "FusedMatMul" or "Gemm" or "QuantizeLinear" or "DequantizeLinear").ToDictionary();
+        progress?.Report($"integer kernels: {string.Join(", ", integer.Select(o => $"{o.Key} {o.Value}"))}; float left: {string.Join(", ", floatLeft.Select(o => $"{o.Key} {o.Value}"))}");
+        return new OptimizeManifest.QuantizationReport(
+            Format: "QDQ", Preset: quantization.Preset.ToString().ToLowerInvariant(),
+            WeightScheme: "int8 symmetric per output channel", ActivationScheme: "uint8 asymmetric per tensor", RangeMethod: "min-max",
+            CalibrationPrompts: prompts.Count, CalibrationSteps: options.CalibrationSteps, CalibrationInputs: inputs.Count,
+            CalibratedTensors: plan.Tensors.Count, QuantizedNodes: quantized, IntegerKernels: integer, FloatKernelsLeft: floatLeft);
     }
 
     private static long DirectorySize(string dir) => Directory.EnumerateFiles(dir).Sum(f => new FileInfo(f).Length);

@@ -14,6 +14,9 @@ internal sealed class GraphBuilder(GraphProto graph, string prefix)
 
     private string Name(string hint) => $"{prefix}{hint}_{_next++}";
 
+    /// <summary>The nodes built so far, in the order they were built.</summary>
+    public IReadOnlyList<NodeProto> Nodes => _nodes;
+
     public string Op(string opType, string[] inputs, params (string Name, object Value)[] attributes) =>
         OpN(opType, inputs, 1, attributes)[0];
 
@@ -36,7 +39,7 @@ internal sealed class GraphBuilder(GraphProto graph, string prefix)
 
     public string Float(string hint, long[] dims, float[] values) => Initializer(hint, dims, values, TensorProto.Types.DataType.Float);
 
-    private string Initializer<T>(string hint, long[] dims, T[] values, TensorProto.Types.DataType type) where T : unmanaged
+    public string Initializer<T>(string hint, long[] dims, T[] values, TensorProto.Types.DataType type) where T : unmanaged
     {
         var tensor = new TensorProto { Name = Name(hint), DataType = (int)type };
         tensor.Dims.AddRange(dims);

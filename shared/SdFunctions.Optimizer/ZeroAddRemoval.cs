@@ -26,7 +26,7 @@ public static class ZeroAddRemoval
             nodes.Remove(add);
             removed++;
         }
-        if (removed > 0) RemoveDeadNodes(graph);
+        if (removed > 0) GraphEdits.RemoveDeadNodes(graph);
         return removed;
     }
 
@@ -42,18 +42,5 @@ public static class ZeroAddRemoval
         if (value.DataType != (int)TensorProto.Types.DataType.Float) return false;
         float v = value.FloatData.Count > 0 ? value.FloatData[0] : BitConverter.ToSingle(value.RawData.Span);
         return v == 0f;
-    }
-
-    /// <summary>Drops nodes whose outputs nothing reads (repeatedly: their inputs' producers may die too).</summary>
-    private static void RemoveDeadNodes(GraphProto graph)
-    {
-        var graphOutputs = graph.Output.Select(o => o.Name).ToHashSet();
-        while (true)
-        {
-            var read = graph.Node.SelectMany(n => n.Input).Concat(graphOutputs).ToHashSet();
-            var dead = graph.Node.Where(n => n.Output.All(o => !read.Contains(o))).ToList();
-            if (dead.Count == 0) return;
-            foreach (var n in dead) graph.Node.Remove(n);
-        }
     }
 }

@@ -121,4 +121,25 @@ public class OptimizeCliTests
         Assert.Equal(CliApp.BadInput, await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("y"), "--tome-ratio", "2"], new StringWriter(), bad));
         Assert.StartsWith("sdf: ", bad.ToString());
     }
+
+    [Fact]
+    public async Task OptimizeQuantizesWithTheChosenPresetAndPrompts()
+    {
+        string prompts = Fixtures.TempDirectory("sdf-cli-prompts") + ".txt";
+        Directory.CreateDirectory(Path.GetDirectoryName(prompts)!);
+        await File.WriteAllTextAsync(prompts, "a red barn\n");
+        string output = Fixtures.TempDirectory("sdf-cli-int8");
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", output, "--quantize", "int8",
+            "--quantize-preset", "aggressive", "--calibration", prompts, "--calibration-steps", "2"], new StringWriter(), stderr);
+        Assert.True(code == 0, stderr.ToString());
+        Assert.Contains("integer kernels: ", stderr.ToString());
+        var manifest = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(output, "sdfunctions-optimize.json"))).RootElement;
+        Assert.Equal("aggressive", manifest.GetProperty("quantization").GetProperty("preset").GetString());
+        Assert.Equal(1, manifest.GetProperty("quantization").GetProperty("calibrationPrompts").GetInt32());
+
+        var bad = new StringWriter();
+        Assert.Equal(CliApp.BadInput, await CliApp.RunAsync(["optimize", "--out", Fixtures.TempDirectory("z"), "--quantize", "int4"], new StringWriter(), bad));
+        Assert.Contains("int4", bad.ToString());
+    }
 }

@@ -38,8 +38,8 @@ public class OptimizeTests
         Assert.All(manifest.TokenMerging, b => Assert.Equal((1024, 512), (b.Tokens, b.Merged)));
         Assert.Equal(2, manifest.StaticDims["batch_size"]);
         Assert.Equal(32, manifest.StaticDims["height"]);
-        Assert.Equal(new FileInfo(Path.Combine(dir, "unet", "model.onnx")).Length + new FileInfo(Path.Combine(dir, "unet", "config.json")).Length,
-            manifest.UnetBytesAfter);
+        Assert.Equal(Directory.EnumerateFiles(Path.Combine(dir, "unet")).Sum(f => new FileInfo(f).Length), manifest.UnetBytesAfter);
+        Assert.InRange(manifest.UnetWeightBytesAfter - manifest.UnetWeightBytesBefore, 1, 512 * 1024); // float weights kept, plus ToMe's index constants
 
         var bundle = ModelBundle.Open(dir);
         Assert.Equal(2, bundle.FixedUnetBatch);
@@ -72,6 +72,7 @@ public class OptimizeTests
     {
         var (dir, manifest) = await Optimize(0);
         Assert.Empty(manifest.TokenMerging);
+        Assert.Equal(manifest.UnetWeightBytesBefore, manifest.UnetWeightBytesAfter); // the same weights, moved to model.onnx_data
         using var pipeline = await Load(dir);
         var result = await pipeline.GenerateAsync(new GenerationRequest
         {

@@ -123,8 +123,13 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>Generates one image. Checks <paramref name="cancellationToken"/> between steps and aborts a running model call.</summary>
-    public async Task<GenerationResult> GenerateAsync(GenerationRequest request, IProgress<GenerationProgress>? progress = null,
-        CancellationToken cancellationToken = default)
+    public Task<GenerationResult> GenerateAsync(GenerationRequest request, IProgress<GenerationProgress>? progress = null,
+        CancellationToken cancellationToken = default) =>
+        GenerateAsync(request, progress, unetObserver: null, cancellationToken);
+
+    /// <summary>Generates one image, showing <paramref name="unetObserver"/> the UNet's inputs at every step.</summary>
+    public async Task<GenerationResult> GenerateAsync(GenerationRequest request, IProgress<GenerationProgress>? progress,
+        IUNetInputObserver? unetObserver, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         Validate(request);
@@ -133,7 +138,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         {
             using var runOptions = new RunOptions();
             using var abort = cancellationToken.Register(() => runOptions.Terminate = true);
-            return Generate(request, runOptions, progress, cancellationToken);
+            return Generate(request, runOptions, progress, unetObserver, cancellationToken);
         }
         catch (OnnxRuntimeException) when (cancellationToken.IsCancellationRequested)
         {
@@ -145,7 +150,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         }
     }
 
-    private GenerationResult Generate(GenerationRequest request, RunOptions runOptions, IProgress<GenerationProgress>? progress, CancellationToken ct)
+    private GenerationResult Generate(GenerationRequest request, RunOptions runOptions, IProgress<GenerationProgress>? progress,
+        IUNetInputObserver? unetObserver, CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
         long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
@@ -192,6 +198,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             double t = scheduler.Timesteps[i];
             scheduler.ScaleModelInput(latents, t, unet.Sample.AsSpan(0, n));
             if (batch == 2) unet.Sample.AsSpan(0, n).CopyTo(unet.Sample.AsSpan(n, n));
+            unetObserver?.Observe(unet.Sample, t, unet.EncoderHiddenStates);
             unet.Run(t, runOptions);
             if (guided)
             {

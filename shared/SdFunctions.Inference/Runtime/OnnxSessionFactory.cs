@@ -66,6 +66,15 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
         }
     }
 
+    /// <summary>
+    /// Writes the graph ONNX Runtime would run for <paramref name="modelPath"/> (after all of this factory's
+    /// optimizations) to <paramref name="savePath"/>, weights beside it: to see which kernels it really uses.
+    /// </summary>
+    public void SaveOptimizedGraph(string modelPath, IReadOnlyDictionary<string, long> dimOverrides, string savePath)
+    {
+        using var session = CreateFromSource(modelPath, dimOverrides, savePath);
+    }
+
     private InferenceSession CreateSession(string path, IReadOnlyDictionary<string, long> dims, bool optimize, string? saveTo)
     {
         using var options = new SessionOptions

@@ -1,0 +1,129 @@
+using Google.Protobuf;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.ML.OnnxRuntime;
+using Onnx;
+using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Runtime;
+
+namespace SdFunctions.Optimizer.Quantization;
+
+/// <summary>One UNet call seen during calibration.</summary>
+public sealed record UNetInputs(float[] Sample, double Timestep, float[] EncoderHiddenStates);
+
+/// <summary>
+/// Calibration for static quantization: real UNet inputs from the float pipeline (prompts × the scheduler's
+/// timesteps), then the min and max of every activation to quantize over all of them.
+/// </summary>
+public static class Calibration
+{
+    /// <summary>Used when no prompt file is given: varied subjects and styles, so ranges are not tuned to one image.</summary>
+    public static readonly IReadOnlyList<string> DefaultPrompts =
+    [
+        "a photo of an astronaut riding a horse on mars",
+        "a watercolor painting of a lighthouse at sunset",
+        "portrait of an old fisherman, dramatic lighting, highly detailed",
+        "a bowl of fruit on a wooden table, still life, oil on canvas",
+    ];
+
+    /// <summary>Prompts from a text file: one per line; blank lines and lines starting with # are skipped.</summary>
+    public static IReadOnlyList<string> ReadPrompts(string path)
+    {
+        if (!File.Exists(path)) throw new ArgumentException($"--calibration: {path} does not exist.");
+        var prompts = File.ReadAllLines(path).Select(l => l.Trim()).Where(l => l.Length > 0 && !l.StartsWith('#')).ToList();
+        return prompts.Count > 0 ? prompts : throw new ArgumentException($"--calibration: {path} holds no prompt (one per line).");
+    }
+
+    /// <summary>Runs the float pipeline of <paramref name="bundleDirectory"/> once per prompt and keeps every UNet input.</summary>
+    public static async Task<IReadOnlyList<UNetInputs>> CollectInputsAsync(string bundleDirectory, IReadOnlyList<string> prompts, int steps, int batch,
+        SessionSettings session, IProgress<string>? progress, CancellationToken ct)
+    {
+        var recorder = new Recorder();
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(bundleDirectory, new PipelineOptions { Session = session, WarmUp = false }, cancellationToken: ct);
+        for (int i = 0; i < prompts.Count; i++)
+        {
+            progress?.Report($"calibration: prompt {i + 1}/{prompts.Count} × {steps} steps");
+            // A batch-1 UNet runs without guidance; batch 2 with the usual guidance (negative and prompt halves).
+            var request = new GenerationRequest { Prompt = prompts[i], Steps = steps, Seed = i, GuidanceScale = batch == 2 ? 7.5 : 1.0 };
+            await pipeline.GenerateAsync(request, progress: null, recorder, ct);
+        }
+        return recorder.Inputs;
+    }
+
+    /// <summary>The range of each of <paramref name="tensors"/> over all <paramref name="inputs"/>, measured inside ONNX Runtime.</summary>
+    public static Dictionary<string, ActivationRange> MeasureRanges(ModelProto model, string modelDirectory, IReadOnlyList<string> tensors,
+        IReadOnlyList<UNetInputs> inputs, SessionSettings session, IProgress<string>? progress, CancellationToken ct)
+    {
+        // Each tensor gets ReduceMin/ReduceMax nodes whose scalars become extra graph outputs: only 8 bytes per tensor leave the run.
+        var augmented = model.Clone();
+        var b = new GraphBuilder(augmented.Graph, "/calibration/");
+        var outputs = new List<(string Tensor, string Min, string Max)>();
+        foreach (string tensor in tensors)
+        {
+            string min = b.Op("ReduceMin", [tensor], ("keepdims", 0L)), max = b.Op("ReduceMax", [tensor], ("keepdims", 0L));
+            foreach (string o in new[] { min, max })
+                augmented.Graph.Output.Add(new ValueInfoProto
+                {
+                    Name = o,
+                    Type = new TypeProto { TensorType = new TypeProto.Types.Tensor { ElemType = (int)TensorProto.Types.DataType.Float, Shape = new TensorShapeProto() } },
+                });
+            outputs.Add((tensor, min, max));
+        }
+        augmented.Graph.Node.AddRange(b.Nodes);
+
+        string path = Path.Combine(modelDirectory, $"calibration-{Guid.NewGuid():N}.onnx"); // beside the weights it refers to
+        File.WriteAllBytes(path, augmented.ToByteArray());
+        try
+        {
+            var factory = new OnnxSessionFactory(session, NullLogger.Instance);
+            using var created = factory.Create("calibration", path, new Dictionary<string, long>()).Session;
+            var ranges = tensors.ToDictionary(t => t, _ => new ActivationRange(float.PositiveInfinity, float.NegativeInfinity));
+            string[] names = [.. outputs.SelectMany(o => new[] { o.Min, o.Max })];
+            using var runOptions = new RunOptions();
+            for (int i = 0; i < inputs.Count; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                if (i % 10 == 0) progress?.Report($"calibration: measuring ranges, input {i + 1}/{inputs.Count}");
+                using var feeds = new DisposableList(InputValues(model.Graph, inputs[i]));
+                using var results = created.Run(runOptions, ["sample", "timestep", "encoder_hidden_states"], feeds.Values, names);
+                for (int k = 0; k < outputs.Count; k++)
+                {
+                    float min = results[2 * k].GetTensorDataAsSpan<float>()[0], max = results[2 * k + 1].GetTensorDataAsSpan<float>()[0];
+                    ranges[outputs[k].Tensor] = ranges[outputs[k].Tensor].Include(min, max);
+                }
+            }
+            return ranges;
+        }
+        finally
+        {
+            File.Delete(path);
+        }
+    }
+
+    private static List<OrtValue> InputValues(GraphProto graph, UNetInputs input)
+    {
+        long[] Shape(string name) => [.. graph.Input.First(i => i.Name == name).Type.TensorType.Shape.Dim.Select(d => d.DimValue)];
+        long[] timestepShape = Shape("timestep");
+        int timesteps = (int)timestepShape.Aggregate(1L, (x, y) => x * y);
+        bool int64 = graph.Input.First(i => i.Name == "timestep").Type.TensorType.ElemType == (int)TensorProto.Types.DataType.Int64;
+        return
+        [
+            OrtValue.CreateTensorValueFromMemory(input.Sample, Shape("sample")),
+            int64 ? OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((long)input.Timestep, timesteps).ToArray(), timestepShape)
+                  : OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((float)input.Timestep, timesteps).ToArray(), timestepShape),
+            OrtValue.CreateTensorValueFromMemory(input.EncoderHiddenStates, Shape("encoder_hidden_states")),
+        ];
+    }
+
+    private sealed class DisposableList(List<OrtValue> values) : IDisposable
+    {
+        public IReadOnlyCollection<OrtValue> Values => values;
+        public void Dispose() { foreach (var v in values) v.Dispose(); }
+    }
+
+    private sealed class Recorder : IUNetInputObserver
+    {
+        public List<UNetInputs> Inputs { get; } = [];
+        public void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates) =>
+            Inputs.Add(new UNetInputs(sample.ToArray(), timestep, encoderHiddenStates.ToArray()));
+    }
+}
