@@ -149,6 +149,15 @@ public static class CliApp
         var model = ModelOption();
         var output = new Option<string>("--out", "-o") { Description = "New folder for the optimized bundle.", Required = true };
         var tome = new Option<double>("--tome-ratio") { Description = "Token Merging ratio in [0, 1) (0.4–0.5 in practice; 0 = off).", DefaultValueFactory = _ => 0 };
+        var sx = new Option<int>("--tome-sx") { Description = "ToMe dst grid width (tomesd sx).", DefaultValueFactory = _ => 2 };
+        var sy = new Option<int>("--tome-sy") { Description = "ToMe dst grid height (tomesd sy).", DefaultValueFactory = _ => 2 };
+        var maxDownsample = new Option<int>("--tome-max-downsample") { Description = "Merge in blocks at most this much smaller than the latents (1, 2, 4, 8).", DefaultValueFactory = _ => 1 };
+        var merge = new Option<string[]>("--tome-merge")
+        {
+            Description = "Sub-layers that run on merged tokens: attn, crossattn, mlp (comma-separated).", DefaultValueFactory = _ => ["attn"],
+            CustomParser = r => r.Tokens.SelectMany(t => t.Value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray(),
+        };
+        var tomeSeed = new Option<int?>("--tome-seed") { Description = "Random dst token per cell from this seed (tomesd use_rand). Default: top-left." };
         var width = new Option<int?>("--width") { Description = "Image width the UNet is fixed to. Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height the UNet is fixed to. Default: the model's native size." };
         var batch = new Option<int>("--batch") { Description = "UNet batch (2 for guidance, 1 without).", DefaultValueFactory = _ => 2 };
@@ -164,7 +173,7 @@ public static class CliApp
         var command = new Command("optimize",
             "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
         {
-            model, output, tome, width, height, batch, quantize, preset, calibration, calibrationSteps,
+            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, calibration, calibrationSteps,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -172,6 +181,8 @@ public static class CliApp
             var manifest = await BundleOptimizer.OptimizeAsync(new OptimizeOptions
             {
                 ModelDirectory = parse.GetValue(model)!, OutputDirectory = parse.GetValue(output)!, TomeRatio = parse.GetValue(tome),
+                TomeSx = parse.GetValue(sx), TomeSy = parse.GetValue(sy), TomeMaxDownsample = parse.GetValue(maxDownsample),
+                TomeMerge = parse.GetValue(merge)!, TomeSeed = parse.GetValue(tomeSeed),
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
                 Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset) },
                 CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps),

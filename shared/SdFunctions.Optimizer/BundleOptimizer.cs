@@ -16,6 +16,13 @@ public sealed record OptimizeOptions
     public required string ModelDirectory { get; init; }
     public required string OutputDirectory { get; init; }
     public double TomeRatio { get; init; }
+
+    /// <summary>tomesd's other knobs: dst grid, how far down the UNet to merge, which sub-layers, random dst seed.</summary>
+    public int TomeSx { get; init; } = 2;
+    public int TomeSy { get; init; } = 2;
+    public int TomeMaxDownsample { get; init; } = 1;
+    public IReadOnlyList<string> TomeMerge { get; init; } = ["attn"];
+    public int? TomeSeed { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
     public int Batch { get; init; } = 2;
@@ -72,6 +79,10 @@ public static class BundleOptimizer
     {
         var bundle = ModelBundle.Open(options.ModelDirectory);
         if (options.TomeRatio is < 0 or >= 1) throw new ArgumentException($"--tome-ratio must be in [0, 1); got {options.TomeRatio}.");
+        if (options.TomeSx < 1 || options.TomeSy < 1) throw new ArgumentException($"--tome-sx and --tome-sy must be at least 1; got {options.TomeSx}, {options.TomeSy}.");
+        if (options.TomeMaxDownsample is not (1 or 2 or 4 or 8)) throw new ArgumentException($"--tome-max-downsample must be 1, 2, 4 or 8; got {options.TomeMaxDownsample}.");
+        if (options.TomeMerge.FirstOrDefault(m => m is not ("attn" or "crossattn" or "mlp")) is { } unknown)
+            throw new ArgumentException($"--tome-merge: '{unknown}' is not one of attn, crossattn, mlp.");
         if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
         var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
         if (options.Batch is not (1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
@@ -115,6 +126,8 @@ public static class BundleOptimizer
             var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions
             {
                 Ratio = options.TomeRatio, Batch = options.Batch, LatentHeight = latentH, LatentWidth = latentW,
+                Sx = options.TomeSx, Sy = options.TomeSy, MaxDownsample = options.TomeMaxDownsample, RandomDstSeed = options.TomeSeed,
+                MergeAttn = options.TomeMerge.Contains("attn"), MergeCrossAttn = options.TomeMerge.Contains("crossattn"), MergeMlp = options.TomeMerge.Contains("mlp"),
             });
             blocks.AddRange(result.Blocks.Select(b => new OptimizeManifest.TomeBlock(b.Block, b.Tokens, b.Merged)));
             progress?.Report($"token merging: {blocks.Count} blocks, {blocks.Sum(b => b.Merged)} tokens merged per step");

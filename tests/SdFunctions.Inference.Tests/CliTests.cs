@@ -108,9 +108,13 @@ public class OptimizeCliTests
     {
         string output = Fixtures.TempDirectory("sdf-cli-optimized");
         var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", output, "--tome-ratio", "0.5"], new StringWriter(), stderr);
+        int code = await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", output, "--tome-ratio", "0.5",
+            "--tome-max-downsample", "2", "--tome-merge", "attn,mlp", "--tome-seed", "3"], new StringWriter(), stderr);
         Assert.True(code == 0, stderr.ToString());
-        Assert.Contains("token merging: 5 blocks", stderr.ToString());
+        Assert.Contains("token merging: 10 blocks", stderr.ToString());
+        var options = System.Text.Json.JsonDocument.Parse(await File.ReadAllTextAsync(Path.Combine(output, "sdfunctions-optimize.json"))).RootElement.GetProperty("options");
+        Assert.Equal(["attn", "mlp"], options.GetProperty("tomeMerge").EnumerateArray().Select(e => e.GetString()));
+        Assert.Equal(3, options.GetProperty("tomeSeed").GetInt32());
         Assert.True(File.Exists(Path.Combine(output, "sdfunctions-optimize.json")));
 
         var again = new StringWriter();
@@ -120,6 +124,10 @@ public class OptimizeCliTests
         var bad = new StringWriter();
         Assert.Equal(CliApp.BadInput, await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("y"), "--tome-ratio", "2"], new StringWriter(), bad));
         Assert.StartsWith("sdf: ", bad.ToString());
+
+        var badMerge = new StringWriter();
+        Assert.Equal(CliApp.BadInput, await CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("y"), "--tome-ratio", "0.5", "--tome-merge", "attn,norm"], new StringWriter(), badMerge));
+        Assert.Contains("'norm' is not one of attn, crossattn, mlp", badMerge.ToString());
     }
 
     [Fact]

@@ -15,12 +15,14 @@ public class TokenMergingTests
     private static readonly OnnxSessionFactory Factory = new(TinyPipelineFixture.CachedSessions, NullLogger.Instance);
 
     /// <summary>A bundle copy whose UNet is rewritten with ToMe for one static shape.</summary>
-    private static (string Dir, TokenMergingRewriter.Result Result) RewrittenBundle(double ratio, int h, int w)
+    private static (string Dir, TokenMergingRewriter.Result Result) RewrittenBundle(double ratio, int h, int w,
+        Func<TokenMergingOptions, TokenMergingOptions>? configure = null)
     {
         string dir = Fixtures.CopyTinySd();
         string path = Path.Combine(dir, "unet", "model.onnx");
         var model = ModelProto.Parser.ParseFrom(File.ReadAllBytes(path));
-        var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions { Ratio = ratio, Batch = 2, LatentHeight = h, LatentWidth = w });
+        var options = new TokenMergingOptions { Ratio = ratio, Batch = 2, LatentHeight = h, LatentWidth = w };
+        var result = TokenMergingRewriter.Apply(model, configure?.Invoke(options) ?? options);
         File.WriteAllBytes(path, model.ToByteArray());
         return (dir, result);
     }
@@ -60,6 +62,40 @@ public class TokenMergingTests
         var (dir, result) = RewrittenBundle(0, 32, 32);
         Assert.Empty(result.Blocks);
         Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), RunUNet(dir, "case0", 32, 32), 1e-5, "ToMe r=0");
+    }
+
+    private static double RelativeL2(float[] expected, float[] actual) =>
+        Math.Sqrt(expected.Zip(actual, (e, a) => (a - (double)e) * (a - e)).Sum() / expected.Sum(e => (double)e * e));
+
+    [Fact]
+    public void CrossAttentionAndMlpMergingAndRandomDstChangeTheOutputModestly()
+    {
+        // No tomesd reference exists for these options: check each really rewrites, and moves the output no more than ToMe
+        // should (tomesd's default moves it by ~4 % relative L2; merging all three sub-layers roughly triples that).
+        float[] unpatched = Fixtures.Floats("unet", "case0/out_sample");
+        float[] attnOnly = RunUNet(RewrittenBundle(0.5, 32, 32).Dir, "case0", 32, 32);
+        var variants = new (string Name, Func<TokenMergingOptions, TokenMergingOptions> Configure)[]
+        {
+            ("crossattn", o => o with { MergeCrossAttn = true }),
+            ("mlp", o => o with { MergeMlp = true }),
+            ("all three", o => o with { MergeCrossAttn = true, MergeMlp = true }),
+            ("random dst seed 1", o => o with { RandomDstSeed = 1 }),
+            ("random dst seed 2", o => o with { RandomDstSeed = 2 }),
+            ("2 × 1 cells, max_downsample 2", o => o with { Sx = 2, Sy = 1, MaxDownsample = 2 }),
+        };
+        var outputs = new Dictionary<string, float[]>();
+        foreach (var (name, configure) in variants)
+        {
+            var (dir, result) = RewrittenBundle(0.5, 32, 32, configure);
+            float[] output = RunUNet(dir, "case0", 32, 32);
+            Assert.True(Close.MaxAbs(attnOnly, output) > 1e-3, $"{name}: same output as the default rewrite");
+            Assert.InRange(RelativeL2(unpatched, output), 1e-3, 0.2);
+            outputs[name] = output;
+            if (name.StartsWith("2 × 1")) Assert.Equal(5 + 5, result.Blocks.Count); // half resolution too: down_blocks.1 (2) and up_blocks.2 (3)
+        }
+        Assert.True(Close.MaxAbs(outputs["random dst seed 1"], outputs["random dst seed 2"]) > 1e-3, "different seeds, same dst sets");
+        Close.AllClose(outputs["random dst seed 1"], RunUNet(RewrittenBundle(0.5, 32, 32, o => o with { RandomDstSeed = 1 }).Dir, "case0", 32, 32),
+            0, "the same seed gives the same graph");
     }
 
     [Fact]

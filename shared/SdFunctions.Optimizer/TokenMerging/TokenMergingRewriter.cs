@@ -36,7 +36,7 @@ public static class TokenMergingRewriter
             int h = (options.LatentHeight + downsample - 1) / downsample, w = (options.LatentWidth + downsample - 1) / downsample;
             int tokens = h * w, r = (int)Math.Floor(tokens * options.Ratio);
             if (r == 0) continue;
-            int merged = RewriteBlock(graph, prefix, options, h, w, r);
+            int merged = RewriteBlock(graph, prefix, options, h, w, r, blockNumber: done.Count);
             done.Add((prefix.Trim('/'), tokens, merged));
         }
         return new Result(done);
@@ -56,29 +56,33 @@ public static class TokenMergingRewriter
         return int.TryParse(name.AsSpan(marker.Length, end - marker.Length), out int i) ? i : -1;
     }
 
-    private static int RewriteBlock(GraphProto graph, string prefix, TokenMergingOptions o, int h, int w, int r)
+    private static int RewriteBlock(GraphProto graph, string prefix, TokenMergingOptions o, int h, int w, int r, int blockNumber)
     {
+        // The sub-layers to merge around, each found by its first node (what reads the normalized hidden states).
+        var sublayers = new List<(string Prefix, string FirstNode)>();
+        if (o.MergeAttn) sublayers.Add((prefix + "attn1/", prefix + "attn1/to_q/MatMul"));
+        if (o.MergeCrossAttn) sublayers.Add((prefix + "attn2/", prefix + "attn2/to_q/MatMul"));
+        if (o.MergeMlp) sublayers.Add((prefix + "ff/", prefix + "ff/net.0/proj/MatMul"));
+        if (sublayers.Count == 0) return 0;
+
         var nodes = graph.Node;
-        string attnPrefix = prefix + "attn1/";
-        var attn = nodes.Where(n => n.Name.StartsWith(attnPrefix, StringComparison.Ordinal)).ToList();
-        var toQ = attn.Single(n => n.Name == attnPrefix + "to_q/MatMul");
-        string normed = toQ.Input[0]; // norm1's output, which attn1 reads
-        var produced = attn.SelectMany(n => n.Output).ToHashSet();
-        var outsideUses = nodes.Where(n => !n.Name.StartsWith(attnPrefix, StringComparison.Ordinal))
-            .SelectMany(n => n.Input.Select((input, slot) => (Node: n, Input: input, Slot: slot))).Where(u => produced.Contains(u.Input)).ToList();
-        if (outsideUses.Select(u => u.Input).Distinct().Count() != 1 || outsideUses[0].Node.OpType != "Add")
-            throw new InvalidOperationException($"{prefix}attn1: expected one output feeding the residual Add; the graph differs from diffusers' export.");
-        var residual = outsideUses[0].Node;
-        string attnOut = outsideUses[0].Input;
-        string blockInput = residual.Input[1 - outsideUses[0].Slot]; // tomesd's metric: the block's input hidden states
+        // tomesd's metric is the block's input hidden states: the residual operand of attn1's output Add.
+        var (_, blockInput, _) = Residual(graph, prefix + "attn1/");
+        var toQ = nodes.First(n => n.Name == prefix + "attn1/to_q/MatMul");
         var weight = graph.Initializer.FirstOrDefault(i => i.Name == toQ.Input[1])
             ?? throw new InvalidOperationException($"{prefix}attn1/to_q: its weight is not an initializer.");
         int channels = (int)weight.Dims[0];
 
-        // Static index sets: dst = the top-left token of each full Sx×Sy cell, src = every other token.
+        // Static index sets: one dst per full Sx×Sy cell (its top-left token, or a seeded random one), src = every other token.
         int hsy = h / o.Sy, wsx = w / o.Sx, tokens = h * w;
+        var random = o.RandomDstSeed is { } seed ? new Random(unchecked(seed * 7919 + blockNumber)) : null; // seeded Random is stable across runs
         var isDst = new bool[tokens];
-        for (int i = 0; i < hsy; i++) for (int j = 0; j < wsx; j++) isDst[i * o.Sy * w + j * o.Sx] = true;
+        for (int i = 0; i < hsy; i++)
+            for (int j = 0; j < wsx; j++)
+            {
+                int k = random?.Next(o.Sx * o.Sy) ?? 0;
+                isDst[(i * o.Sy + k / o.Sx) * w + j * o.Sx + k % o.Sx] = true;
+            }
         long[] dstIdx = Enumerable.Range(0, tokens).Where(p => isDst[p]).Select(p => (long)p).ToArray();
         long[] srcIdx = Enumerable.Range(0, tokens).Where(p => !isDst[p]).Select(p => (long)p).ToArray();
         int nd = dstIdx.Length, ns = srcIdx.Length;
@@ -93,7 +97,7 @@ public static class TokenMergingRewriter
         long B = o.Batch, C = channels;
         string aIdx = b.Int64("src_idx", [ns], srcIdx), bIdx = b.Int64("dst_idx", [nd], dstIdx);
 
-        // Matching on the normalized block input (bipartite soft matching).
+        // Matching on the normalized block input (bipartite soft matching), once for every merged sub-layer.
         string norm = b.Op("ReduceL2", [blockInput], ("axes", new long[] { -1 }), ("keepdims", 1L));
         string metric = b.Op("Div", [blockInput, norm]);
         string a = b.Op("Gather", [metric, aIdx], ("axis", 1L));
@@ -105,18 +109,11 @@ public static class TokenMergingRewriter
         string mergedSrc = b.Op("Slice", [order, b.Int64("zero", [1], [0]), b.Int64("r", [1], [r]), b.Int64("axis1", [1], [1])]);
         string keptSrc = b.Op("Slice", [order, b.Int64("r2", [1], [r]), b.Int64("ns2", [1], [ns]), b.Int64("axis1b", [1], [1])]);
         string dstOfMerged = b.Op("GatherElements", [nodeIdx, mergedSrc], ("axis", 1L));
-
-        // Merge what attn1 reads: kept src tokens, then each dst averaged with the src merged into it.
-        string src = b.Op("Gather", [normed, aIdx], ("axis", 1L));
-        string dst = b.Op("Gather", [normed, bIdx], ("axis", 1L));
-        string kept = b.Op("GatherElements", [src, b.Expand(b.Unsqueeze(keptSrc), [B, unmerged, C])], ("axis", 1L));
-        string moved = b.Op("GatherElements", [src, b.Expand(b.Unsqueeze(mergedSrc), [B, r, C])], ("axis", 1L));
+        string keptIndex = b.Expand(b.Unsqueeze(keptSrc), [B, unmerged, C]);
+        string movedIndex = b.Expand(b.Unsqueeze(mergedSrc), [B, r, C]);
         string assign = b.Op("OneHot", [dstOfMerged, b.Int64("depth", [], [nd]), b.Float("onehot_values", [2], [0f, 1f])], ("axis", -1L));
         string assignT = b.Op("Transpose", [assign], ("perm", new long[] { 0, 2, 1 }));
-        string sums = b.Op("MatMul", [assignT, moved]);
-        string counts = b.Op("ReduceSum", [assignT, b.Int64("axes2", [1], [2])], ("keepdims", 1L));
-        string mean = b.Op("Div", [b.Op("Add", [dst, sums]), b.Op("Add", [counts, b.Float("one", [], [1f])])]);
-        string mergedTokens = b.Op("Concat", [kept, mean], ("axis", 1L));
+        string counts = b.Op("Add", [b.Op("ReduceSum", [assignT, b.Int64("axes2", [1], [2])], ("keepdims", 1L)), b.Float("one", [], [1f])]);
 
         // Unmerge: token p reads its own row (kept src, dst) or its dst's row (merged src).
         string rank = b.Op("ScatterElements", [b.Int64("zeros", [B, ns], new long[B * ns]), order,
@@ -125,20 +122,42 @@ public static class TokenMergingRewriter
         string srcRow = b.Op("Where", [isKept, b.Op("Sub", [rank, b.Int64("r4", [], [r])]), b.Op("Add", [nodeIdx, b.Int64("unm", [], [unmerged])])]);
         string dstRow = b.Int64("dst_rows", [B, nd], Enumerable.Range(0, (int)B).SelectMany(_ => Enumerable.Range(0, nd).Select(j => (long)(unmerged + j))).ToArray());
         string rows = b.Op("Gather", [b.Op("Concat", [srcRow, dstRow], ("axis", 1L)), b.Int64("token_position", [tokens], position)], ("axis", 1L));
-        string unmergedOut = b.Op("GatherElements", [attnOut, b.Expand(b.Unsqueeze(rows), [B, tokens, C])], ("axis", 1L));
+        string rowIndex = b.Expand(b.Unsqueeze(rows), [B, tokens, C]);
 
-        // Wire in: attn1 reads the merged tokens; the residual Add reads the unmerged output.
-        foreach (var n in attn)
-            for (int i = 0; i < n.Input.Count; i++)
-                if (n.Input[i] == normed) n.Input[i] = mergedTokens;
-        residual.Input[outsideUses[0].Slot] = unmergedOut;
+        foreach (var (sublayer, firstNode) in sublayers)
+        {
+            var layer = nodes.Where(n => n.Name.StartsWith(sublayer, StringComparison.Ordinal)).ToList();
+            string normed = (layer.FirstOrDefault(n => n.Name == firstNode)
+                ?? throw new InvalidOperationException($"{firstNode} was not found: the graph differs from diffusers' export.")).Input[0];
+            var (residual, _, slot) = Residual(graph, sublayer);
 
-        // The merge nodes go right before attn1's first node, the unmerge nodes right before the residual Add.
-        int firstAttn = nodes.IndexOf(attn[0]);
-        var (merge, unmerge) = b.Split(at: rank);
-        for (int i = 0; i < merge.Count; i++) nodes.Insert(firstAttn + i, merge[i]);
-        int residualAt = nodes.IndexOf(residual);
-        for (int i = 0; i < unmerge.Count; i++) nodes.Insert(residualAt + i, unmerge[i]);
+            // Merge what the sub-layer reads: kept src tokens, then each dst averaged with the src merged into it.
+            string src = b.Op("Gather", [normed, aIdx], ("axis", 1L));
+            string dst = b.Op("Gather", [normed, bIdx], ("axis", 1L));
+            string kept = b.Op("GatherElements", [src, keptIndex], ("axis", 1L));
+            string moved = b.Op("GatherElements", [src, movedIndex], ("axis", 1L));
+            string mean = b.Op("Div", [b.Op("Add", [dst, b.Op("MatMul", [assignT, moved])]), counts]);
+            string mergedTokens = b.Op("Concat", [kept, mean], ("axis", 1L));
+            string unmergedOut = b.Op("GatherElements", [residual.Input[slot], rowIndex], ("axis", 1L));
+
+            foreach (var n in layer)
+                for (int i = 0; i < n.Input.Count; i++)
+                    if (n.Input[i] == normed) n.Input[i] = mergedTokens;
+            residual.Input[slot] = unmergedOut;
+        }
+        nodes.AddRange(b.Nodes);
+        GraphEdits.SortTopologically(graph);
         return r;
+    }
+
+    /// <summary>The residual Add a sub-layer's one output feeds: the Add, its other operand, and which input the output is.</summary>
+    private static (NodeProto Add, string Other, int Slot) Residual(GraphProto graph, string sublayer)
+    {
+        var produced = graph.Node.Where(n => n.Name.StartsWith(sublayer, StringComparison.Ordinal)).SelectMany(n => n.Output).ToHashSet();
+        var uses = graph.Node.Where(n => !n.Name.StartsWith(sublayer, StringComparison.Ordinal))
+            .SelectMany(n => n.Input.Select((input, slot) => (Node: n, Input: input, Slot: slot))).Where(u => produced.Contains(u.Input)).ToList();
+        if (uses.Select(u => u.Input).Distinct().Count() != 1 || uses.Count != 1 || uses[0].Node.OpType != "Add")
+            throw new InvalidOperationException($"{sublayer}: expected one output feeding the residual Add; the graph differs from diffusers' export.");
+        return (uses[0].Node, uses[0].Node.Input[1 - uses[0].Slot], uses[0].Slot);
     }
 }
