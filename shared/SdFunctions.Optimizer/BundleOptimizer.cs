@@ -4,6 +4,7 @@ using System.Text.Json;
 using Google.Protobuf;
 using Onnx;
 using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Optimizer.Quantization;
 using SdFunctions.Optimizer.TokenMerging;
@@ -35,6 +36,12 @@ public sealed record OptimizeOptions
 
     /// <summary>Denoising steps per calibration prompt (the bundle's default scheduler).</summary>
     public int CalibrationSteps { get; init; } = 10;
+
+    /// <summary>
+    /// Also compile every model for this machine into the bundle's <c>compiled/</c> folder (ORT's optimized graphs with
+    /// the default session settings), so a matching instance's first load skips graph optimization.
+    /// </summary>
+    public bool Compile { get; init; }
 }
 
 /// <summary>The manifest written beside an optimized bundle: where it came from and what was done.</summary>
@@ -56,6 +63,11 @@ public sealed record OptimizeManifest
     public required long UnetWeightBytesBefore { get; init; }
     public required long UnetWeightBytesAfter { get; init; }
     public QuantizationReport? Quantization { get; init; }
+
+    /// <summary>The compiled graphs in the bundle and what they are valid for (null: not compiled).</summary>
+    public CompiledGraphs? Compiled { get; init; }
+
+    public sealed record CompiledGraphs(string OrtVersion, string CpuFeatures, IReadOnlyList<string> Entries);
 
     public sealed record TomeBlock(string Block, int Tokens, int Merged);
 
@@ -102,7 +114,8 @@ public static class BundleOptimizer
         {
             ct.ThrowIfCancellationRequested();
             string relative = Path.GetRelativePath(bundle.Directory, file);
-            if (relative.StartsWith("unet" + Path.DirectorySeparatorChar, StringComparison.Ordinal) || relative == OptimizeManifest.FileName) continue;
+            if (relative.StartsWith("unet" + Path.DirectorySeparatorChar, StringComparison.Ordinal) || relative == OptimizeManifest.FileName
+                || relative.StartsWith(OnnxSessionFactory.CompiledFolder + Path.DirectorySeparatorChar, StringComparison.Ordinal)) continue; // rebuilt, not copied
             string target = Path.Combine(output, relative);
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
             File.Copy(file, target);
@@ -149,6 +162,17 @@ public static class BundleOptimizer
         if (options.Quantization is { } q)
             quantization = await QuantizeAsync(model, output, unetOut, options, q, prompts, progress, ct);
 
+        OptimizeManifest.CompiledGraphs? compiled = null;
+        if (options.Compile)
+        {
+            progress?.Report("compiling the models for this machine (ONNX Runtime graph optimization)");
+            string cache = Path.Combine(output, OnnxSessionFactory.CompiledFolder);
+            using (await StableDiffusionPipeline.LoadAsync(output, new PipelineOptions
+                   { WarmUp = false, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } }, cancellationToken: ct)) { }
+            compiled = new OptimizeManifest.CompiledGraphs(OnnxSessionFactory.OrtVersion, CpuInfo.FeatureSummary,
+                Directory.GetDirectories(cache).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!);
+        }
+
         var manifest = new OptimizeManifest
         {
             Tool = "sdf optimize",
@@ -165,6 +189,7 @@ public static class BundleOptimizer
             UnetWeightBytesBefore = weightBytesBefore,
             UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
             Quantization = quantization,
+            Compiled = compiled,
         };
         await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
             JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);

@@ -35,6 +35,45 @@ public class LoadingTests
     }
 
     [Fact]
+    public async Task GraphsCompiledIntoABundleServeItsFirstLoadWhereverItIsCopied()
+    {
+        string built = Fixtures.TempDirectory("sdf-compiled");
+        var manifest = await SdFunctions.Optimizer.BundleOptimizer.OptimizeAsync(new SdFunctions.Optimizer.OptimizeOptions
+            { ModelDirectory = Fixtures.TinySd, OutputDirectory = built, Compile = true });
+        Assert.Equal(3, manifest.Compiled!.Entries.Count);
+        Assert.Equal(OnnxSessionFactory.OrtVersion, manifest.Compiled.OrtVersion);
+
+        // A copy elsewhere (new path, new file times), as on Azure Files or after a blob download: the keys still match.
+        string copy = Fixtures.TempDirectory("sdf-compiled-copy");
+        foreach (string file in Directory.EnumerateFiles(built, "*", SearchOption.AllDirectories))
+        {
+            string target = Path.Combine(copy, Path.GetRelativePath(built, file));
+            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+            File.Copy(file, target);
+        }
+        var options = new PipelineOptions { WarmUp = false, Session = new SessionSettings() }; // production defaults, no cache folder
+        using (var pipeline = await StableDiffusionPipeline.LoadAsync(copy, options))
+        {
+            Assert.All(pipeline.Sessions, s => Assert.True(s.FromCache && s.LoadedFrom.StartsWith(Path.Combine(copy, "compiled")), $"{s.Component} came from {s.LoadedFrom}"));
+            var result = await pipeline.GenerateAsync(new GenerationRequest { Prompt = "a red barn", Steps = 3, Seed = 1 });
+            using var reference = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySd, new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
+            Close.AllClose((await reference.GenerateAsync(new GenerationRequest { Prompt = "a red barn", Steps = 3, Seed = 1 })).Latents, result.Latents, 1e-4,
+                "compiled graphs vs the source bundle");
+        }
+
+        // Other settings make other keys: the compiled graphs are not used (nor touched).
+        using (var other = await StableDiffusionPipeline.LoadAsync(copy, new PipelineOptions { WarmUp = false, Session = new SessionSettings { DisabledOptimizers = ["ConstantFolding"] } }))
+            Assert.All(other.Sessions, s => Assert.False(s.FromCache));
+
+        // A broken compiled graph is skipped, not deleted (the bundle may be read-only); the source model loads instead.
+        string unetEntry = Directory.GetDirectories(Path.Combine(copy, "compiled")).Single(d => Path.GetFileName(d).StartsWith("unet-", StringComparison.Ordinal));
+        await File.WriteAllTextAsync(Path.Combine(unetEntry, "model.onnx"), "not a model");
+        using (var fallback = await StableDiffusionPipeline.LoadAsync(copy, options))
+            Assert.False(fallback.Sessions.Single(s => s.Component == "unet").FromCache);
+        Assert.True(File.Exists(Path.Combine(unetEntry, "model.onnx")));
+    }
+
+    [Fact]
     public async Task ACorruptCacheEntryIsRebuilt()
     {
         string cache = Fixtures.TempDirectory("sdf-cache");

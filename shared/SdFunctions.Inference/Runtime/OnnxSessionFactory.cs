@@ -14,23 +14,42 @@ public sealed record SessionLoadInfo(string Component, string ModelPath, string 
 /// Creates ONNX Runtime sessions the way the pipeline needs them: static shapes through free-dimension
 /// overrides named by the model's own dims, full graph optimization, one intra-op thread per physical core,
 /// no spinning between requests. With a cache directory, the optimized graph is saved once under a key
-/// (model files, ORT version, CPU features, shapes) and loaded from there next time, which skips minutes of
-/// graph optimization on a cold start; a stale or broken cache entry is rebuilt.
+/// (model content, ORT version, CPU features, settings, shapes) and loaded from there next time, which skips minutes
+/// of graph optimization on a cold start; a stale or broken cache entry is rebuilt. A bundle can also carry graphs
+/// compiled ahead of time under the same keys (its <c>compiled/</c> folder): used when they match, ignored when not.
 /// </summary>
 public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
 {
     public static string OrtVersion => OrtEnv.Instance().GetVersionString();
 
+    /// <summary>The folder of a bundle that holds graphs compiled for it ahead of time, by the same keys as the cache.</summary>
+    public const string CompiledFolder = "compiled";
+
     public (InferenceSession Session, SessionLoadInfo Info) Create(string component, string modelPath, IReadOnlyDictionary<string, long> dimOverrides)
     {
         var watch = Stopwatch.StartNew();
+        string key = CacheKey(modelPath, dimOverrides);
+        // A graph compiled into the bundle (sdf optimize --compile) first: read-only, so a bad one is skipped, not deleted.
+        string bundled = Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(modelPath))!)!, CompiledFolder, $"{component}-{key}", "model.onnx");
+        if (File.Exists(bundled))
+        {
+            try
+            {
+                var session = CreateSession(bundled, dimOverrides, optimize: false, saveTo: null);
+                logger.LogInformation("{Component}: loaded the graph compiled into the bundle {Path}", component, bundled);
+                return (session, new SessionLoadInfo(component, modelPath, bundled, true, watch.Elapsed));
+            }
+            catch (OnnxRuntimeException e)
+            {
+                logger.LogWarning("{Component}: compiled graph {Path} failed to load ({Message}); optimizing the model instead", component, bundled, e.Message);
+            }
+        }
         if (settings.OptimizedModelCacheDirectory is not { Length: > 0 } cacheRoot)
         {
             var session = CreateFromSource(modelPath, dimOverrides, saveTo: null);
             return (session, new SessionLoadInfo(component, modelPath, modelPath, false, watch.Elapsed));
         }
 
-        string key = CacheKey(modelPath, dimOverrides);
         string entry = Path.Combine(cacheRoot, $"{component}-{key}");
         string cached = Path.Combine(entry, "model.onnx");
         if (File.Exists(cached))
@@ -116,20 +135,40 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
         }
     }
 
+    /// <summary>
+    /// What an optimized graph depends on: the model's content, ORT's version, this CPU's features, the optimization
+    /// settings and the shapes. Content, not path or file times, so that a bundle copied elsewhere (Azure Files, a blob
+    /// download) still finds its graphs. The graph file is hashed whole; each weight file beside it by its size and
+    /// 64 samples of 64 KiB spread over it, which tells apart any two trainings without reading gigabytes at start-up.
+    /// </summary>
     private string CacheKey(string modelPath, IReadOnlyDictionary<string, long> dims)
     {
         var text = new StringBuilder();
-        string dir = Path.GetDirectoryName(Path.GetFullPath(modelPath))!;
-        // The model file and every file beside it (external weights) by size and time: no multi-GB hashing at start-up.
-        foreach (string f in Directory.EnumerateFiles(dir).Order(StringComparer.Ordinal))
-        {
-            var fi = new FileInfo(f);
-            text.Append(fi.Name).Append(':').Append(fi.Length).Append(':').Append(fi.LastWriteTimeUtc.Ticks).Append(';');
-        }
-        text.Append(Path.GetFullPath(modelPath)).Append("|ort=").Append(OrtVersion).Append("|cpu=").Append(CpuInfo.FeatureSummary)
+        string full = Path.GetFullPath(modelPath), dir = Path.GetDirectoryName(full)!;
+        using (var stream = File.OpenRead(full)) text.Append("graph=").Append(Convert.ToHexStringLower(SHA256.HashData(stream))).Append(';');
+        foreach (string f in Directory.EnumerateFiles(dir).Where(f => f != full && !f.EndsWith(".json", StringComparison.Ordinal)).Order(StringComparer.Ordinal))
+            text.Append(Path.GetFileName(f)).Append(':').Append(SampledHash(f)).Append(';');
+        text.Append("|ort=").Append(OrtVersion).Append("|cpu=").Append(CpuInfo.FeatureSummary)
             .Append("|opt=").Append(settings.GraphOptimizationLevel).Append("|off=").AppendJoin(';', settings.DisabledOptimizers).Append("|dims=")
             .AppendJoin(',', dims.OrderBy(d => d.Key, StringComparer.Ordinal).Select(d => $"{d.Key}={d.Value}"));
         return Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text.ToString())))[..16];
+    }
+
+    private static string SampledHash(string path)
+    {
+        const int samples = 64, sampleSize = 64 * 1024;
+        using var stream = File.OpenRead(path);
+        using var hash = IncrementalHash.CreateHash(HashAlgorithmName.SHA256);
+        hash.AppendData(BitConverter.GetBytes(stream.Length));
+        var buffer = new byte[sampleSize];
+        long stride = Math.Max(stream.Length / samples, 1);
+        for (long offset = 0; offset < stream.Length; offset += Math.Max(stride, sampleSize))
+        {
+            stream.Position = offset;
+            int read = stream.ReadAtLeast(buffer, sampleSize, throwOnEndOfStream: false);
+            hash.AppendData(buffer, 0, read);
+        }
+        return Convert.ToHexStringLower(hash.GetHashAndReset());
     }
 
     private static void TryDelete(string dir)
