@@ -170,11 +170,12 @@ public static class CliApp
         };
         var calibration = new Option<string?>("--calibration") { Description = "Prompt file for calibration, one per line. Default: four built-in prompts." };
         var calibrationSteps = new Option<int>("--calibration-steps") { Description = "Denoising steps per calibration prompt.", DefaultValueFactory = _ => 10 };
+        var fuseAttention = new Option<bool>("--fuse-attention") { Description = "Replace the exported attention subgraphs with ONNX Runtime's fused MultiHeadAttention." };
         var compile = new Option<bool>("--compile") { Description = "Also store graphs optimized for this machine in the bundle (compiled/): faster first load where they match." };
         var command = new Command("optimize",
             "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
         {
-            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, calibration, calibrationSteps, compile,
+            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, calibration, calibrationSteps, fuseAttention, compile,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -187,6 +188,7 @@ public static class CliApp
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
                 Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset) },
                 CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps), Compile = parse.GetValue(compile),
+                FuseAttention = parse.GetValue(fuseAttention),
             }, progress, ct);
             stderr.WriteLine($"optimize: UNet {manifest.UnetBytesBefore / 1e6:F1} MB → {manifest.UnetBytesAfter / 1e6:F1} MB; " +
                 $"{manifest.TokenMerging.Count} blocks merge tokens; {(manifest.Quantization is null ? "float" : "int8 " + manifest.Quantization.Preset)}; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");

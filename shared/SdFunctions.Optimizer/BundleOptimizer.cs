@@ -28,6 +28,9 @@ public sealed record OptimizeOptions
     public int? Height { get; init; }
     public int Batch { get; init; } = 2;
 
+    /// <summary>Replace the exported attention subgraphs with ORT's fused MultiHeadAttention.</summary>
+    public bool FuseAttention { get; init; }
+
     /// <summary>INT8 QDQ quantization of the UNet; null = keep it float.</summary>
     public QuantizationOptions? Quantization { get; init; }
 
@@ -56,6 +59,7 @@ public sealed record OptimizeManifest
     public required IReadOnlyDictionary<string, long> StaticDims { get; init; }
     public required IReadOnlyList<TomeBlock> TokenMerging { get; init; }
     public required int ZeroAttentionAddsRemoved { get; init; }
+    public required int FusedAttentions { get; init; }
     public required long UnetBytesBefore { get; init; }
     public required long UnetBytesAfter { get; init; }
 
@@ -147,6 +151,9 @@ public static class BundleOptimizer
         }
         int zeroAdds = ZeroAddRemoval.Apply(model.Graph);
         progress?.Report($"attention: removed {zeroAdds} additions of constant zeros (baddbmm beta=0)");
+        int fusedAttentions = options.FuseAttention ? AttentionFusion.Apply(model) : 0;
+        if (options.FuseAttention)
+            progress?.Report($"attention: {fusedAttentions} attentions fused into MultiHeadAttention");
         var dims = StaticDims.ForUnet(model.Graph, options.Batch, latentH, latentW, bundle.Tokenizer.MaxLength);
         StaticDims.Apply(model.Graph, dims);
 
@@ -184,6 +191,7 @@ public static class BundleOptimizer
             StaticDims = dims,
             TokenMerging = blocks,
             ZeroAttentionAddsRemoved = zeroAdds,
+            FusedAttentions = fusedAttentions,
             UnetBytesBefore = DirectorySize(sourceUnetDir),
             UnetBytesAfter = DirectorySize(unetOut),
             UnetWeightBytesBefore = weightBytesBefore,

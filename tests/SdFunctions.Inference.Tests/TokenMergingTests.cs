@@ -133,3 +133,53 @@ public class ZeroAddRemovalTests
         Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), unet.Output, 1e-4, "UNet without the zero additions");
     }
 }
+
+/// <summary>The fused MultiHeadAttention rewrite, checked against the unfused graph's reference outputs.</summary>
+public class AttentionFusionTests
+{
+    private static float[] Run(ModelProto model, string @case, int h, int w)
+    {
+        string dir = Fixtures.CopyTinySd();
+        File.WriteAllBytes(Path.Combine(dir, "unet", "model.onnx"), model.ToByteArray());
+        using var unet = new UNetModel(new OnnxSessionFactory(new SessionSettings(), NullLogger.Instance), ModelBundle.Open(dir), 2, h, w, 77, 32);
+        using var run = new RunOptions();
+        Fixtures.Floats("unet", $"{@case}/sample").CopyTo(unet.Sample, 0);
+        Fixtures.Floats("unet", $"{@case}/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
+        unet.Run(Fixtures.Longs("unet", $"{@case}/timestep")[0], run);
+        return unet.Output;
+    }
+
+    private static ModelProto TinyUnet() => ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Fixtures.TinySd, "unet", "model.onnx")));
+
+    [Theory]
+    [InlineData("case0", 32, 32)]
+    [InlineData("case1", 24, 40)]
+    public void FusedAttentionComputesWhatTheExportedSubgraphsDo(string @case, int h, int w)
+    {
+        var model = TinyUnet();
+        SdFunctions.Optimizer.ZeroAddRemoval.Apply(model.Graph);
+        Assert.Equal(32, SdFunctions.Optimizer.AttentionFusion.Apply(model)); // attn1 and attn2 of all 16 transformer blocks
+        Assert.Equal(32, model.Graph.Node.Count(n => n.OpType == "MultiHeadAttention" && n.Domain == "com.microsoft"));
+        Assert.DoesNotContain(model.Graph.Node, n => n.OpType == "Softmax");
+        Close.AllClose(Fixtures.Floats("unet", $"{@case}/out_sample"), Run(model, @case, h, w), 1e-4, $"{@case} fused attention vs diffusers");
+    }
+
+    [Fact]
+    public void FusionComposesWithTokenMerging()
+    {
+        var model = TinyUnet();
+        TokenMergingRewriter.Apply(model, new TokenMergingOptions { Ratio = 0.5, Batch = 2, LatentHeight = 32, LatentWidth = 32 });
+        SdFunctions.Optimizer.ZeroAddRemoval.Apply(model.Graph);
+        Assert.Equal(32, SdFunctions.Optimizer.AttentionFusion.Apply(model));
+        Close.AllClose(Fixtures.Floats("unet", "case0/out_sample_tome_r0.5"), Run(model, "case0", 32, 32), 1e-4, "ToMe 0.5 + fused attention vs tomesd");
+    }
+
+    [Fact]
+    public void AnAttentionOutsideThePatternIsLeftAlone()
+    {
+        var vae = ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Fixtures.TinySd, "vae_decoder", "model.onnx")));
+        int nodes = vae.Graph.Node.Count;
+        Assert.Equal(0, SdFunctions.Optimizer.AttentionFusion.Apply(vae)); // its attention keeps the baddbmm zero Add before Softmax: no match
+        Assert.Equal(nodes, vae.Graph.Node.Count);
+    }
+}
