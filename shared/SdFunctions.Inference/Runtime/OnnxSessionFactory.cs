@@ -31,19 +31,8 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
         string key = CacheKey(modelPath, dimOverrides);
         // A graph compiled into the bundle (sdf optimize --compile) first: read-only, so a bad one is skipped, not deleted.
         string bundled = Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(modelPath))!)!, CompiledFolder, $"{component}-{key}", "model.onnx");
-        if (File.Exists(bundled))
-        {
-            try
-            {
-                var session = CreateSession(bundled, dimOverrides, optimize: false, saveTo: null);
-                logger.LogInformation("{Component}: loaded the graph compiled into the bundle {Path}", component, bundled);
-                return (session, new SessionLoadInfo(component, modelPath, bundled, true, watch.Elapsed));
-            }
-            catch (OnnxRuntimeException e)
-            {
-                logger.LogWarning("{Component}: compiled graph {Path} failed to load ({Message}); optimizing the model instead", component, bundled, e.Message);
-            }
-        }
+        if (TryLoadOptimized(component, bundled, dimOverrides, "the graph compiled into the bundle") is { } compiled)
+            return (compiled, new SessionLoadInfo(component, modelPath, bundled, true, watch.Elapsed));
         if (settings.OptimizedModelCacheDirectory is not { Length: > 0 } cacheRoot)
         {
             var session = CreateFromSource(modelPath, dimOverrides, saveTo: null);
@@ -52,20 +41,9 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
 
         string entry = Path.Combine(cacheRoot, $"{component}-{key}");
         string cached = Path.Combine(entry, "model.onnx");
-        if (File.Exists(cached))
-        {
-            try
-            {
-                var session = CreateSession(cached, dimOverrides, optimize: false, saveTo: null);
-                logger.LogInformation("{Component}: loaded the optimized graph from cache {Path}", component, cached);
-                return (session, new SessionLoadInfo(component, modelPath, cached, true, watch.Elapsed));
-            }
-            catch (OnnxRuntimeException e)
-            {
-                logger.LogWarning("{Component}: cached graph {Path} failed to load ({Message}); rebuilding it", component, cached, e.Message);
-                TryDelete(entry);
-            }
-        }
+        if (TryLoadOptimized(component, cached, dimOverrides, "the cached optimized graph") is { } fromCache)
+            return (fromCache, new SessionLoadInfo(component, modelPath, cached, true, watch.Elapsed));
+        TryDelete(entry); // missing, half-written by a crash or unloadable: rebuilt below
 
         // Build into a private folder, then publish it with one rename so a reader never sees half a file.
         string staging = Path.Combine(cacheRoot, $".{component}-{key}-{Guid.NewGuid():N}");
@@ -82,6 +60,23 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
         {
             TryDelete(staging);
             throw;
+        }
+    }
+
+    /// <summary>An already optimized graph, or null when there is none or it does not load (logged).</summary>
+    private InferenceSession? TryLoadOptimized(string component, string path, IReadOnlyDictionary<string, long> dims, string what)
+    {
+        if (!File.Exists(path)) return null;
+        try
+        {
+            var session = CreateSession(path, dims, optimize: false, saveTo: null);
+            logger.LogInformation("{Component}: loaded {What} {Path}", component, what, path);
+            return session;
+        }
+        catch (OnnxRuntimeException e)
+        {
+            logger.LogWarning("{Component}: {What} {Path} failed to load ({Message}); optimizing the model instead", component, what, path, e.Message);
+            return null;
         }
     }
 
