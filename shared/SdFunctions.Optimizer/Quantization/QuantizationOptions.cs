@@ -25,4 +25,7 @@ public sealed record QuantizationOptions
     /// raw latents (4 input channels: cheap in float, and it took the tiny UNet's error from 9.3 % to 7.1 %).
     /// </summary>
     public IReadOnlyList<string> KeepFloat { get; init; } = ["/time_proj/", "/time_embedding/", "/time_emb_proj/", "/conv_in/"];
+
+    /// <summary>Store the time embedding's linear weights as int8 anyway (dequantized to float when the model loads).</summary>
+    public bool WeightOnlyTimeEmbedding { get; init; } = true;
 }
