@@ -1,7 +1,6 @@
 using System.Reflection;
 using System.Security.Cryptography;
 using System.Text.Json;
-using Google.Protobuf;
 using Onnx;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
@@ -209,7 +208,7 @@ public static class BundleOptimizer
     /// Calibrates on the float UNet just written (so ranges are those of the rewritten graph, Token Merging included),
     /// rewrites it in QDQ form and reports the integer kernels ONNX Runtime fuses from it.
     /// </summary>
-    private static async Task<OptimizeManifest.QuantizationReport> QuantizeAsync(Onnx.ModelProto model, string bundle, string unetDir,
+    private static async Task<OptimizeManifest.QuantizationReport> QuantizeAsync(ModelProto model, string bundle, string unetDir,
         OptimizeOptions options, QuantizationOptions quantization, IReadOnlyList<string> prompts, IProgress<string>? progress, CancellationToken ct)
     {
         var session = new SessionSettings();
