@@ -1,5 +1,10 @@
 using System.Runtime.InteropServices;
 using System.Text.Json;
+using Microsoft.Extensions.Logging.Abstractions;
+using Microsoft.ML.OnnxRuntime;
+using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Models;
+using SdFunctions.Inference.Runtime;
 
 namespace SdFunctions.Inference.Tests;
 
@@ -64,6 +69,21 @@ public static class Fixtures
     /// <summary>A new folder path under this test run's temp root.</summary>
     public static string TempDirectory(string prefix) => Path.Combine(RunRoot.Value, $"{prefix}-{Guid.NewGuid().ToString("N")[..8]}");
 
+    /// <summary>
+    /// A bundle's UNet (batch 2, h×w latents, 77 tokens) run on the inputs of a reference case of reference/unet.json;
+    /// its output is comparable with that case's out_sample.
+    /// </summary>
+    public static float[] RunUNetCase(string bundleDir, string @case, int h, int w, SessionSettings? settings = null)
+    {
+        var factory = new OnnxSessionFactory(settings ?? TinyPipelineFixture.CachedSessions, NullLogger.Instance);
+        using var unet = new UNetModel(factory, ModelBundle.Open(bundleDir), 2, h, w, 77, 32);
+        using var run = new RunOptions();
+        Floats("unet", $"{@case}/sample").CopyTo(unet.Sample, 0);
+        Floats("unet", $"{@case}/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
+        unet.Run(Longs("unet", $"{@case}/timestep")[0], run);
+        return unet.Output;
+    }
+
     /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
     public static string CopyTinySd()
     {
@@ -96,6 +116,15 @@ public static class Close
         double scale = 0;
         foreach (float e in expected) scale = Math.Max(scale, Math.Abs(e));
         return MaxAbs(expected, actual) / Math.Max(scale, 1e-30);
+    }
+
+    /// <summary>‖a − e‖₂ / ‖e‖₂: how far a whole output moved.</summary>
+    public static double RelativeL2(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        double num = 0, den = 0;
+        for (int i = 0; i < expected.Length; i++) { double d = actual[i] - (double)expected[i]; num += d * d; den += expected[i] * (double)expected[i]; }
+        return Math.Sqrt(num / den);
     }
 
     public static void AllClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double absTol, string what)

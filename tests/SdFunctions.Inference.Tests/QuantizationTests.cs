@@ -1,10 +1,6 @@
-using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.ML.OnnxRuntime;
 using Onnx;
 using SdFunctions.Inference.Bundle;
-using SdFunctions.Inference.Models;
 using SdFunctions.Inference.Pipeline;
-using SdFunctions.Inference.Runtime;
 using SdFunctions.Inference.Schedulers;
 using SdFunctions.Optimizer;
 using SdFunctions.Optimizer.Quantization;
@@ -47,27 +43,11 @@ public sealed class QuantizedBundles
 /// <summary>sdf optimize --quantize int8: QDQ graph, integer kernels in ONNX Runtime, fidelity to FP32, the runtime loading it.</summary>
 public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper output) : IClassFixture<QuantizedBundles>
 {
-    private static readonly OnnxSessionFactory Factory = new(TinyPipelineFixture.CachedSessions, NullLogger.Instance);
-
     private static ModelProto Graph(string bundleDir) => ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(bundleDir, "unet", "model.onnx")));
 
-    /// <summary>The tiny UNet on the reference case0 inputs (32×32 latents, batch 2), as diffusers computed it in FP32 and as a bundle does.</summary>
-    private static (float[] Fp32, float[] Actual) Case0(string bundleDir)
-    {
-        using var unet = new UNetModel(Factory, ModelBundle.Open(bundleDir), 2, 32, 32, 77, 32);
-        using var run = new RunOptions();
-        Fixtures.Floats("unet", "case0/sample").CopyTo(unet.Sample, 0);
-        Fixtures.Floats("unet", "case0/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
-        unet.Run(Fixtures.Longs("unet", "case0/timestep")[0], run);
-        return (Fixtures.Floats("unet", "case0/out_sample"), unet.Output);
-    }
-
-    private static double RelativeL2(float[] expected, float[] actual)
-    {
-        double num = 0, den = 0;
-        for (int i = 0; i < expected.Length; i++) { double d = actual[i] - (double)expected[i]; num += d * d; den += expected[i] * (double)expected[i]; }
-        return Math.Sqrt(num / den);
-    }
+    /// <summary>diffusers' FP32 output for reference case0 (32×32 latents, batch 2) and a bundle's.</summary>
+    private static (float[] Fp32, float[] Actual) Case0(string bundleDir) =>
+        (Fixtures.Floats("unet", "case0/out_sample"), Fixtures.RunUNetCase(bundleDir, "case0", 32, 32));
 
     private static double Psnr(byte[] a, byte[] b)
     {
@@ -151,7 +131,8 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
         var m = bundles.Mixed.Manifest;
         var q = m.Quantization!;
         Assert.Equal(("QDQ", "mixed", "min-max"), (q.Format, q.Preset, q.RangeMethod));
-        var scheduler = SchedulerFactory.Create(SchedulerFactory.DefaultName(ModelBundle.Open(Fixtures.TinySd).Scheduler), ModelBundle.Open(Fixtures.TinySd).Scheduler);
+        var config = ModelBundle.Open(Fixtures.TinySd).Scheduler;
+        var scheduler = SchedulerFactory.Create(SchedulerFactory.DefaultName(config), config);
         scheduler.SetTimesteps(QuantizedBundles.CalibrationSteps);
         Assert.Equal((QuantizedBundles.Prompts.Length, QuantizedBundles.CalibrationSteps), (q.CalibrationPrompts, q.CalibrationSteps));
         Assert.Equal(QuantizedBundles.Prompts.Length * scheduler.Timesteps.Count, q.CalibrationInputs); // prompts × the scheduler's timesteps
@@ -167,7 +148,7 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
     {
         var (fp32, mixed) = Case0(bundles.Mixed.Dir);
         var (_, aggressive) = Case0(bundles.Aggressive.Dir);
-        double mixedError = RelativeL2(fp32, mixed), aggressiveError = RelativeL2(fp32, aggressive);
+        double mixedError = Close.RelativeL2(fp32, mixed), aggressiveError = Close.RelativeL2(fp32, aggressive);
         output.WriteLine($"UNet case0 relative L2 error vs diffusers FP32: mixed {mixedError:E3}, aggressive {aggressiveError:E3}");
         // Measured 6.5 % and 9.6 % (random weights; tomesd itself moves this output by 4 %): bounds with headroom, and a floor
         // that proves the graph really is quantized.

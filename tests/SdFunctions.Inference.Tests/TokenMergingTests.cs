@@ -1,9 +1,5 @@
 using Google.Protobuf;
-using Microsoft.Extensions.Logging.Abstractions;
-using Microsoft.ML.OnnxRuntime;
 using Onnx;
-using SdFunctions.Inference.Bundle;
-using SdFunctions.Inference.Models;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Optimizer.TokenMerging;
 
@@ -12,8 +8,6 @@ namespace SdFunctions.Inference.Tests;
 /// <summary>The Token Merging rewrite against tomesd 0.1.3 on the tiny UNet (reference/unet.json, out_sample_tome_r*).</summary>
 public class TokenMergingTests
 {
-    private static readonly OnnxSessionFactory Factory = new(TinyPipelineFixture.CachedSessions, NullLogger.Instance);
-
     /// <summary>A bundle copy whose UNet is rewritten with ToMe for one static shape.</summary>
     private static (string Dir, TokenMergingRewriter.Result Result) RewrittenBundle(double ratio, int h, int w,
         Func<TokenMergingOptions, TokenMergingOptions>? configure = null)
@@ -27,15 +21,7 @@ public class TokenMergingTests
         return (dir, result);
     }
 
-    private static float[] RunUNet(string bundleDir, string @case, int h, int w)
-    {
-        using var unet = new UNetModel(Factory, ModelBundle.Open(bundleDir), 2, h, w, 77, 32);
-        using var run = new RunOptions();
-        Fixtures.Floats("unet", $"{@case}/sample").CopyTo(unet.Sample, 0);
-        Fixtures.Floats("unet", $"{@case}/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
-        unet.Run(Fixtures.Longs("unet", $"{@case}/timestep")[0], run);
-        return unet.Output;
-    }
+    private static float[] RunUNet(string bundleDir, string @case, int h, int w) => Fixtures.RunUNetCase(bundleDir, @case, h, w);
 
     [Theory]
     [InlineData("case0", 32, 32, 0.5)]
@@ -64,9 +50,6 @@ public class TokenMergingTests
         Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), RunUNet(dir, "case0", 32, 32), 1e-5, "ToMe r=0");
     }
 
-    private static double RelativeL2(float[] expected, float[] actual) =>
-        Math.Sqrt(expected.Zip(actual, (e, a) => (a - (double)e) * (a - e)).Sum() / expected.Sum(e => (double)e * e));
-
     [Fact]
     public void CrossAttentionAndMlpMergingAndRandomDstChangeTheOutputModestly()
     {
@@ -89,7 +72,7 @@ public class TokenMergingTests
             var (dir, result) = RewrittenBundle(0.5, 32, 32, configure);
             float[] output = RunUNet(dir, "case0", 32, 32);
             Assert.True(Close.MaxAbs(attnOnly, output) > 1e-3, $"{name}: same output as the default rewrite");
-            Assert.InRange(RelativeL2(unpatched, output), 1e-3, 0.2);
+            Assert.InRange(Close.RelativeL2(unpatched, output), 1e-3, 0.2);
             outputs[name] = output;
             if (name.StartsWith("2 × 1")) Assert.Equal(5 + 5, result.Blocks.Count); // half resolution too: down_blocks.1 (2) and up_blocks.2 (3)
         }
@@ -124,13 +107,8 @@ public class ZeroAddRemovalTests
         Assert.Equal(0, SdFunctions.Optimizer.ZeroAddRemoval.Apply(model.Graph)); // nothing left to remove
         File.WriteAllBytes(path, model.ToByteArray());
 
-        var factory = new OnnxSessionFactory(new SessionSettings(), NullLogger.Instance); // constant folding on, as in production
-        using var unet = new UNetModel(factory, ModelBundle.Open(dir), 2, 32, 32, 77, 32);
-        using var run = new RunOptions();
-        Fixtures.Floats("unet", "case0/sample").CopyTo(unet.Sample, 0);
-        Fixtures.Floats("unet", "case0/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
-        unet.Run(Fixtures.Longs("unet", "case0/timestep")[0], run);
-        Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), unet.Output, 1e-4, "UNet without the zero additions");
+        float[] output = Fixtures.RunUNetCase(dir, "case0", 32, 32, new SessionSettings()); // constant folding on, as in production
+        Close.AllClose(Fixtures.Floats("unet", "case0/out_sample"), output, 1e-4, "UNet without the zero additions");
     }
 }
 
@@ -141,12 +119,7 @@ public class AttentionFusionTests
     {
         string dir = Fixtures.CopyTinySd();
         File.WriteAllBytes(Path.Combine(dir, "unet", "model.onnx"), model.ToByteArray());
-        using var unet = new UNetModel(new OnnxSessionFactory(new SessionSettings(), NullLogger.Instance), ModelBundle.Open(dir), 2, h, w, 77, 32);
-        using var run = new RunOptions();
-        Fixtures.Floats("unet", $"{@case}/sample").CopyTo(unet.Sample, 0);
-        Fixtures.Floats("unet", $"{@case}/encoder_hidden_states").CopyTo(unet.EncoderHiddenStates, 0);
-        unet.Run(Fixtures.Longs("unet", $"{@case}/timestep")[0], run);
-        return unet.Output;
+        return Fixtures.RunUNetCase(dir, @case, h, w, new SessionSettings());
     }
 
     private static ModelProto TinyUnet() => ModelProto.Parser.ParseFrom(File.ReadAllBytes(Path.Combine(Fixtures.TinySd, "unet", "model.onnx")));

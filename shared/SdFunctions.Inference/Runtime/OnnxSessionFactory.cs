@@ -28,12 +28,16 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
     public (InferenceSession Session, SessionLoadInfo Info) Create(string component, string modelPath, IReadOnlyDictionary<string, long> dimOverrides)
     {
         var watch = Stopwatch.StartNew();
-        string key = CacheKey(modelPath, dimOverrides);
+        string compiledRoot = Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(modelPath))!)!, CompiledFolder);
+        string? cacheRoot = settings.OptimizedModelCacheDirectory is { Length: > 0 } c ? c : null;
+        // The key hashes the model: computed only when a compiled folder or a cache could use it.
+        string? key = Directory.Exists(compiledRoot) || cacheRoot is not null ? CacheKey(modelPath, dimOverrides) : null;
+
         // A graph compiled into the bundle (sdf optimize --compile) first: read-only, so a bad one is skipped, not deleted.
-        string bundled = Path.Combine(Path.GetDirectoryName(Path.GetDirectoryName(Path.GetFullPath(modelPath))!)!, CompiledFolder, $"{component}-{key}", "model.onnx");
-        if (TryLoadOptimized(component, bundled, dimOverrides, "the graph compiled into the bundle") is { } compiled)
+        string bundled = Path.Combine(compiledRoot, $"{component}-{key}", "model.onnx");
+        if (key is not null && TryLoadOptimized(component, bundled, dimOverrides, "the graph compiled into the bundle") is { } compiled)
             return (compiled, new SessionLoadInfo(component, modelPath, bundled, true, watch.Elapsed));
-        if (settings.OptimizedModelCacheDirectory is not { Length: > 0 } cacheRoot)
+        if (cacheRoot is null || key is null)
         {
             var session = CreateFromSource(modelPath, dimOverrides, saveTo: null);
             return (session, new SessionLoadInfo(component, modelPath, modelPath, false, watch.Elapsed));

@@ -98,11 +98,12 @@ public static partial class QdqQuantizer
             throw new InvalidOperationException($"The UNet is opset {opset.Version}; per-channel QDQ needs opset 13 or later.");
         var initializers = graph.Initializer.ToDictionary(i => i.Name);
         var b = new GraphBuilder(graph, "/quant/");
-        var quantized = new Dictionary<string, (string Dq, string Scale, float ScaleValue)>();
+        var quantized = new Dictionary<string, (string Q, string Dq, float Scale)>(); // activation tensor → its pair
+        var tensorOfDq = new Dictionary<string, string>();
         var graphOutputs = graph.Output.Select(o => o.Name).ToHashSet();
 
         // One Q → DQ pair per activation tensor; the nodes that read it through the pair are rewired below.
-        (string Dq, string Scale, float ScaleValue) Quantize(string tensor)
+        (string Q, string Dq, float Scale) Quantize(string tensor)
         {
             if (quantized.TryGetValue(tensor, out var pair)) return pair;
             if (!ranges.TryGetValue(tensor, out var range))
@@ -111,7 +112,9 @@ public static partial class QdqQuantizer
             string s = b.Float("scale", [], [scale]);
             string zp = b.Initializer("zero_point", [], [zeroPoint], TensorProto.Types.DataType.Uint8);
             string q = b.Op("QuantizeLinear", [tensor, s, zp]);
-            return quantized[tensor] = (b.Op("DequantizeLinear", [q, s, zp]), s, scale);
+            string dq = b.Op("DequantizeLinear", [q, s, zp]);
+            tensorOfDq[dq] = tensor;
+            return quantized[tensor] = (q, dq, scale);
         }
 
         var counts = new Dictionary<string, int>();
@@ -122,8 +125,7 @@ public static partial class QdqQuantizer
             foreach (int i in target.ActivationInputs)
             {
                 // An input already rewired (its producer's output was quantized first) is that tensor's pair.
-                string tensor = quantized.FirstOrDefault(p => p.Value.Dq == node.Input[i]).Key ?? node.Input[i];
-                var (dq, _, scale) = Quantize(tensor);
+                var (_, dq, scale) = Quantize(tensorOfDq.GetValueOrDefault(node.Input[i], node.Input[i]));
                 node.Input[i] = dq;
                 inputScale = scale;
             }
@@ -143,8 +145,7 @@ public static partial class QdqQuantizer
             if (target.QuantizeOutput && !graphOutputs.Contains(node.Output[0]))
             {
                 string output = node.Output[0];
-                string dq = Quantize(output).Dq;
-                string q = graph.Node.Concat(b.Nodes).First(n => n.OpType == "QuantizeLinear" && n.Input[0] == output).Output[0];
+                var (q, dq, _) = Quantize(output);
                 foreach (var consumer in graph.Node.Concat(b.Nodes))
                     for (int i = 0; i < consumer.Input.Count; i++)
                         if (consumer.Input[i] == output && !consumer.Output.Contains(q)) consumer.Input[i] = dq;
