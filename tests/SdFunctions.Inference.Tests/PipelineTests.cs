@@ -50,6 +50,27 @@ public class PipelineTests(TinyPipelineFixture fixture)
     }
 
     [Fact]
+    public async Task TimingsSplitEachPhaseIntoModelRunsAndOverhead()
+    {
+        var result = await Pipeline.GenerateAsync(new GenerationRequest { Prompt = "a castle", Steps = 5, Seed = 3, Scheduler = "ddim" });
+        var t = result.Timings;
+        Assert.Equal(5, t.UNetRuns.Count);
+        Assert.All(t.UNetRuns.Zip(t.Steps), p => Assert.InRange(p.First, TimeSpan.FromTicks(1), p.Second)); // a UNet run is inside its step
+        Assert.InRange(t.TextEncoderRuns, TimeSpan.FromTicks(1), t.Encode);
+        Assert.InRange(t.VaeRun, TimeSpan.FromTicks(1), t.Decode);
+        Assert.InRange(t.Overhead, TimeSpan.Zero, t.Total);
+        Assert.Equal(t.Total - t.TextEncoderRuns - t.VaeRun - t.UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b), t.Overhead);
+    }
+
+    [Fact]
+    public async Task DecodingAGenerationsLatentsGivesItsImage()
+    {
+        var result = await Pipeline.GenerateAsync(new GenerationRequest { Prompt = "a castle", Steps = 3, Seed = 9 });
+        Assert.Equal(result.Rgb, await Pipeline.DecodeLatentsAsync(result.Latents));
+        await Assert.ThrowsAsync<InvalidGenerationRequestException>(() => Pipeline.DecodeLatentsAsync(new float[7]));
+    }
+
+    [Fact]
     public async Task TheSeedDeterminesTheImage()
     {
         var request = new GenerationRequest { Prompt = "a castle", Steps = 4, Seed = 1234 };

@@ -7,10 +7,17 @@ namespace SdFunctions.Inference.Pipeline;
 /// <summary>Progress after each denoising step.</summary>
 public readonly record struct GenerationProgress(int Step, int Total, TimeSpan Elapsed);
 
-/// <summary>Where a generation's time went.</summary>
-public sealed record GenerationTimings(TimeSpan Encode, IReadOnlyList<TimeSpan> Steps, TimeSpan Decode, TimeSpan Total)
+/// <summary>
+/// Where a generation's time went: the phases (encode, each step, decode, total) and, inside them, the models' own
+/// Run calls (text encoder, each UNet call, VAE decoder); what is left is the pipeline's own overhead.
+/// </summary>
+public sealed record GenerationTimings(TimeSpan Encode, IReadOnlyList<TimeSpan> Steps, TimeSpan Decode, TimeSpan Total,
+    TimeSpan TextEncoderRuns, IReadOnlyList<TimeSpan> UNetRuns, TimeSpan VaeRun)
 {
     public TimeSpan Denoise => Steps.Aggregate(TimeSpan.Zero, (a, b) => a + b);
+
+    /// <summary>Everything but the three models' Run calls: tokenizing, scheduling, guidance, copies, pixel conversion.</summary>
+    public TimeSpan Overhead => Total - TextEncoderRuns - UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b) - VaeRun;
 }
 
 /// <summary>A finished generation: the RGB pixels, the final latents, and what produced them.</summary>

@@ -166,19 +166,26 @@ public sealed class StableDiffusionPipeline : IDisposable
 
         // Text conditioning: [negative; prompt] for guidance, otherwise the prompt in every half of the batch.
         var encodeWatch = Stopwatch.StartNew();
+        var modelWatch = new Stopwatch();
         var prompt = Tokenizer.Encode(request.Prompt);
         if (prompt.Truncated)
             _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
+        modelWatch.Start();
         float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, runOptions);
+        modelWatch.Stop();
         if (guided)
         {
-            float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
+            var negativeIds = request.NegativePrompt.Length == 0 ? null : Tokenizer.Encode(request.NegativePrompt).Ids;
+            modelWatch.Start();
+            float[] negative = negativeIds is null ? _emptyPromptEmbedding : _textEncoder.Encode(negativeIds, runOptions);
+            modelWatch.Stop();
             negative.CopyTo(unet.EncoderHiddenStates, 0);
             promptEmbedding.CopyTo(unet.EncoderHiddenStates, negative.Length);
         }
         else
             for (int half = 0; half < batch; half++) promptEmbedding.CopyTo(unet.EncoderHiddenStates, half * promptEmbedding.Length);
         var encodeTime = encodeWatch.Elapsed;
+        var textEncoderTime = modelWatch.Elapsed;
 
         int n = LatentChannels * LatentHeight * LatentWidth;
         var noise = new SeededGaussianNoise(seed);
@@ -191,6 +198,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         float g = (float)request.GuidanceScale;
         float[] guidedOutput = guided ? new float[n] : [];
         var stepTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
+        var unetTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         for (int i = 0; i < scheduler.Timesteps.Count; i++)
         {
             ct.ThrowIfCancellationRequested();
@@ -199,7 +207,9 @@ public sealed class StableDiffusionPipeline : IDisposable
             scheduler.ScaleModelInput(latents, t, unet.Sample.AsSpan(0, n));
             if (batch == 2) unet.Sample.AsSpan(0, n).CopyTo(unet.Sample.AsSpan(n, n));
             unetObserver?.Observe(unet.Sample, t, unet.EncoderHiddenStates);
+            modelWatch.Restart();
             unet.Run(t, runOptions);
+            unetTimes.Add(modelWatch.Elapsed);
             if (guided)
             {
                 var output = unet.Output;
@@ -213,18 +223,42 @@ public sealed class StableDiffusionPipeline : IDisposable
 
         ct.ThrowIfCancellationRequested();
         var decodeWatch = Stopwatch.StartNew();
-        float scaling = Bundle.VaeScalingFactor;
-        for (int k = 0; k < n; k++) _vae.Latents[k] = latents[k] / scaling;
-        _vae.Run(runOptions);
-        byte[] rgb = ToRgb8(_vae.Image, _vae.Height, _vae.Width);
+        var (rgb, vaeTime) = Decode(latents, runOptions);
         var decodeTime = decodeWatch.Elapsed;
 
         return new GenerationResult
         {
             Seed = seed, Scheduler = schedulerName, Steps = request.Steps, Width = Width, Height = Height,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated,
-            Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed),
+            Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
         };
+    }
+
+    /// <summary>Final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) → RGB bytes, and the VAE's own run time.</summary>
+    private (byte[] Rgb, TimeSpan VaeRun) Decode(float[] latents, RunOptions runOptions)
+    {
+        float scaling = Bundle.VaeScalingFactor;
+        for (int k = 0; k < latents.Length; k++) _vae.Latents[k] = latents[k] / scaling;
+        var watch = Stopwatch.StartNew();
+        _vae.Run(runOptions);
+        var vaeTime = watch.Elapsed;
+        return (ToRgb8(_vae.Image, _vae.Height, _vae.Width), vaeTime);
+    }
+
+    /// <summary>Decodes final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) into RGB bytes, HWC.</summary>
+    public async Task<byte[]> DecodeLatentsAsync(float[] latents, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        int n = LatentChannels * LatentHeight * LatentWidth;
+        if (latents.Length != n)
+            throw new InvalidGenerationRequestException("latents", $"Latents must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {n} floats; got {latents.Length}.");
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            using var runOptions = new RunOptions();
+            return Decode(latents, runOptions).Rgb;
+        }
+        finally { _gate.Release(); }
     }
 
     /// <summary>The text encoder's last_hidden_state [77, hidden] for a prompt (what the UNet is conditioned on).</summary>

@@ -12,15 +12,15 @@ public sealed record SessionLoadInfo(string Component, string ModelPath, string 
 
 /// <summary>
 /// Creates ONNX Runtime sessions the way the pipeline needs them: static shapes through free-dimension
-/// overrides named by the model's own dims, full graph optimization, one intra-op thread per physical core,
-/// no spinning between requests. With a cache directory, the optimized graph is saved once under a key
+/// overrides named by the model's own dims, full graph optimization, one intra-op thread per physical core in a pool
+/// every session shares (<see cref="OrtEnvironment"/>), no spinning between requests. With a cache directory, the optimized graph is saved once under a key
 /// (model content, ORT version, CPU features, settings, shapes) and loaded from there next time, which skips minutes
 /// of graph optimization on a cold start; a stale or broken cache entry is rebuilt. A bundle can also carry graphs
 /// compiled ahead of time under the same keys (its <c>compiled/</c> folder): used when they match, ignored when not.
 /// </summary>
 public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
 {
-    public static string OrtVersion => OrtEnv.Instance().GetVersionString();
+    public static string OrtVersion => OrtEnvironment.Instance.GetVersionString();
 
     /// <summary>The folder of a bundle that holds graphs compiled for it ahead of time, by the same keys as the cache.</summary>
     public const string CompiledFolder = "compiled";
@@ -95,18 +95,26 @@ public sealed class OnnxSessionFactory(SessionSettings settings, ILogger logger)
 
     private InferenceSession CreateSession(string path, IReadOnlyDictionary<string, long> dims, bool optimize, string? saveTo)
     {
+        int threads = settings.IntraOpThreads ?? CpuInfo.PhysicalCores;
+        bool sharedPool = OrtEnvironment.GlobalThreads == threads; // creates the environment before any session
         using var options = new SessionOptions
         {
             GraphOptimizationLevel = optimize ? settings.GraphOptimizationLevel : GraphOptimizationLevel.ORT_DISABLE_ALL,
-            IntraOpNumThreads = settings.IntraOpThreads ?? CpuInfo.PhysicalCores,
+            IntraOpNumThreads = threads,
             InterOpNumThreads = 1,
             ExecutionMode = ExecutionMode.ORT_SEQUENTIAL,
-            EnableMemoryPattern = true,
-            EnableCpuMemArena = true,
+            EnableMemoryPattern = settings.EnableMemoryPattern,
+            EnableCpuMemArena = settings.EnableCpuMemArena,
         };
         foreach (var (name, value) in dims) options.AddFreeDimensionOverrideByName(name, value);
-        // Stop busy-waiting threads as soon as a run ends: an idle instance should not burn its CPU.
-        options.AddSessionConfigEntry("session.force_spinning_stop", "1");
+        if (settings.ProfilingPrefix is { } profile)
+        {
+            options.ProfileOutputPathPrefix = profile; // before enabling: enabling reads the prefix
+            options.EnableProfiling = true;
+        }
+        if (sharedPool) options.DisablePerSessionThreads();
+        // A pool of its own: stop busy-waiting as soon as a run ends, an idle instance should not burn its CPU.
+        else options.AddSessionConfigEntry("session.force_spinning_stop", "1");
         if (settings.DisabledOptimizers.Count > 0)
             options.AddSessionConfigEntry("optimization.disable_specified_optimizers", string.Join(';', settings.DisabledOptimizers));
         if (saveTo is not null)
@@ -186,12 +194,25 @@ public sealed record SessionSettings
 
     public GraphOptimizationLevel GraphOptimizationLevel { get; init; } = GraphOptimizationLevel.ORT_ENABLE_ALL;
 
+    /// <summary>ORT's CPU memory arena: keeps freed activation blocks for the next run instead of returning them.</summary>
+    public bool EnableCpuMemArena { get; init; } = true;
+
+    /// <summary>
+    /// ORT's memory pattern: one block per run planned from the first run's allocations. Off by default: measured on the
+    /// SD 1.5 INT8 + ToMe UNet it raised peak RSS by 0.43 GB (2.02 vs 1.59 GB) for no speed-up, made the second run slow
+    /// too (the block is allocated then), and the VAE decoder's peak at 512² by 0.65 GB (bench findings).
+    /// </summary>
+    public bool EnableMemoryPattern { get; init; }
+
     /// <summary>
     /// ORT graph transformers to skip, by name (e.g. "ConstantFolding"). Folding makes steps faster but turns the
     /// exporters' <c>baddbmm(empty(...), beta=0)</c> attention input into constant [batch·heads, tokens, tokens] zero
     /// tensors: seconds of session creation and a cached graph ~70× the tiny UNet (396 MB vs 5.4 MB).
     /// </summary>
     public IReadOnlyList<string> DisabledOptimizers { get; init; } = [];
+
+    /// <summary>Diagnostics: ORT writes each session's per-node timings (JSON) to a file starting with this prefix when it is disposed.</summary>
+    public string? ProfilingPrefix { get; init; }
 
     /// <summary>Where optimized graphs are saved and reused; null = optimize on every load.</summary>
     public string? OptimizedModelCacheDirectory { get; init; }
