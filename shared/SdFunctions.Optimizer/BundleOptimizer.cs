@@ -33,6 +33,9 @@ public sealed record OptimizeOptions
     /// <summary>INT8 QDQ quantization of the UNet; null = keep it float.</summary>
     public QuantizationOptions? Quantization { get; init; }
 
+    /// <summary>Also quantize the VAE decoder to INT8 (needs <see cref="Quantization"/>: it calibrates on the same run).</summary>
+    public bool QuantizeVaeDecoder { get; init; }
+
     /// <summary>Prompts to calibrate on (one per line); null = <see cref="Calibration.DefaultPrompts"/>.</summary>
     public string? CalibrationFile { get; init; }
 
@@ -67,6 +70,9 @@ public sealed record OptimizeManifest
     public required long UnetWeightBytesAfter { get; init; }
     public QuantizationReport? Quantization { get; init; }
 
+    /// <summary>The VAE decoder's quantized nodes by type (null: left float).</summary>
+    public IReadOnlyDictionary<string, int>? VaeDecoderQuantizedNodes { get; init; }
+
     /// <summary>The compiled graphs in the bundle and what they are valid for (null: not compiled).</summary>
     public CompiledGraphs? Compiled { get; init; }
 
@@ -100,6 +106,7 @@ public static class BundleOptimizer
             throw new ArgumentException($"--tome-merge: '{unknown}' is not one of attn, crossattn, mlp.");
         if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
         var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
+        if (options.QuantizeVaeDecoder && options.Quantization is null) throw new ArgumentException("--quantize-vae needs --quantize int8 (both calibrate on one run).");
         if (options.Batch is not (1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
         int width = options.Width ?? bundle.DefaultWidth, height = options.Height ?? bundle.DefaultHeight;
         int multiple = bundle.VaeScaleFactor * 8;
@@ -165,8 +172,15 @@ public static class BundleOptimizer
         await ModelFiles.WriteAsync(model, sourceUnetDir, unetOut, ct);
 
         OptimizeManifest.QuantizationReport? quantization = null;
+        IReadOnlyDictionary<string, int>? vaeQuantized = null;
         if (options.Quantization is { } q)
-            quantization = await QuantizeAsync(model, output, unetOut, options, q, prompts, progress, ct);
+        {
+            var session = new SessionSettings();
+            var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, options.Batch, session, progress, ct);
+            quantization = await QuantizeUNetAsync(model, unetOut, options, q, prompts, inputs.UNet, session, progress, ct);
+            if (options.QuantizeVaeDecoder)
+                vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
+        }
 
         OptimizeManifest.CompiledGraphs? compiled = null;
         if (options.Compile)
@@ -196,6 +210,7 @@ public static class BundleOptimizer
             UnetWeightBytesBefore = weightBytesBefore,
             UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
             Quantization = quantization,
+            VaeDecoderQuantizedNodes = vaeQuantized,
             Compiled = compiled,
         };
         await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
@@ -205,14 +220,13 @@ public static class BundleOptimizer
     }
 
     /// <summary>
-    /// Calibrates on the float UNet just written (so ranges are those of the rewritten graph, Token Merging included),
-    /// rewrites it in QDQ form and reports the integer kernels ONNX Runtime fuses from it.
+    /// Measures ranges on the float UNet just written (so they are those of the rewritten graph, Token Merging included)
+    /// with the inputs the float pipeline fed it, rewrites it in QDQ form and reports the integer kernels ONNX Runtime fuses from it.
     /// </summary>
-    private static async Task<OptimizeManifest.QuantizationReport> QuantizeAsync(ModelProto model, string bundle, string unetDir,
-        OptimizeOptions options, QuantizationOptions quantization, IReadOnlyList<string> prompts, IProgress<string>? progress, CancellationToken ct)
+    private static async Task<OptimizeManifest.QuantizationReport> QuantizeUNetAsync(ModelProto model, string unetDir, OptimizeOptions options,
+        QuantizationOptions quantization, IReadOnlyList<string> prompts, IReadOnlyList<UNetInputs> inputs, SessionSettings session,
+        IProgress<string>? progress, CancellationToken ct)
     {
-        var session = new SessionSettings();
-        var inputs = await Calibration.CollectInputsAsync(bundle, prompts, options.CalibrationSteps, options.Batch, session, progress, ct);
         var plan = QdqQuantizer.Plan(model.Graph, quantization);
         if (plan.Targets.Count == 0) throw new InvalidOperationException("The UNet has no Conv or MatMul with initializer weights to quantize.");
         var ranges = Calibration.MeasureRanges(model, unetDir, plan.Tensors, inputs, session, progress, ct);

@@ -10,6 +10,9 @@ namespace SdFunctions.Optimizer.Quantization;
 /// <summary>One UNet call seen during calibration.</summary>
 public sealed record UNetInputs(float[] Sample, double Timestep, float[] EncoderHiddenStates);
 
+/// <summary>What the float pipeline fed its models during calibration: every UNet call, and each VAE decoder input.</summary>
+public sealed record CalibrationInputs(IReadOnlyList<UNetInputs> UNet, IReadOnlyList<float[]> DecoderLatents);
+
 /// <summary>
 /// Calibration for static quantization: real UNet inputs from the float pipeline (prompts × the scheduler's
 /// timesteps), then the min and max of every activation to quantize over all of them.
@@ -33,25 +36,35 @@ public static class Calibration
         return prompts.Count > 0 ? prompts : throw new ArgumentException($"--calibration: {path} holds no prompt (one per line).");
     }
 
-    /// <summary>Runs the float pipeline of <paramref name="bundleDirectory"/> once per prompt and keeps every UNet input.</summary>
-    public static async Task<IReadOnlyList<UNetInputs>> CollectInputsAsync(string bundleDirectory, IReadOnlyList<string> prompts, int steps, int batch,
+    /// <summary>Runs the float pipeline of <paramref name="bundleDirectory"/> once per prompt and keeps every model input.</summary>
+    public static async Task<CalibrationInputs> CollectInputsAsync(string bundleDirectory, IReadOnlyList<string> prompts, int steps, int batch,
         SessionSettings session, IProgress<string>? progress, CancellationToken ct)
     {
         var recorder = new Recorder();
+        var decoderLatents = new List<float[]>();
         using var pipeline = await StableDiffusionPipeline.LoadAsync(bundleDirectory, new PipelineOptions { Session = session, WarmUp = false }, cancellationToken: ct);
         for (int i = 0; i < prompts.Count; i++)
         {
             progress?.Report($"calibration: prompt {i + 1}/{prompts.Count} × {steps} steps");
             // A batch-1 UNet runs without guidance; batch 2 with the usual guidance (negative and prompt halves).
             var request = new GenerationRequest { Prompt = prompts[i], Steps = steps, Seed = i, GuidanceScale = batch == 2 ? 7.5 : 1.0 };
-            await pipeline.GenerateAsync(request, progress: null, recorder, ct);
+            var result = await pipeline.GenerateAsync(request, progress: null, recorder, ct);
+            decoderLatents.Add([.. result.Latents.Select(v => v / pipeline.Bundle.VaeScalingFactor)]); // what the decoder is fed
         }
-        return recorder.Inputs;
+        return new CalibrationInputs(recorder.Inputs, decoderLatents);
     }
 
-    /// <summary>The range of each of <paramref name="tensors"/> over all <paramref name="inputs"/>, measured inside ONNX Runtime.</summary>
+    /// <summary>The range of each of the UNet's <paramref name="tensors"/> over all <paramref name="inputs"/>.</summary>
     public static Dictionary<string, ActivationRange> MeasureRanges(ModelProto model, string modelDirectory, IReadOnlyList<string> tensors,
-        IReadOnlyList<UNetInputs> inputs, SessionSettings session, IProgress<string>? progress, CancellationToken ct)
+        IReadOnlyList<UNetInputs> inputs, SessionSettings session, IProgress<string>? progress, CancellationToken ct) =>
+        MeasureRanges(model, modelDirectory, tensors, inputs.Count, i => UNetFeeds(model.Graph, inputs[i]), session, progress, ct);
+
+    /// <summary>
+    /// The range of each of <paramref name="tensors"/> over <paramref name="count"/> runs of <paramref name="model"/> (any model:
+    /// <paramref name="feeds"/> gives run i's named inputs, disposed after the run), measured inside ONNX Runtime.
+    /// </summary>
+    public static Dictionary<string, ActivationRange> MeasureRanges(ModelProto model, string modelDirectory, IReadOnlyList<string> tensors,
+        int count, Func<int, IReadOnlyList<(string Name, OrtValue Value)>> feeds, SessionSettings session, IProgress<string>? progress, CancellationToken ct)
     {
         // Each tensor gets ReduceMin/ReduceMax nodes whose scalars become extra graph outputs: only 8 bytes per tensor leave the run.
         var augmented = model.Clone();
@@ -79,12 +92,13 @@ public static class Calibration
             var ranges = tensors.ToDictionary(t => t, _ => new ActivationRange(float.PositiveInfinity, float.NegativeInfinity));
             string[] names = [.. outputs.SelectMany(o => new[] { o.Min, o.Max })];
             using var runOptions = new RunOptions();
-            for (int i = 0; i < inputs.Count; i++)
+            for (int i = 0; i < count; i++)
             {
                 ct.ThrowIfCancellationRequested();
-                if (i % 10 == 0) progress?.Report($"calibration: measuring ranges, input {i + 1}/{inputs.Count}");
-                using var feeds = new DisposableList(InputValues(model.Graph, inputs[i]));
-                using var results = created.Run(runOptions, ["sample", "timestep", "encoder_hidden_states"], feeds.Values, names);
+                if (i % 10 == 0) progress?.Report($"calibration: measuring ranges, input {i + 1}/{count}");
+                var inputs = feeds(i);
+                using var disposer = new DisposableList(inputs.Select(f => f.Value));
+                using var results = created.Run(runOptions, inputs.Select(f => f.Name).ToList(), inputs.Select(f => f.Value).ToList(), names);
                 for (int k = 0; k < outputs.Count; k++)
                 {
                     float min = results[2 * k].GetTensorDataAsSpan<float>()[0], max = results[2 * k + 1].GetTensorDataAsSpan<float>()[0];
@@ -99,7 +113,7 @@ public static class Calibration
         }
     }
 
-    private static List<OrtValue> InputValues(GraphProto graph, UNetInputs input)
+    private static List<(string, OrtValue)> UNetFeeds(GraphProto graph, UNetInputs input)
     {
         long[] Shape(string name) => [.. graph.Input.First(i => i.Name == name).Type.TensorType.Shape.Dim.Select(d => d.DimValue)];
         long[] timestepShape = Shape("timestep");
@@ -107,16 +121,15 @@ public static class Calibration
         bool int64 = graph.Input.First(i => i.Name == "timestep").Type.TensorType.ElemType == (int)TensorProto.Types.DataType.Int64;
         return
         [
-            OrtValue.CreateTensorValueFromMemory(input.Sample, Shape("sample")),
-            int64 ? OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((long)input.Timestep, timesteps).ToArray(), timestepShape)
-                  : OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((float)input.Timestep, timesteps).ToArray(), timestepShape),
-            OrtValue.CreateTensorValueFromMemory(input.EncoderHiddenStates, Shape("encoder_hidden_states")),
+            ("sample", OrtValue.CreateTensorValueFromMemory(input.Sample, Shape("sample"))),
+            ("timestep", int64 ? OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((long)input.Timestep, timesteps).ToArray(), timestepShape)
+                  : OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((float)input.Timestep, timesteps).ToArray(), timestepShape)),
+            ("encoder_hidden_states", OrtValue.CreateTensorValueFromMemory(input.EncoderHiddenStates, Shape("encoder_hidden_states"))),
         ];
     }
 
-    private sealed class DisposableList(List<OrtValue> values) : IDisposable
+    private sealed class DisposableList(IEnumerable<OrtValue> values) : IDisposable
     {
-        public IReadOnlyCollection<OrtValue> Values => values;
         public void Dispose() { foreach (var v in values) v.Dispose(); }
     }
 

@@ -1,0 +1,188 @@
+using System.Globalization;
+using System.Runtime.InteropServices;
+using System.Text;
+using System.Text.Json;
+using System.Text.Json.Serialization;
+using SdFunctions.Inference.Runtime;
+
+namespace SdFunctions.Cli.Bench;
+
+/// <summary>One variant's figures (seconds, bytes), all measured in the same bench run.</summary>
+public sealed record VariantResult
+{
+    public required string Description { get; init; }
+    public required double UnetStepS { get; init; }
+    public required double FirstStepS { get; init; }
+    public required double StepS { get; init; }
+    public required double OverheadPerStepS { get; init; }
+    public required double TextEncoderS { get; init; }
+    public required double VaeDecodeS { get; init; }
+    public required double LoadColdS { get; init; }
+    public required double LoadWarmS { get; init; }
+
+    /// <summary>The warm-up runs the service does after creating the sessions (one of each model).</summary>
+    public required double WarmUpS { get; init; }
+    public required bool LoadWarmFromCache { get; init; }
+    public required long PeakRssBytes { get; init; }
+    public required long LoadColdPeakRssBytes { get; init; }
+    public required long UnetBytes { get; init; }
+
+    /// <summary>Text encoder + UNet + VAE decoder on disk: what stays resident as weights.</summary>
+    public required long ModelBytes { get; init; }
+    [JsonPropertyName("e2e_20_dpmpp_s")]
+    public double? E2e20DpmppS { get; init; }
+
+    [JsonPropertyName("e2e_50_pndm_s")]
+    public double? E2e50PndmS { get; init; }
+    public double? SpeedupVsFp32 { get; init; }
+
+    /// <summary>The pipeline's own time per step (scheduler, guidance, copies) as a share of the step.</summary>
+    public double OverheadFraction => OverheadPerStepS / StepS;
+
+    public static VariantResult From(BenchVariant variant, ProbeResult cold, ProbeResult warm, long unetBytes, long modelBytes) => new()
+    {
+        Description = variant.Description,
+        UnetStepS = warm.Figures["unet_step_s"],
+        FirstStepS = warm.Figures["first_step_s"],
+        StepS = warm.Figures["step_s"],
+        OverheadPerStepS = warm.Figures["overhead_per_step_s"],
+        TextEncoderS = warm.Figures["text_encoder_s"],
+        VaeDecodeS = warm.Figures["vae_decode_s"],
+        LoadColdS = cold.Figures["sessions_s"],
+        LoadWarmS = warm.Figures["sessions_s"],
+        WarmUpS = warm.Figures["warm_up_s"],
+        LoadWarmFromCache = warm.Figures["sessions_from_cache"] >= 3,
+        PeakRssBytes = warm.PeakRssBytes,
+        LoadColdPeakRssBytes = cold.PeakRssBytes,
+        UnetBytes = unetBytes,
+        ModelBytes = modelBytes,
+        E2e20DpmppS = warm.Figures.TryGetValue("e2e_20_dpmpp_s", out double e20) ? e20 : null,
+        E2e50PndmS = warm.Figures.TryGetValue("e2e_50_pndm_s", out double e50) ? e50 : null,
+    };
+}
+
+/// <summary>One setting tried on one model: its figure, its ratio to the group's baseline (&gt; 1 = faster) and its peak RSS.</summary>
+public sealed record Finding(string Group, string Measure, string Setting, double Seconds, double SpeedupVsBaseline, long PeakRssBytes, double CreateS, string Note);
+
+/// <summary>A target of the benchmark issue and what this run achieved.</summary>
+public sealed record Target(string Name, string Goal, string Achieved, bool Met);
+
+/// <summary>The machine the figures come from.</summary>
+public sealed record MachineInfo(string Cpu, int LogicalCores, int PhysicalCores, string CpuFeatures, long MemoryBytes, string Os, string Runtime, string OrtVersion)
+{
+    public static MachineInfo Current => new(CpuInfo.Model, Environment.ProcessorCount, CpuInfo.PhysicalCores, CpuInfo.FeatureSummary,
+        GC.GetGCMemoryInfo().TotalAvailableMemoryBytes, RuntimeInformation.OSDescription, RuntimeInformation.FrameworkDescription, OnnxSessionFactory.OrtVersion);
+}
+
+/// <summary>BENCHMARKS.md and BENCHMARKS.json: the same figures, for people and for tools.</summary>
+public sealed record BenchReport
+{
+    public required DateTimeOffset CreatedAt { get; init; }
+    public required string Command { get; init; }
+    public required double DurationS { get; init; }
+    public required MachineInfo Machine { get; init; }
+    public required string Model { get; init; }
+    public required int Repeats { get; init; }
+    public required IReadOnlyDictionary<string, VariantResult> Variants { get; init; }
+    public required IReadOnlyList<Target> Targets { get; init; }
+    public required IReadOnlyList<Finding> Findings { get; init; }
+
+    /// <summary>ORT's profile of one UNet step per variant: seconds per operator type, largest first.</summary>
+    public required IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> UnetProfiles { get; init; }
+
+    public static readonly JsonSerializerOptions Json = new()
+    {
+        PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true,
+        DefaultIgnoreCondition = JsonIgnoreCondition.WhenWritingNull, NumberHandling = JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
+
+    public static BenchReport Create(BenchOptions options, IReadOnlyDictionary<string, VariantResult> variants, IReadOnlyList<Finding> findings,
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> profiles, bool sd15, TimeSpan duration) => new()
+    {
+        CreatedAt = DateTimeOffset.UtcNow, Command = options.Command, DurationS = duration.TotalSeconds, Machine = MachineInfo.Current,
+        Model = sd15 ? "SD 1.5 graphs (fixtures/sd15-graphs) with random weights, 512×512, batch 2 (guidance), 77 tokens" : $"{options.Fp32Bundle} at its native size, batch 2",
+        Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, Targets = JudgeTargets(variants),
+    };
+
+    /// <summary>The issue's targets, judged on the production variant against FP32 from the same run.</summary>
+    private static List<Target> JudgeTargets(IReadOnlyDictionary<string, VariantResult> variants)
+    {
+        var targets = new List<Target>();
+        if (!variants.TryGetValue(BenchVariant.Production, out var p)) return targets;
+        if (p.SpeedupVsFp32 is { } speedup)
+            targets.Add(new Target("UNet step vs FP32 (same run)", "≥ 3× (aim 4×)", $"{speedup:F2}×", speedup >= 3));
+        targets.Add(new Target("UNet on disk", "≤ 0.9 GB", $"{p.UnetBytes / 1e9:F3} GB", p.UnetBytes <= 0.9e9));
+        targets.Add(new Target("peak RSS, whole generation", "≤ 1.5 GB", $"{p.PeakRssBytes / 1e9:F2} GB", p.PeakRssBytes <= 1.5e9));
+        targets.Add(new Target("warm cold start (3 sessions, cached graphs)", "≤ 10 s", $"{p.LoadWarmS:F1} s", p.LoadWarmS <= 10));
+        targets.Add(new Target("first step after load (with the warm-up)", "≤ 1.5× steady", $"{p.FirstStepS / p.UnetStepS:F2}×", p.FirstStepS <= 1.5 * p.UnetStepS));
+        targets.Add(new Target("pipeline overhead per step", "< 2 % of a step", $"{p.OverheadFraction:P2}", p.OverheadFraction < 0.02));
+        return targets;
+    }
+
+    public async Task WriteAsync(string markdownPath, string jsonPath, CancellationToken ct)
+    {
+        await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(this, Json) + "\n", ct);
+        await File.WriteAllTextAsync(markdownPath, ToMarkdown(), ct);
+    }
+
+    public string ToMarkdown()
+    {
+        var md = new StringBuilder();
+        string S(double? v) => v is { } x && double.IsFinite(x) ? x.ToString(x < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "–";
+        string Gb(long v) => (v / 1e9).ToString("F2", CultureInfo.InvariantCulture);
+        string X(double? v) => v is { } x && double.IsFinite(x) ? x.ToString("F2", CultureInfo.InvariantCulture) + "×" : "–";
+
+        md.AppendLine("# Benchmarks").AppendLine();
+        md.AppendLine($"Written by `{Command}` on {CreatedAt:yyyy-MM-dd HH:mm} UTC in {DurationS / 60:F0} min. Every figure below comes from that one run;");
+        md.AppendLine("ratios compare figures of the same run. Medians over the timed runs after warm-up; this machine is noisy, so read ratios, not digits.").AppendLine();
+        md.AppendLine($"- Machine: {Machine.Cpu}, {Machine.LogicalCores} logical / {Machine.PhysicalCores} physical cores, {Machine.CpuFeatures}, {Machine.MemoryBytes / (double)(1L << 30):F0} GiB; {Machine.Os}");
+        md.AppendLine($"- Runtime: ONNX Runtime {Machine.OrtVersion} (CPU execution provider, C#), {Machine.Runtime}");
+        md.AppendLine($"- Model: {Model}; {Repeats} timed repeats for the text encoder and the VAE");
+        md.AppendLine().AppendLine("## Variants").AppendLine();
+        md.AppendLine("| variant | UNet step s | vs FP32 | first step s | text encoder s | VAE decode s | load cold s | load warm s | + warm-up s | peak RSS GB | UNet on disk GB | 3 models on disk GB | 20 steps DPM++ s | 50 steps PNDM s | pipeline overhead |");
+        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        foreach (var (name, v) in Variants)
+            md.AppendLine($"| `{name}` | {S(v.UnetStepS)} | {X(v.SpeedupVsFp32)} | {S(v.FirstStepS)} | {S(v.TextEncoderS)} | {S(v.VaeDecodeS)} | {S(v.LoadColdS)} | {S(v.LoadWarmS)}{(v.LoadWarmFromCache ? "" : " (not cached)")} | {S(v.WarmUpS)} | {Gb(v.PeakRssBytes)} | {Gb(v.UnetBytes)} | {Gb(v.ModelBytes)} | {S(v.E2e20DpmppS)} | {S(v.E2e50PndmS)} | {v.OverheadFraction.ToString("P2", CultureInfo.InvariantCulture)} |");
+        md.AppendLine();
+        foreach (var (name, v) in Variants) md.AppendLine($"- `{name}`: {v.Description}");
+        if (Model.StartsWith("SD 1.5", StringComparison.Ordinal) && Variants.Count > 0)
+        {
+            md.AppendLine().Append($"Against PyTorch 1.13 FP32 on this machine ({BenchRunner.PyTorchFp32StepSeconds} s per step, measured by the fixtures' README, not in this run): ");
+            md.AppendLine(string.Join(", ", Variants.Select(v => $"`{v.Key}` {BenchRunner.PyTorchFp32StepSeconds / v.Value.UnetStepS:F1}×")) + ".");
+        }
+        md.AppendLine().AppendLine("How each figure is measured (each variant in fresh processes):").AppendLine();
+        md.AppendLine("- UNet step: median of the UNet's `Run` over a 20-step DPM++ 2M generation (batch 2, guidance 7.5); first step: the first UNet `Run` of the first generation after the service's load (sessions + one warm-up run of each model).");
+        md.AppendLine("- Text encoder: one prompt (77 tokens); VAE decode: latents → RGB bytes at full size.");
+        md.AppendLine("- Load cold: the three sessions with an empty optimized-graph cache (ORT optimizes and saves); load warm: a new process creating them from that cache; + warm-up: the one run of each model the service does next, so that no user meets the slow first runs.");
+        md.AppendLine("- Peak RSS: the process's peak (VmHWM) over load + first generation + text encoder and VAE repeats + the 20-step generation.");
+        md.AppendLine("- Pipeline overhead: step time minus the UNet's `Run` (scheduler, guidance, copies), as a share of the step.");
+
+        if (Targets.Count > 0)
+        {
+            md.AppendLine().AppendLine($"## Targets (`{BenchVariant.Production}`)").AppendLine();
+            md.AppendLine("| target | goal | achieved | met |").AppendLine("|---|---|---|---|");
+            foreach (var t in Targets) md.AppendLine($"| {t.Name} | {t.Goal} | {t.Achieved} | {(t.Met ? "yes" : "**no**")} |");
+        }
+        if (Findings.Count > 0)
+        {
+            md.AppendLine().AppendLine("## What else buys speed").AppendLine();
+            md.AppendLine("Baselines: the UNet rows compare with its default settings (first row), the VAE rows with the FP32 decoder, whole.").AppendLine();
+            md.AppendLine("| group | measure | setting | seconds | speed-up vs baseline | peak RSS GB | session create s | note |").AppendLine("|---|---|---|---|---|---|---|---|");
+            foreach (var f in Findings)
+                md.AppendLine($"| {f.Group} | {f.Measure} | {f.Setting} | {S(f.Seconds)} | {X(f.SpeedupVsBaseline)} | {Gb(f.PeakRssBytes)} | {S(f.CreateS)} | {f.Note} |");
+        }
+        if (UnetProfiles.Count > 0)
+        {
+            md.AppendLine().AppendLine("## Where a UNet step goes").AppendLine();
+            md.AppendLine("ONNX Runtime's profile (kernel time per operator type, per step, timed runs only); the sum is below the step time by ORT's own scheduling.").AppendLine();
+            var names = UnetProfiles.Keys.ToList();
+            md.AppendLine($"| operator | {string.Join(" | ", names.Select(n => $"`{n}` ms | share"))} |").AppendLine($"|---|{string.Concat(names.Select(_ => "---|---|"))}");
+            var ops = UnetProfiles.SelectMany(p => p.Value.Keys).Distinct()
+                .OrderByDescending(op => UnetProfiles.Values.Max(p => p.GetValueOrDefault(op))).Take(15).ToList();
+            foreach (string op in ops)
+                md.AppendLine($"| {op} | {string.Join(" | ", names.Select(n => UnetProfiles[n].TryGetValue(op, out double v) ? $"{v * 1000:F0} | {v / UnetProfiles[n].Values.Sum():P1}" : "– | –"))} |");
+            md.AppendLine($"| **sum** | {string.Join(" | ", names.Select(n => $"{UnetProfiles[n].Values.Sum() * 1000:F0} | 100 %"))} |");
+        }
+        return md.ToString();
+    }
+}

@@ -1,0 +1,116 @@
+using System.Runtime.InteropServices;
+using System.Security.Cryptography;
+using System.Text.Json;
+using Microsoft.ML.OnnxRuntime;
+using SdFunctions.Cli;
+using SdFunctions.Cli.Bench;
+
+namespace SdFunctions.Inference.Tests;
+
+/// <summary>sdf bench: the random-weight refill of the SD 1.5 graphs, and a whole (small) run on the tiny bundle.</summary>
+public class BenchTests
+{
+    private static string Sd15Graphs => Path.Combine(Fixtures.Root, "sd15-graphs");
+
+    [Fact]
+    public async Task RandomWeightsFollowTheManifestsFillRulesAndAreTheSameEveryTime()
+    {
+        string manifestPath = Path.Combine(Sd15Graphs, "vae_decoder", "manifest.json");
+        using var manifest = JsonDocument.Parse(File.ReadAllText(manifestPath));
+        string a = Fixtures.TempDirectory("weights-a"), b = Fixtures.TempDirectory("weights-b");
+        Directory.CreateDirectory(a);
+        Directory.CreateDirectory(b);
+        await RandomWeightBundle.WriteWeightsAsync(manifestPath, a, default);
+        await RandomWeightBundle.WriteWeightsAsync(manifestPath, b, default);
+
+        string data = Path.Combine(a, "model.onnx_data");
+        Assert.Equal(manifest.RootElement.GetProperty("external_data_total_bytes").GetInt64(), new FileInfo(data).Length);
+        Assert.Equal(SHA256.HashData(File.ReadAllBytes(data)), SHA256.HashData(File.ReadAllBytes(Path.Combine(b, "model.onnx_data"))));
+
+        using var file = File.OpenRead(data);
+        var seen = new HashSet<string>();
+        foreach (var e in manifest.RootElement.GetProperty("stripped").EnumerateArray())
+        {
+            string fill = e.GetProperty("fill").GetString()!;
+            var bytes = new byte[e.GetProperty("length").GetInt64()];
+            file.Position = e.GetProperty("offset").GetInt64();
+            file.ReadExactly(bytes);
+            var values = MemoryMarshal.Cast<byte, float>(bytes);
+            switch (fill)
+            {
+                case "ones": Assert.All(values.ToArray(), v => Assert.Equal(1f, v)); break;
+                case "zeros": Assert.All(values.ToArray(), v => Assert.Equal(0f, v)); break;
+                default:
+                    if (values.Length < 100_000) continue; // the statistics need a large tensor
+                    double mean = 0, square = 0;
+                    foreach (float v in values) { mean += v; square += (double)v * v; }
+                    mean /= values.Length;
+                    double std = Math.Sqrt(square / values.Length - mean * mean);
+                    Assert.InRange(mean, -0.001, 0.001);
+                    Assert.InRange(std, 0.0195, 0.0205); // normal(0, 0.02)
+                    break;
+            }
+            seen.Add(fill);
+        }
+        Assert.Equal(["normal(0,0.02)", "ones", "zeros"], seen.Order());
+
+        // The refilled full-size decoder loads from its path and runs (on a small latent: the graph is the real one).
+        File.Copy(Path.Combine(Sd15Graphs, "vae_decoder", "model.onnx"), Path.Combine(a, "model.onnx"));
+        using var session = new InferenceSession(Path.Combine(a, "model.onnx"));
+        var latent = new float[4 * 8 * 8];
+        new Inference.Pipeline.SeededGaussianNoise(1).Fill(latent);
+        using var input = OrtValue.CreateTensorValueFromMemory(latent, [1, 4, 8, 8]);
+        using var outputs = session.Run(new RunOptions(), ["latent_sample"], [input], ["sample"]);
+        Assert.Equal([1, 3, 64, 64], outputs[0].GetTensorTypeAndShape().Shape);
+        Assert.All(outputs[0].GetTensorDataAsSpan<float>().ToArray(), v => Assert.True(float.IsFinite(v)));
+    }
+
+    [Fact]
+    public async Task ABenchRunOnTheTinyBundleWritesEveryFigureAndRatio()
+    {
+        string dir = Fixtures.TempDirectory("bench");
+        Directory.CreateDirectory(dir);
+        string md = Path.Combine(dir, "BENCHMARKS.md"), json = Path.Combine(dir, "BENCHMARKS.json");
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--work", Path.Combine(dir, "work"), "--variants", "fp32,int8_tome0.4",
+            "--repeats", "1", "--out", md, "--json", json], TextWriter.Null, stderr);
+        Assert.True(code == 0, stderr.ToString());
+
+        using var report = JsonDocument.Parse(File.ReadAllText(json));
+        var variants = report.RootElement.GetProperty("variants");
+        Assert.Equal(["fp32", "int8_tome0.4"], variants.EnumerateObject().Select(v => v.Name));
+        foreach (var variant in variants.EnumerateObject())
+        {
+            foreach (string figure in new[] { "unet_step_s", "text_encoder_s", "vae_decode_s", "load_cold_s", "load_warm_s", "peak_rss_bytes", "unet_bytes", "e2e_20_dpmpp_s" })
+                Assert.True(variant.Value.GetProperty(figure).GetDouble() > 0, $"{variant.Name}.{figure}");
+            Assert.True(variant.Value.GetProperty("load_warm_from_cache").GetBoolean(), $"{variant.Name}: the warm load used the cache");
+        }
+        Assert.Equal(1.0, variants.GetProperty("fp32").GetProperty("speedup_vs_fp32").GetDouble());
+        var production = variants.GetProperty("int8_tome0.4");
+        Assert.Equal(variants.GetProperty("fp32").GetProperty("unet_step_s").GetDouble() / production.GetProperty("unet_step_s").GetDouble(),
+            production.GetProperty("speedup_vs_fp32").GetDouble(), 9);
+        Assert.True(production.GetProperty("unet_bytes").GetInt64() < variants.GetProperty("fp32").GetProperty("unet_bytes").GetInt64(), "INT8 weights");
+        // The 50-step run goes to the fastest variant only.
+        Assert.Single(variants.EnumerateObject(), v => v.Value.TryGetProperty("e2e_50_pndm_s", out _));
+
+        Assert.Equal(6, report.RootElement.GetProperty("targets").GetArrayLength());
+        var findings = report.RootElement.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("group").GetString()).ToList();
+        Assert.Equal(["threads", "optimization level", "memory", "VAE decoder"], findings.Distinct());
+        Assert.Contains(report.RootElement.GetProperty("findings").EnumerateArray(), f => f.GetProperty("setting").GetString()!.StartsWith("INT8, whole"));
+
+        string text = File.ReadAllText(md);
+        Assert.Contains("| `int8_tome0.4` |", text);
+        Assert.Contains("## Targets", text);
+        Assert.Contains("## What else buys speed", text);
+        Assert.Contains("ONNX Runtime " + Runtime.OnnxSessionFactory.OrtVersion, text);
+    }
+
+    [Fact]
+    public async Task UnknownVariantsAreRefused()
+    {
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--work", Fixtures.TempDirectory("bench-bad"), "--variants", "fp16"], TextWriter.Null, stderr);
+        Assert.Equal(CliApp.BadInput, code);
+        Assert.Contains("unknown fp16", stderr.ToString());
+    }
+}
