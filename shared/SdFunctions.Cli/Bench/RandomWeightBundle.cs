@@ -4,6 +4,7 @@ using System.Text;
 using System.Text.Json;
 using System.Text.Json.Nodes;
 using Microsoft.Win32.SafeHandles;
+using SdFunctions.Inference.Pipeline;
 
 namespace SdFunctions.Cli.Bench;
 
@@ -85,7 +86,7 @@ public static class RandomWeightBundle
     {
         const int chunk = 1 << 20; // floats per write
         var values = new float[(int)Math.Min(chunk, tensor.Length / 4)];
-        var random = new NormalRandom(BitConverter.ToUInt64(SHA256.HashData(Encoding.UTF8.GetBytes(tensor.Name)), 0));
+        var random = new SeededGaussianNoise(BitConverter.ToInt64(SHA256.HashData(Encoding.UTF8.GetBytes(tensor.Name)), 0));
         for (long written = 0; written < tensor.Length; written += values.Length * 4L)
         {
             int count = (int)Math.Min(values.Length, (tensor.Length - written) / 4);
@@ -94,7 +95,10 @@ public static class RandomWeightBundle
             {
                 case "ones": span.Fill(1f); break;
                 case "zeros": span.Clear(); break;
-                case "normal(0,0.02)": for (int i = 0; i < count; i++) span[i] = 0.02f * random.Next(); break;
+                case "normal(0,0.02)":
+                    random.Fill(span);
+                    for (int i = 0; i < count; i++) span[i] *= 0.02f;
+                    break;
                 default: throw new InvalidDataException($"{tensor.Name}: unknown fill rule '{tensor.Fill}'.");
             }
             RandomAccess.Write(handle, MemoryMarshal.AsBytes(span), tensor.Offset + written);
@@ -104,7 +108,7 @@ public static class RandomWeightBundle
     /// <summary>The manifests' hash: a bundle made from other graphs (or by another fill rule) is made again.</summary>
     private static string Stamp(string graphsDirectory)
     {
-        var text = new StringBuilder("fill=v1;");
+        var text = new StringBuilder("fill=v2;");
         foreach (string component in Components)
         {
             string manifest = Path.Combine(graphsDirectory, component, "manifest.json");
@@ -118,25 +122,5 @@ public static class RandomWeightBundle
     {
         Directory.CreateDirectory(target);
         foreach (string file in Directory.EnumerateFiles(source)) File.Copy(file, Path.Combine(target, Path.GetFileName(file)));
-    }
-
-    /// <summary>xorshift64 + Box–Muller: fast, deterministic standard normal values.</summary>
-    private sealed class NormalRandom(ulong seed)
-    {
-        private ulong _state = seed == 0 ? 0x9E3779B97F4A7C15 : seed;
-
-        public float Next()
-        {
-            double u1 = ((NextBits() >> 11) + 1) / 9007199254740993.0, u2 = (NextBits() >> 11) / 9007199254740992.0;
-            return (float)(Math.Sqrt(-2 * Math.Log(u1)) * Math.Cos(2 * Math.PI * u2));
-        }
-
-        private ulong NextBits()
-        {
-            _state ^= _state << 13;
-            _state ^= _state >> 7;
-            _state ^= _state << 17;
-            return _state;
-        }
     }
 }
