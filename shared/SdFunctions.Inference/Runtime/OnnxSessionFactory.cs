@@ -199,8 +199,9 @@ public sealed record SessionSettings
 
     /// <summary>
     /// ORT's memory pattern: one block per run planned from the first run's allocations. Off by default: measured on the
-    /// SD 1.5 INT8 + ToMe UNet it raised peak RSS by 0.43 GB (2.02 vs 1.59 GB) for no speed-up, made the second run slow
-    /// too (the block is allocated then), and the VAE decoder's peak at 512² by 0.65 GB (bench findings).
+    /// SD 1.5 INT8 + ToMe UNet it raised peak RSS by 0.43 GB (2.02 vs 1.59 GB) with no speed difference beyond the
+    /// machine's ±10 % noise (two bench runs disagreed on the sign), made the second run slow too (the block is
+    /// allocated then), and raised the VAE decoder's peak at 512² by 0.65 GB.
     /// </summary>
     public bool EnableMemoryPattern { get; init; }
 
