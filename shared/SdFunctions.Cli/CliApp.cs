@@ -13,7 +13,8 @@ using SdFunctions.Optimizer.Quantization;
 namespace SdFunctions.Cli;
 
 /// <summary>
-/// The <c>sdf</c> command line: <c>generate</c> an image and <c>tokenize</c> a prompt with a local bundle.
+/// The <c>sdf</c> command line: <c>generate</c> an image, <c>tokenize</c> a prompt, <c>optimize</c> a bundle and
+/// <c>bench</c> the variants at full size (<c>bench-probe</c> is bench's own child process).
 /// Exit codes: 0 done, 1 the model or the run failed, 2 bad usage or input, 130 canceled.
 /// </summary>
 public static class CliApp
@@ -208,7 +209,7 @@ public static class CliApp
             Description = "Folder for the random-weight bundles, optimized variants and caches (reused across runs; ~15 GB).",
             DefaultValueFactory = _ => Path.Combine(Environment.GetFolderPath(Environment.SpecialFolder.UserProfile), ".cache", "sdfunctions", "bench"),
         };
-        var graphs = new Option<string>("--graphs") { Description = "The weightless SD 1.5 graphs.", DefaultValueFactory = _ => new BenchOptions { WorkDirectory = "" }.GraphsDirectory };
+        var graphs = new Option<string>("--graphs") { Description = "The weightless SD 1.5 graphs.", DefaultValueFactory = _ => BenchOptions.DefaultGraphsDirectory };
         var fp32 = new Option<string?>("--fp32-bundle") { Description = "Benchmark this bundle as the FP32 variant instead of the SD 1.5 graphs (e.g. the tiny bundle)." };
         var variants = new Option<string[]>("--variants")
         {

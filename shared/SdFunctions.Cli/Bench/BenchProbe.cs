@@ -50,6 +50,7 @@ public sealed record ProbeRequest
     /// <summary>UNet: also record ORT's per-node profile and report the time per operator type.</summary>
     public bool Profile { get; init; }
 
+    [System.Text.Json.Serialization.JsonIgnore]
     public SessionSettings Session => new()
     {
         IntraOpThreads = Threads, GraphOptimizationLevel = OptimizationLevel, EnableCpuMemArena = CpuMemArena,
@@ -102,6 +103,7 @@ public static class BenchProbe
     {
         figures["load_s"] = pipeline.LoadTime.TotalSeconds;
         figures["sessions_s"] = pipeline.Sessions.Sum(s => s.Duration.TotalSeconds);
+        figures["sessions"] = pipeline.Sessions.Count;
         figures["sessions_from_cache"] = pipeline.Sessions.Count(s => s.FromCache);
         foreach (var s in pipeline.Sessions) figures[$"load_{s.Component}_s"] = s.Duration.TotalSeconds;
     }
@@ -186,7 +188,8 @@ public static class BenchProbe
             figures["create_s"] = watch.Elapsed.TotalSeconds;
             FillNormal(unet.Sample, 1f, 1);
             FillNormal(unet.EncoderHiddenStates, 0.5f, 2);
-            figures["unet_step_s"] = TimeRuns(() => unet.Run(981, new RunOptions()), request, figures, ct);
+            using var runOptions = new RunOptions();
+            figures["unet_step_s"] = TimeRuns(() => unet.Run(981, runOptions), request, figures, ct);
         } // disposing the session writes the profile
         if (profile is not null) AddProfile(profile, request, figures);
     }
@@ -227,7 +230,8 @@ public static class BenchProbe
         using var vae = new VaeDecoderModel(factory, bundle, latent, latent);
         figures["create_s"] = watch.Elapsed.TotalSeconds;
         FillNormal(vae.Latents, 1f / bundle.VaeScalingFactor, 3);
-        figures["vae_run_s"] = TimeRuns(() => vae.Run(new RunOptions()), request, figures, ct);
+        using var runOptions = new RunOptions();
+        figures["vae_run_s"] = TimeRuns(() => vae.Run(runOptions), request, figures, ct);
         figures["vae_decode_s"] = figures["vae_run_s"] * request.VaeTiles;
     }
 

@@ -39,7 +39,7 @@ public sealed record VariantResult
     /// <summary>The pipeline's own time per step (scheduler, guidance, copies) as a share of the step.</summary>
     public double OverheadFraction => OverheadPerStepS / StepS;
 
-    public static VariantResult From(BenchVariant variant, ProbeResult cold, ProbeResult warm, long unetBytes, long modelBytes) => new()
+    public static VariantResult From(BenchVariant variant, ProbeResult cold, ProbeResult warm, (long Unet, long Models) bytes) => new()
     {
         Description = variant.Description,
         UnetStepS = warm.Figures["unet_step_s"],
@@ -51,11 +51,11 @@ public sealed record VariantResult
         LoadColdS = cold.Figures["sessions_s"],
         LoadWarmS = warm.Figures["sessions_s"],
         WarmUpS = warm.Figures["warm_up_s"],
-        LoadWarmFromCache = warm.Figures["sessions_from_cache"] >= 3,
+        LoadWarmFromCache = warm.Figures["sessions_from_cache"] == warm.Figures["sessions"],
         PeakRssBytes = warm.PeakRssBytes,
         LoadColdPeakRssBytes = cold.PeakRssBytes,
-        UnetBytes = unetBytes,
-        ModelBytes = modelBytes,
+        UnetBytes = bytes.Unet,
+        ModelBytes = bytes.Models,
         E2e20DpmppS = warm.Figures.TryGetValue("e2e_20_dpmpp_s", out double e20) ? e20 : null,
         E2e50PndmS = warm.Figures.TryGetValue("e2e_50_pndm_s", out double e50) ? e50 : null,
     };

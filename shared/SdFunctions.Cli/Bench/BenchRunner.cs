@@ -13,7 +13,8 @@ public sealed record BenchOptions
 {
     /// <summary>Where the random-weight bundles, optimized variants, caches and probe files live (reused across runs).</summary>
     public required string WorkDirectory { get; init; }
-    public string GraphsDirectory { get; init; } = Path.Combine("..", "shared", "fixtures", "sd15-graphs");
+    public string GraphsDirectory { get; init; } = DefaultGraphsDirectory;
+    public static readonly string DefaultGraphsDirectory = Path.Combine("..", "shared", "fixtures", "sd15-graphs");
 
     /// <summary>Tokenizer, scheduler and config files for the bundle made from the graphs.</summary>
     public string TemplateBundle { get; init; } = Path.Combine("..", "shared", "fixtures", "tiny-sd");
@@ -80,17 +81,18 @@ public static class BenchRunner
             bundles[variant.Name] = variant.Int8 ? await EnsureVariantAsync(fp32, work, variant, options, progress, ct) : fp32;
 
         var probes = new ProbeProcess(Path.Combine(work, "probes"), progress);
+        string CacheOf(string variant) => Path.Combine(work, "cache", variant); // each variant's optimized graphs
         var results = new Dictionary<string, VariantResult>();
         foreach (var variant in variants)
         {
-            string cache = Path.Combine(work, "cache", variant.Name);
+            string cache = CacheOf(variant.Name);
             if (Directory.Exists(cache)) Directory.Delete(cache, recursive: true); // cold: nothing optimized yet
             var cold = await probes.RunAsync($"{variant.Name}-load-cold", new ProbeRequest { Kind = ProbeKind.Load, Bundle = bundles[variant.Name], Cache = cache }, ct);
             var warm = await probes.RunAsync($"{variant.Name}-pipeline", new ProbeRequest
             {
                 Kind = ProbeKind.Pipeline, Bundle = bundles[variant.Name], Cache = cache, Repeats = options.Repeats, E2e50 = options.E2e50 == "all",
             }, ct);
-            results[variant.Name] = VariantResult.From(variant, cold, warm, UNetBytes(bundles[variant.Name]), ModelBytes(bundles[variant.Name]));
+            results[variant.Name] = VariantResult.From(variant, cold, warm, SizesOnDisk(bundles[variant.Name]));
             progress.Report($"{variant.Name}: UNet step {results[variant.Name].UnetStepS:F2} s, peak RSS {warm.PeakRssBytes / 1e9:F2} GB");
         }
 
@@ -99,7 +101,7 @@ public static class BenchRunner
             string fastest = results.MinBy(r => r.Value.UnetStepS).Key;
             var e2e = await probes.RunAsync($"{fastest}-e2e50", new ProbeRequest
             {
-                Kind = ProbeKind.Pipeline, Bundle = bundles[fastest], Cache = Path.Combine(work, "cache", fastest), Repeats = 1, E2e20 = false, E2e50 = true,
+                Kind = ProbeKind.Pipeline, Bundle = bundles[fastest], Cache = CacheOf(fastest), Repeats = 1, E2e20 = false, E2e50 = true,
             }, ct);
             results[fastest] = results[fastest] with { E2e50PndmS = e2e.Figures["e2e_50_pndm_s"] };
         }
@@ -112,13 +114,13 @@ public static class BenchRunner
         if (options.Findings && results.Count > 0)
         {
             string subject = results.ContainsKey(BenchVariant.Production) ? BenchVariant.Production : results.Keys.Last();
-            findings.AddRange(await UNetFindingsAsync(probes, subject, bundles[subject], Path.Combine(work, "cache", subject), options, ct));
+            findings.AddRange(await UNetFindingsAsync(probes, subject, bundles[subject], CacheOf(subject), options, ct));
             findings.AddRange(await VaeFindingsAsync(probes, fp32, work, options, progress, ct));
             foreach (string name in new[] { "fp32", subject }.Where(results.ContainsKey).Distinct())
             {
                 var profiled = await probes.RunAsync($"{name}-unet-profile", new ProbeRequest
                 {
-                    Kind = ProbeKind.UNet, Bundle = bundles[name], Cache = Path.Combine(work, "cache", name), Repeats = options.Repeats, Profile = true,
+                    Kind = ProbeKind.UNet, Bundle = bundles[name], Cache = CacheOf(name), Repeats = options.Repeats, Profile = true,
                 }, ct);
                 profiles[name] = profiled.Figures.Where(f => f.Key.StartsWith("op:", StringComparison.Ordinal)).OrderByDescending(f => f.Value)
                     .ToDictionary(f => f.Key[3..], f => f.Value);
@@ -156,13 +158,12 @@ public static class BenchRunner
         return dir;
     }
 
-    private static long UNetBytes(string bundle) => FolderBytes(Path.GetDirectoryName(ModelBundle.Open(bundle).Unet.Path)!);
-
-    /// <summary>The three models a generation loads (text encoder, UNet, VAE decoder): the floor of its resident memory.</summary>
-    private static long ModelBytes(string bundle)
+    /// <summary>The UNet's files, and the three models a generation loads (text encoder, UNet, VAE decoder): the floor of its resident memory.</summary>
+    private static (long Unet, long Models) SizesOnDisk(string bundle)
     {
         var b = ModelBundle.Open(bundle);
-        return new[] { b.TextEncoder.Path, b.Unet.Path, b.VaeDecoder.Path }.Sum(p => FolderBytes(Path.GetDirectoryName(p)!));
+        long unet = FolderBytes(Path.GetDirectoryName(b.Unet.Path)!);
+        return (unet, unet + FolderBytes(Path.GetDirectoryName(b.TextEncoder.Path)!) + FolderBytes(Path.GetDirectoryName(b.VaeDecoder.Path)!));
     }
 
     private static long FolderBytes(string dir) =>
