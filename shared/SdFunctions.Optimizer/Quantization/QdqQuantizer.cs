@@ -13,7 +13,8 @@ namespace SdFunctions.Optimizer.Quantization;
 public sealed record QdqTarget(NodeProto Node, IReadOnlyList<int> ActivationInputs, bool QuantizeOutput, (NodeProto Add, int Slot)? Bias = null);
 
 /// <summary>The nodes a preset quantizes and the activation tensors whose ranges calibration must measure.</summary>
-public sealed record QdqPlan(IReadOnlyList<QdqTarget> Targets)
+/// <param name="WeightMax">The largest int8 weight magnitude: 127, or 63 with reduced range (see <see cref="QuantizationOptions.ReduceRange"/>).</param>
+public sealed record QdqPlan(IReadOnlyList<QdqTarget> Targets, int WeightMax = 127)
 {
     public IReadOnlyList<string> Tensors { get; } = Targets
         .SelectMany(t => t.ActivationInputs.Select(i => t.Node.Input[i]).Concat(t.QuantizeOutput ? [t.Node.Output[0]] : []))
@@ -69,7 +70,7 @@ public static partial class QdqQuantizer
                     break;
             }
         }
-        return new QdqPlan(targets);
+        return new QdqPlan(targets, options.ReduceRange ? 63 : 127);
 
         // The linear layer's bias: its only reader is an Add of a float [N] initializer.
         (NodeProto, int)? BiasAdd(NodeProto matmul, long n)
@@ -134,7 +135,7 @@ public static partial class QdqQuantizer
                 // Output channels: Conv W is [M, C, kh, kw]; a linear's W is [K, N], or [N, K] in a Gemm with transB.
                 bool transB = node.OpType == "Gemm" && node.Attribute.Any(a => a.Name == "transB" && a.I == 1);
                 int axis = node.OpType == "Conv" || transB ? 0 : 1;
-                var (dq, weightScales) = QuantizeWeight(b, weight, axis, weightsDirectory);
+                var (dq, weightScales) = QuantizeWeight(b, weight, axis, weightsDirectory, plan.WeightMax);
                 node.Input[1] = dq;
                 if (node.OpType == "Conv" && node.Input.Count > 2 && node.Input[2].Length > 0)
                     node.Input[2] = QuantizeBias(b, initializers[node.Input[2]], inputScale, weightScales, weightsDirectory);
@@ -160,8 +161,8 @@ public static partial class QdqQuantizer
         return counts;
     }
 
-    /// <summary>Per-channel symmetric int8 ([-127, 127], zero point 0) along <paramref name="axis"/>.</summary>
-    private static (string Dq, float[] Scales) QuantizeWeight(GraphBuilder b, TensorProto weight, int axis, string weightsDirectory)
+    /// <summary>Per-channel symmetric int8 ([−max, max], zero point 0) along <paramref name="axis"/>.</summary>
+    private static (string Dq, float[] Scales) QuantizeWeight(GraphBuilder b, TensorProto weight, int axis, string weightsDirectory, int max)
     {
         float[] w = ModelFiles.ReadFloats(weight, weightsDirectory);
         long[] dims = [.. weight.Dims];
@@ -173,10 +174,10 @@ public static partial class QdqQuantizer
             int c = k / inner % channels;
             maxAbs[c] = Math.Max(maxAbs[c], Math.Abs(w[k]));
         }
-        float[] scales = maxAbs.Select(m => m > 0 ? m / 127f : 1f).ToArray();
+        float[] scales = maxAbs.Select(m => m > 0 ? m / max : 1f).ToArray();
         var q = new sbyte[w.Length];
         for (int k = 0; k < w.Length; k++)
-            q[k] = (sbyte)Math.Clamp(MathF.Round(w[k] / scales[k / inner % channels], MidpointRounding.ToEven), -127, 127);
+            q[k] = (sbyte)Math.Clamp(MathF.Round(w[k] / scales[k / inner % channels], MidpointRounding.ToEven), -max, max);
         string qName = b.Initializer("weight", dims, q, TensorProto.Types.DataType.Int8);
         string s = b.Float("weight_scale", [channels], scales);
         string zp = b.Initializer("weight_zero_point", [channels], new sbyte[channels], TensorProto.Types.DataType.Int8);
