@@ -20,6 +20,13 @@ public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jo
             Status = "ok",
             ModelLoaded = pipeline is not null,
             Model = pipeline?.Bundle.Name,
+            // What requests may choose, once this instance has loaded the model (null before).
+            Schedulers = pipeline?.SupportedSchedulers,
+            Decoders = pipeline?.SupportedDecoders,
+            Defaults = pipeline?.DefaultsFor(null),
+            DefaultDecoder = pipeline?.DefaultDecoder,
+            GuidanceDistilled = pipeline?.Bundle.GuidanceDistilled,
+            UNetBatch = pipeline?.DefaultUNetBatch,
             ImageSize = $"{jobs.Value.Width}x{jobs.Value.Height}",
             OnnxRuntime = OnnxSessionFactory.OrtVersion,
             Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },

@@ -70,21 +70,30 @@ public static class CliApp
         var model = ModelOption();
         var prompt = new Option<string>("--prompt", "-p") { Description = "What to draw.", Required = true };
         var negative = new Option<string>("--negative-prompt") { Description = "What to steer away from.", DefaultValueFactory = _ => "" };
-        var steps = new Option<int>("--steps") { Description = "Denoising steps (1–150).", DefaultValueFactory = _ => 50 };
-        var guidance = new Option<double>("--guidance") { Description = "Classifier-free guidance scale (0–30; ≤ 1 turns guidance off).", DefaultValueFactory = _ => 7.5 };
+        var steps = new Option<int?>("--steps") { Description = "Denoising steps (1–150; lcm: 1–8 recommended, at most 50). Default: 50, lcm 4." };
+        var guidance = new Option<double?>("--guidance")
+        {
+            Description = "Guidance scale (0–30; ≤ 1 turns classifier-free guidance off). Default: 7.5; LCM-distilled models 8.5; lcm on other models 1.",
+        };
         var seed = new Option<long?>("--seed") { Description = "Seed for the initial noise; random when absent (printed)." };
         var scheduler = new Option<string?>("--scheduler") { Description = $"One of {string.Join(", ", SchedulerFactory.Names)}. Default: the bundle's." };
         var karras = new Option<bool>("--karras") { Description = "Karras sigmas (euler, lms, dpmpp-2m)." };
         var width = new Option<int?>("--width") { Description = "Image width (multiple of 64). Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height (multiple of 64). Default: the model's native size." };
         var latents = new Option<string?>("--latents") { Description = "Initial latents: raw little-endian float32 [1,4,H/8,W/8], instead of the seed." };
+        var stepNoise = new Option<string?>("--step-noise")
+        {
+            Description = "Noise added between steps (lcm, euler-a): raw little-endian float32 [steps−1, 1, 4, H/8, W/8] for lcm, instead of the seed's stream.",
+        };
+        var decoder = new Option<string?>("--decoder") { Description = "Image decoder: full (the VAE) or tiny (TAESD). Default: full when the model has it." };
+        decoder.AcceptOnlyFromAmong([.. DecoderComponent.Names]);
         var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
         var cache = new Option<string?>("--cache") { Description = "Directory for optimized graphs, reused on the next load." };
         var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
 
         var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
         {
-            model, prompt, negative, steps, guidance, seed, scheduler, karras, width, height, latents, output, cache, threads,
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, width, height, latents, stepNoise, output, cache, threads,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -97,6 +106,7 @@ public static class CliApp
                 Seed = parse.GetValue(seed),
                 Scheduler = parse.GetValue(scheduler),
                 KarrasSigmas = parse.GetValue(karras) ? true : null,
+                Decoder = parse.GetValue(decoder),
             };
             request.ValidateParameters(); // fail before spending time on loading
             if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
@@ -115,7 +125,15 @@ public static class CliApp
             };
             using var pipeline = await StableDiffusionPipeline.LoadAsync(parse.GetValue(model)!, options, loggerFactory.CreateLogger("sdf"), ct);
 
-            if (parse.GetValue(latents) is { } latentsPath) request = request with { InitialLatents = ReadLatents(latentsPath) };
+            if (parse.GetValue(latents) is { } latentsPath) request = request with { InitialLatents = ReadFloats("--latents", latentsPath) };
+            if (parse.GetValue(stepNoise) is { } noisePath)
+            {
+                float[] values = ReadFloats("--step-noise", noisePath);
+                int latentSize = pipeline.LatentChannels * pipeline.LatentHeight * pipeline.LatentWidth;
+                if (values.Length == 0 || values.Length % latentSize != 0)
+                    throw new CliUsageException($"--step-noise: {noisePath} holds {values.Length} floats, not a whole number of latents of {latentSize} (1×{pipeline.LatentChannels}×{pipeline.LatentHeight}×{pipeline.LatentWidth}).");
+                request = request with { StepNoise = new RecordedGaussianNoise(values) };
+            }
             var bar = new ProgressBar(stderr);
             var result = await pipeline.GenerateAsync(request, bar, ct);
             bar.Finish();
@@ -126,8 +144,8 @@ public static class CliApp
             var median = sorted.Length == 0 ? TimeSpan.Zero : sorted[sorted.Length / 2];
             stderr.WriteLine(
                 $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
-                $"{t.Steps.Count} steps ({result.Scheduler}) median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | " +
-                $"decode {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
+                $"{result.Steps} steps ({result.Scheduler}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
+                $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, seed {result.Seed}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
             return Ok;
         });
@@ -164,13 +182,20 @@ public static class CliApp
         var tomeSeed = new Option<int?>("--tome-seed") { Description = "Random dst token per cell from this seed (tomesd use_rand). Default: top-left." };
         var width = new Option<int?>("--width") { Description = "Image width the UNet is fixed to. Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height the UNet is fixed to. Default: the model's native size." };
-        var batch = new Option<int>("--batch") { Description = "UNet batch (2 for guidance, 1 without).", DefaultValueFactory = _ => 2 };
+        var batch = new Option<int?>("--batch")
+        {
+            Description = "UNet batch: 2 runs a guided step in one call; 1 suits LCM and guidance-free requests (a guided step then takes two calls). Default: 1 for LCM-distilled UNets, else 2.",
+        };
         var quantize = new Option<string?>("--quantize") { Description = "int8: static INT8 QDQ UNet calibrated on prompts. Default: float." };
         quantize.AcceptOnlyFromAmong("int8");
         var preset = new Option<QuantizationPreset>("--quantize-preset")
         {
             Description = "mixed: convolutions and linear layers; aggressive: also attention matmuls and residual adds.",
             DefaultValueFactory = _ => QuantizationPreset.Mixed,
+        };
+        var fullRange = new Option<bool>("--quantize-full-range")
+        {
+            Description = "8-bit weights instead of 7-bit: a bit more precise, but only correct on CPUs with VNNI (AVX2-only CPUs saturate).",
         };
         var quantizeVae = new Option<bool>("--quantize-vae") { Description = "Experimental: also quantize the VAE decoder to INT8 (with --quantize int8): ~2.8x faster decode, visibly lower fidelity; check it on your model." };
         var calibration = new Option<string?>("--calibration") { Description = "Prompt file for calibration, one per line. Default: four built-in prompts." };
@@ -180,7 +205,7 @@ public static class CliApp
         var command = new Command("optimize",
             "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
         {
-            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, quantizeVae, calibration, calibrationSteps, fuseAttention, compile,
+            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, fullRange, quantizeVae, calibration, calibrationSteps, fuseAttention, compile,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -191,7 +216,7 @@ public static class CliApp
                 TomeSx = parse.GetValue(sx), TomeSy = parse.GetValue(sy), TomeMaxDownsample = parse.GetValue(maxDownsample),
                 TomeMerge = parse.GetValue(merge)!, TomeSeed = parse.GetValue(tomeSeed),
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
-                Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset) },
+                Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset), ReduceRange = !parse.GetValue(fullRange) },
                 QuantizeVaeDecoder = parse.GetValue(quantizeVae), CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps), Compile = parse.GetValue(compile),
                 FuseAttention = parse.GetValue(fuseAttention),
             }, progress, ct);
@@ -260,11 +285,11 @@ public static class CliApp
         return command;
     }
 
-    private static float[] ReadLatents(string path)
+    private static float[] ReadFloats(string option, string path)
     {
-        if (!File.Exists(path)) throw new CliUsageException($"--latents: {path} does not exist.");
+        if (!File.Exists(path)) throw new CliUsageException($"{option}: {path} does not exist.");
         byte[] bytes = File.ReadAllBytes(path);
-        if (bytes.Length % 4 != 0) throw new CliUsageException($"--latents: {path} is {bytes.Length} bytes, not a whole number of float32 values.");
+        if (bytes.Length % 4 != 0) throw new CliUsageException($"{option}: {path} is {bytes.Length} bytes, not a whole number of float32 values.");
         return MemoryMarshal.Cast<byte, float>(bytes).ToArray();
     }
 }

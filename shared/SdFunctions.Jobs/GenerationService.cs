@@ -1,6 +1,7 @@
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
+using SdFunctions.Inference.Pipeline;
 
 namespace SdFunctions.Jobs;
 
@@ -8,7 +9,7 @@ namespace SdFunctions.Jobs;
 /// What the HTTP API does, without HTTP: submit a job (validated, idempotent, queued), read it, cancel it,
 /// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
 /// </summary>
-public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, IOptions<JobsOptions> options,
+public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, IOptions<JobsOptions> options,
     TimeProvider time, ILogger<GenerationService> logger)
 {
     private JobsOptions Options => options.Value;
@@ -19,6 +20,13 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     {
         var request = SubmitRequest.Parse(body.Span);
         var input = request.Validate(Options);
+        // What depends on the model (an LCM's negative prompt, its schedulers and decoders) is checked here when this
+        // instance has loaded it, else by the worker, which then fails the job with the same validation problem.
+        if (pipelines.Loaded is { } pipeline)
+        {
+            try { pipeline.Validate(GenerationWorker.ToRequest(input)); }
+            catch (InvalidGenerationRequestException e) { throw new ProblemException(Refusal(e)); }
+        }
         if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), input, null, ct), true);
 
         if (idempotencyKey.Length is 0 or > MaxIdempotencyKeyLength)
@@ -123,6 +131,13 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             });
         return await images.DownloadAsync(id, ct) ?? throw NotFound(id);
     }
+
+    /// <summary>The 400 problem for a request the model cannot run, naming the field.</summary>
+    public static Problem Refusal(InvalidGenerationRequestException e) => new()
+    {
+        Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400, Detail = e.Message,
+        Errors = new Dictionary<string, string[]> { [e.ParamName ?? "request"] = [e.Message] },
+    };
 
     private static ProblemException NotFound(string id) => new(new Problem
     {

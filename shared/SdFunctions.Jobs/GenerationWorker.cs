@@ -69,6 +69,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 ["seed"] = result.Seed.ToString(CultureInfo.InvariantCulture),
                 ["steps"] = result.Steps.ToString(CultureInfo.InvariantCulture),
                 ["scheduler"] = result.Scheduler,
+                ["decoder"] = result.Decoder,
                 ["model"] = Uri.EscapeDataString(pipeline.Bundle.Name), // metadata must be ASCII
             }, ct);
             var t = result.Timings;
@@ -90,7 +91,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 Output = new JobOutput
                 {
                     Seed = result.Seed, Width = result.Width, Height = result.Height, Scheduler = result.Scheduler,
-                    Model = pipeline.Bundle.Name, Timings = timings,
+                    Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, UNetBatch = result.UNetBatch,
+                    Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
                 },
                 LastError = null,
             }, ct);
@@ -108,7 +110,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
         catch (InvalidGenerationRequestException e)
         {
-            await FailAsync(id, Failure(e.Message), CancellationToken.None); // the same input would fail again: no retry
+            await FailAsync(id, GenerationService.Refusal(e), CancellationToken.None); // the same input would fail again: no retry
         }
         catch (Exception e)
         {
@@ -173,10 +175,10 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, Detail = detail,
     };
 
-    private static GenerationRequest ToRequest(GenerationInput input) => new()
+    internal static GenerationRequest ToRequest(GenerationInput input) => new()
     {
         Prompt = input.Prompt, NegativePrompt = input.NegativePrompt, Steps = input.Steps, GuidanceScale = input.GuidanceScale,
-        Seed = input.Seed, Scheduler = input.Scheduler, Width = input.Width, Height = input.Height,
+        Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, Width = input.Width, Height = input.Height,
     };
 
     private static string Truncate(string text) => text.Length <= 200 ? text : text[..200] + "…";

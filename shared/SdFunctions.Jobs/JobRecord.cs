@@ -10,14 +10,18 @@ public sealed record GenerationInput
 {
     public required string Prompt { get; init; }
     public string NegativePrompt { get; init; } = "";
-    public int Steps { get; init; }
-    public double GuidanceScale { get; init; }
+
+    /// <summary>Null: the model's default, recorded in the job's output once it has run.</summary>
+    public int? Steps { get; init; }
+    public double? GuidanceScale { get; init; }
     public long Seed { get; init; }
     public string? Scheduler { get; init; }
+    public string? Decoder { get; init; }
     public int Width { get; init; }
     public int Height { get; init; }
 }
 
+/// <summary>Progress in UNet steps: <see cref="Total"/> is the scheduler's step count (PNDM runs one more than asked, as diffusers does).</summary>
 public sealed record JobProgress(int Step, int? Total);
 
 /// <summary>Seconds spent in each stage of a finished job.</summary>
@@ -40,6 +44,14 @@ public sealed record JobOutput
     public int Width { get; init; }
     public int Height { get; init; }
     public string? Scheduler { get; init; }
+
+    /// <summary>What ran: the steps and guidance (defaults filled in), the decoder, the UNet's batch, conditioning and call count.</summary>
+    public int Steps { get; init; }
+    public double GuidanceScale { get; init; }
+    public string? Decoder { get; init; }
+    public int UNetBatch { get; init; }
+    public string? Conditioning { get; init; }
+    public int UNetCalls { get; init; }
     public string? Model { get; init; }
     public JobTimings? Timings { get; init; }
 }

@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Schedulers;
 
@@ -15,6 +16,7 @@ public sealed record SubmitRequest
     public double? GuidanceScale { get; init; }
     public long? Seed { get; init; }
     public string? Scheduler { get; init; }
+    public string? Decoder { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
 
@@ -37,7 +39,13 @@ public sealed record SubmitRequest
         }
     }
 
-    /// <summary>Checks every rule, reports every broken one, and fills in the defaults (a seed is chosen when absent).</summary>
+    /// <summary>LCM's step bound for the usual original_inference_steps (50); the loaded model may set another, checked by the worker.</summary>
+    public const int MaxLcmSteps = 50;
+
+    /// <summary>
+    /// Checks every rule that needs no model, reports every broken one, and chooses a seed when absent. Steps and guidance
+    /// stay absent when not sent: they take the model's defaults (which differ for LCM models) when the job runs.
+    /// </summary>
     public GenerationInput Validate(JobsOptions options)
     {
         var errors = new Dictionary<string, string[]>();
@@ -51,6 +59,10 @@ public sealed record SubmitRequest
         if (Seed is { } seed && seed is < 0 or > GenerationRequest.MaxSeed) errors["seed"] = [$"Between 0 and {GenerationRequest.MaxSeed}."];
         if (Scheduler is { } name && !SchedulerFactory.IsKnown(name))
             errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerFactory.Names)}."];
+        else if (Scheduler == "lcm" && Steps > MaxLcmSteps)
+            errors["steps"] = [$"lcm runs at most {MaxLcmSteps} steps (1–8 is what LCM models are made for)."];
+        if (Decoder is { } decoder && !DecoderComponent.Names.Contains(decoder))
+            errors["decoder"] = [$"One of: {string.Join(", ", DecoderComponent.Names)}."];
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (errors.Count > 0)
@@ -59,15 +71,15 @@ public sealed record SubmitRequest
             throw new ProblemException(problem with { Allowed = errors.ContainsKey("width") || errors.ContainsKey("height") ? [$"{options.Width}x{options.Height}"] : null });
         }
 
-        var defaults = new GenerationRequest { Prompt = "" };
         return new GenerationInput
         {
             Prompt = Prompt!,
             NegativePrompt = NegativePrompt ?? "",
-            Steps = Steps ?? defaults.Steps,
-            GuidanceScale = GuidanceScale ?? defaults.GuidanceScale,
+            Steps = Steps,
+            GuidanceScale = GuidanceScale,
             Seed = Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1),
             Scheduler = Scheduler,
+            Decoder = Decoder,
             Width = options.Width,
             Height = options.Height,
         };

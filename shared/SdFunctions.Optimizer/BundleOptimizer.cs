@@ -25,7 +25,8 @@ public sealed record OptimizeOptions
     public int? TomeSeed { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
-    public int Batch { get; init; } = 2;
+    /// <summary>The UNet's static batch: 2 runs a guided step in one call, 1 suits LCM; null = 1 for guidance-distilled (LCM) UNets, else 2.</summary>
+    public int? Batch { get; init; }
 
     /// <summary>Replace the exported attention subgraphs with ORT's fused MultiHeadAttention.</summary>
     public bool FuseAttention { get; init; }
@@ -90,7 +91,7 @@ public sealed record OptimizeManifest
 }
 
 /// <summary>
-/// Writes an optimized copy of a bundle: every component copied as it is except <c>unet/</c>, whose graph is
+/// Writes an optimized copy of a bundle: every component (taesd_decoder/ included) copied as it is except <c>unet/</c>, whose graph is
 /// rewritten (Token Merging, the attention's zero additions removed, static shape) with its external weight
 /// files carried along, plus a manifest.
 /// </summary>
@@ -107,7 +108,8 @@ public static class BundleOptimizer
         if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
         var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
         if (options.QuantizeVaeDecoder && options.Quantization is null) throw new ArgumentException("--quantize-vae needs --quantize int8 (both calibrate on one run).");
-        if (options.Batch is not (1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
+        if (options.Batch is not (null or 1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
+        int batch = options.Batch ?? (bundle.GuidanceDistilled ? 1 : 2);
         int width = options.Width ?? bundle.DefaultWidth, height = options.Height ?? bundle.DefaultHeight;
         int multiple = bundle.VaeScaleFactor * 8;
         if (width <= 0 || height <= 0 || width % multiple != 0 || height % multiple != 0)
@@ -148,7 +150,7 @@ public static class BundleOptimizer
         {
             var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions
             {
-                Ratio = options.TomeRatio, Batch = options.Batch, LatentHeight = latentH, LatentWidth = latentW,
+                Ratio = options.TomeRatio, Batch = batch, LatentHeight = latentH, LatentWidth = latentW,
                 Sx = options.TomeSx, Sy = options.TomeSy, MaxDownsample = options.TomeMaxDownsample, RandomDstSeed = options.TomeSeed,
                 MergeAttn = options.TomeMerge.Contains("attn"), MergeCrossAttn = options.TomeMerge.Contains("crossattn"), MergeMlp = options.TomeMerge.Contains("mlp"),
             });
@@ -160,7 +162,7 @@ public static class BundleOptimizer
         int fusedAttentions = options.FuseAttention ? AttentionFusion.Apply(model) : 0;
         if (options.FuseAttention)
             progress?.Report($"attention: {fusedAttentions} attentions fused into MultiHeadAttention");
-        var dims = StaticDims.ForUnet(model.Graph, options.Batch, latentH, latentW, bundle.Tokenizer.MaxLength);
+        var dims = StaticDims.ForUnet(model.Graph, batch, latentH, latentW, bundle.Tokenizer.MaxLength);
         StaticDims.Apply(model.Graph, dims);
 
         string unetOut = Path.Combine(output, "unet");
@@ -176,7 +178,7 @@ public static class BundleOptimizer
         if (options.Quantization is { } q)
         {
             var session = new SessionSettings();
-            var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, options.Batch, session, progress, ct);
+            var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, batch, session, progress, ct);
             quantization = await QuantizeUNetAsync(model, unetOut, options, q, prompts, inputs.UNet, session, progress, ct);
             if (options.QuantizeVaeDecoder)
                 vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
@@ -187,8 +189,10 @@ public static class BundleOptimizer
         {
             progress?.Report("compiling the models for this machine (ONNX Runtime graph optimization)");
             string cache = Path.Combine(output, OnnxSessionFactory.CompiledFolder);
-            using (await StableDiffusionPipeline.LoadAsync(output, new PipelineOptions
-                   { WarmUp = false, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } }, cancellationToken: ct)) { }
+            // Once per decoder (a pipeline loads its default one); the other models come from the cache the first load filled.
+            foreach (var decoder in bundle.Decoders)
+                using (await StableDiffusionPipeline.LoadAsync(output, new PipelineOptions
+                       { WarmUp = false, DefaultDecoder = decoder.Name, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } }, cancellationToken: ct)) { }
             compiled = new OptimizeManifest.CompiledGraphs(OnnxSessionFactory.OrtVersion, CpuInfo.FeatureSummary,
                 Directory.GetDirectories(cache).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!);
         }
@@ -200,7 +204,7 @@ public static class BundleOptimizer
             CreatedAt = DateTimeOffset.UtcNow,
             Source = bundle.Directory,
             SourceUnetSha256 = hashes,
-            Options = options with { Width = width, Height = height },
+            Options = options with { Width = width, Height = height, Batch = batch },
             StaticDims = dims,
             TokenMerging = blocks,
             ZeroAttentionAddsRemoved = zeroAdds,

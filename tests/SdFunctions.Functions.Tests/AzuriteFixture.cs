@@ -61,4 +61,5 @@ public sealed class AzuriteFixture : IAsyncLifetime
     }
 
     public static string TinySd => Path.Combine(RepoRoot(), "..", "shared", "fixtures", "tiny-sd");
+    public static string TinyLcm => Path.Combine(RepoRoot(), "..", "shared", "fixtures", "tiny-lcm");
 }

@@ -82,8 +82,9 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x"}""");
         var input = Body(submitted).GetProperty("input");
         Assert.InRange(input.GetProperty("seed").GetInt64(), 0, SdFunctions.Inference.Pipeline.GenerationRequest.MaxSeed);
-        Assert.Equal(50, input.GetProperty("steps").GetInt32());
-        Assert.Equal(7.5, input.GetProperty("guidanceScale").GetDouble());
+        // Steps and guidance stay as sent (absent): they take the model's defaults when the job runs, recorded in its output.
+        Assert.Equal(JsonValueKind.Null, input.GetProperty("steps").ValueKind);
+        Assert.Equal(JsonValueKind.Null, input.GetProperty("guidanceScale").ValueKind);
     }
 
     [Fact]
@@ -125,6 +126,10 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         var after = Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health")));
         Assert.True(after.GetProperty("modelLoaded").GetBoolean());
         Assert.Equal("sdref-tiny-sd", after.GetProperty("model").GetString());
+        Assert.Equal(["pndm", "ddim", "euler", "euler-a", "lms", "dpmpp-2m", "lcm"], after.GetProperty("schedulers").EnumerateArray().Select(e => e.GetString()));
+        Assert.Equal(["full"], after.GetProperty("decoders").EnumerateArray().Select(e => e.GetString()));
+        Assert.Equal(50, after.GetProperty("defaults").GetProperty("steps").GetInt32());
+        Assert.Equal(2, after.GetProperty("uNetBatch").GetInt32());
     }
 
     internal static JsonElement AssertProblem(ContentResult result, int status, string type)

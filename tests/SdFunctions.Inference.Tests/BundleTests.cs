@@ -134,7 +134,7 @@ public class BundleTests
         using var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
         Assert.Equal("ddim", pipeline.DefaultScheduler);
         Assert.DoesNotContain("pndm", pipeline.SupportedSchedulers);
-        Assert.Equal(5, pipeline.SupportedSchedulers.Count);
+        Assert.Equal(6, pipeline.SupportedSchedulers.Count); // the other five and lcm
         var e = await Assert.ThrowsAsync<InvalidGenerationRequestException>(() =>
             pipeline.GenerateAsync(new GenerationRequest { Prompt = "x", Steps = 2, Scheduler = "pndm" }));
         Assert.Equal("scheduler", e.ParamName);

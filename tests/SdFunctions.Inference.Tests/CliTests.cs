@@ -20,6 +20,39 @@ public class CliTests
     private static string TempPng() => Fixtures.TempDirectory("out") + ".png";
 
     [Fact]
+    public async Task GenerateWithLcmAndInjectedStepNoiseWritesTheReferenceImage()
+    {
+        string png = TempPng();
+        var (code, _, err) = await Run("generate", "--model", Fixtures.TinyLcm, "--prompt", "a drawing of a green pokemon with red eyes",
+            "--latents", Path.Combine(Fixtures.Reference, "lcm", "pipe__initial_latents.bin"),
+            "--step-noise", Path.Combine(Fixtures.Reference, "lcm", "pipe__step_noise.bin"), "--out", png, "--cache", TinyPipelineFixture.SharedCache);
+        Assert.True(code == 0, err);
+        Assert.Contains("4 steps (lcm, 4 UNet calls at batch 1, guidance 8.5 guidance-embedding)", err); // the LCM model's defaults
+        Assert.True(Close.MaxLevels(Fixtures.Pixels(Path.Combine(Fixtures.Reference, "lcm_pipeline.png")), Fixtures.Pixels(png)) <= 1,
+            "the PNG differs from diffusers' by more than one level");
+    }
+
+    [Theory]
+    [InlineData("--decoder", "tiny", "decoder")] // tiny-sd has no TAESD
+    [InlineData("--step-noise", "BADSIZE", "--step-noise")]
+    [InlineData("--negative-prompt", "blurry", "negative prompt")]
+    public async Task LcmAndDecoderMistakesAreOneLineUsageErrors(string option, string value, string expected)
+    {
+        string model = option == "--negative-prompt" ? Fixtures.TinyLcm : Fixtures.TinySd;
+        if (value == "BADSIZE")
+        {
+            value = Fixtures.TempDirectory("noise") + ".bin";
+            Directory.CreateDirectory(Path.GetDirectoryName(value)!);
+            File.WriteAllBytes(value, new byte[4 * 100]);
+        }
+        var (code, _, err) = await Run("generate", "--model", model, "--prompt", "x", "--scheduler", "lcm", option, value, "--out", TempPng(),
+            "--cache", TinyPipelineFixture.SharedCache);
+        Assert.Equal(CliApp.BadInput, code);
+        Assert.Contains(expected, err);
+        Assert.Single(err.Trim().Split('\n'));
+    }
+
+    [Fact]
     public async Task GenerateFromReferenceLatentsWritesTheReferenceImage()
     {
         string latents = Path.Combine(Fixtures.Reference, "pipeline", "ddim__initial_latents.bin");
@@ -27,7 +60,8 @@ public class CliTests
         var (code, _, err) = await Run("generate", "--model", Fixtures.TinySd, "--prompt", "a drawing of a green pokemon with red eyes",
             "--steps", "10", "--guidance", "7.5", "--scheduler", "ddim", "--latents", latents, "--out", png, "--cache", TinyPipelineFixture.SharedCache);
         Assert.True(code == 0, err);
-        Assert.Contains("10 steps (ddim)", err);
+        Assert.Contains("10 steps (ddim, 10 UNet calls at batch 2, guidance 7.5 cfg)", err);
+        Assert.Contains("decode (full)", err);
         Assert.Contains("load ", err);
         Assert.Contains("decode ", err);
 

@@ -5,6 +5,8 @@ using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Models;
 using SdFunctions.Inference.Runtime;
+using SixLabors.ImageSharp;
+using SixLabors.ImageSharp.PixelFormats;
 
 namespace SdFunctions.Inference.Tests;
 
@@ -16,6 +18,8 @@ public static class Fixtures
 {
     public static string Root { get; } = FindRoot();
     public static string TinySd => Path.Combine(Root, "tiny-sd");
+    public static string TinyLcm => Path.Combine(Root, "tiny-lcm");
+    public static string TinyTaesd => Path.Combine(Root, "tiny-taesd");
     public static string Reference => Path.Combine(Root, "reference");
 
     private static string FindRoot()
@@ -84,19 +88,39 @@ public static class Fixtures
         return unet.Output;
     }
 
-    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
-    public static string CopyTinySd()
+    /// <summary>A PNG's RGB pixels (HWC bytes): a reference image, or one we wrote.</summary>
+    public static byte[] Pixels(string pngPath)
     {
-        string dest = TempDirectory("sdf-tiny");
-        foreach (string file in Directory.EnumerateFiles(TinySd, "*", SearchOption.AllDirectories))
+        using var image = Image.Load<Rgb24>(pngPath);
+        var rgb = new byte[image.Width * image.Height * 3];
+        image.CopyPixelDataTo(rgb);
+        return rgb;
+    }
+
+    /// <summary>A copy of the tiny bundle in a temp folder, for tests that break or change it.</summary>
+    public static string CopyTinySd() => CopyFolder(TinySd, TempDirectory("sdf-tiny"));
+
+    /// <summary>Copies a folder's files (writable) into <paramref name="dest"/>; returns <paramref name="dest"/>.</summary>
+    public static string CopyFolder(string source, string dest)
+    {
+        foreach (string file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
         {
-            string target = Path.Combine(dest, Path.GetRelativePath(TinySd, file));
+            string target = Path.Combine(dest, Path.GetRelativePath(source, file));
             Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-            File.Copy(file, target);
+            File.Copy(file, target, overwrite: true);
             File.SetAttributes(target, FileAttributes.Normal);
         }
         return dest;
     }
+
+    /// <summary>tiny-sd with tiny-taesd's decoder as <c>taesd_decoder/</c> beside its VAE (made once per test run).</summary>
+    public static string TinySdWithTaesd => TinySdWithTaesdFolder.Value;
+    private static readonly Lazy<string> TinySdWithTaesdFolder = new(() =>
+    {
+        string dir = CopyTinySd();
+        CopyFolder(Path.Combine(TinyTaesd, "vae_decoder"), Path.Combine(dir, "taesd_decoder"));
+        return dir;
+    });
 }
 
 /// <summary>Comparisons that report where and by how much two arrays differ.</summary>
@@ -125,6 +149,23 @@ public static class Close
         double num = 0, den = 0;
         for (int i = 0; i < expected.Length; i++) { double d = actual[i] - (double)expected[i]; num += d * d; den += expected[i] * (double)expected[i]; }
         return Math.Sqrt(num / den);
+    }
+
+    /// <summary>Peak signal-to-noise ratio of two 8-bit images, in dB (∞ when equal).</summary>
+    public static double Psnr(byte[] a, byte[] b)
+    {
+        Assert.Equal(a.Length, b.Length);
+        double mse = 0;
+        for (int i = 0; i < a.Length; i++) { double d = a[i] - b[i]; mse += d * d; }
+        mse /= a.Length;
+        return mse == 0 ? double.PositiveInfinity : 10 * Math.Log10(255.0 * 255.0 / mse);
+    }
+
+    /// <summary>The largest difference of one channel of one pixel, in levels.</summary>
+    public static int MaxLevels(byte[] expected, byte[] actual)
+    {
+        Assert.Equal(expected.Length, actual.Length);
+        return expected.Zip(actual, (e, a) => Math.Abs(e - a)).Max();
     }
 
     public static void AllClose(ReadOnlySpan<float> expected, ReadOnlySpan<float> actual, double absTol, string what)

@@ -55,15 +55,6 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
     private static (float[] Fp32, float[] Actual) Case0(string bundleDir) =>
         (Fixtures.Floats("unet", "case0/out_sample"), Fixtures.RunUNetCase(bundleDir, "case0", 32, 32));
 
-    private static double Psnr(byte[] a, byte[] b)
-    {
-        Assert.Equal(a.Length, b.Length);
-        double mse = 0;
-        for (int i = 0; i < a.Length; i++) { double d = a[i] - b[i]; mse += d * d; }
-        mse /= a.Length;
-        return mse == 0 ? double.PositiveInfinity : 10 * Math.Log10(255.0 * 255.0 / mse);
-    }
-
     private static async Task<GenerationResult> Generate(string bundleDir)
     {
         using var pipeline = await StableDiffusionPipeline.LoadAsync(bundleDir, new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
@@ -171,7 +162,7 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
             var result = await Generate(dir);
             byte[] png = await result.ToPngAsync();
             Assert.Equal("PNG", System.Text.Encoding.ASCII.GetString(png, 1, 3));
-            double psnr = Psnr(reference.Rgb, result.Rgb);
+            double psnr = Close.Psnr(reference.Rgb, result.Rgb);
             output.WriteLine($"{name}: PSNR vs FP32 {psnr:F1} dB (20 DPM++ steps, seed 7, 256²)");
             Assert.InRange(psnr, 30, 80); // measured 37–40 dB: close to FP32, but really quantized
         }
@@ -193,7 +184,7 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
         var floatVae = await Generate(bundles.Mixed.Dir);
         var int8Vae = await Generate(bundles.MixedWithVae.Dir);
         Assert.Equal(floatVae.Latents, int8Vae.Latents);
-        double psnr = Psnr(floatVae.Rgb, int8Vae.Rgb);
+        double psnr = Close.Psnr(floatVae.Rgb, int8Vae.Rgb);
         output.WriteLine($"INT8 VAE decoder vs float: PSNR {psnr:F1} dB");
         // Measured 21.4 dB: far below the INT8 UNet's ~40 dB, which is why --quantize-vae is opt-in. A broken
         // quantizer (wrong scales, swapped axes) lands under 12 dB.

@@ -133,7 +133,7 @@ public static class BenchProbe
         for (int i = 0; i < request.Repeats; i++)
         {
             var watch = Stopwatch.StartNew();
-            await pipeline.DecodeLatentsAsync(first.Latents, ct); // the first decode happened in the first generation
+            await pipeline.DecodeLatentsAsync(first.Latents, cancellationToken: ct); // the first decode happened in the first generation
             decode.Add(watch.Elapsed.TotalSeconds);
         }
         figures["vae_decode_s"] = Median(decode);

@@ -7,7 +7,8 @@ namespace SdFunctions.Inference.Bundle;
 
 /// <summary>
 /// A Stable Diffusion 1.x bundle in the diffusers ONNX layout that <c>optimum-cli export onnx</c> writes:
-/// model_index.json, tokenizer/, text_encoder/, unet/, vae_decoder/, optional vae_encoder/, scheduler/.
+/// model_index.json, tokenizer/, text_encoder/, unet/, vae_decoder/, optional vae_encoder/, scheduler/, and optionally
+/// taesd_decoder/ (a diffusers AutoencoderTiny beside the full VAE; vae_decoder/ may itself be one).
 /// <see cref="Open"/> checks that every file is there and readable, that each graph declares the inputs the
 /// pipeline feeds with supported dtypes, and that external weight files exist — before any session is made.
 /// </summary>
@@ -22,13 +23,28 @@ public sealed class ModelBundle
     public OnnxModelInfo? VaeEncoder { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
 
+    /// <summary>The image decoders a request can choose: "full" (AutoencoderKL) and/or "tiny" (TAESD), the default first.</summary>
+    public required IReadOnlyList<DecoderComponent> Decoders { get; init; }
+
+    /// <summary>
+    /// The width of <c>timestep_cond</c> (time_cond_proj_dim) for a guidance-distilled UNet (LCM), read from the graph's
+    /// input; null for a UNet without that input.
+    /// </summary>
+    public int? UnetTimestepCondDim { get; init; }
+
+    /// <summary>A guidance-distilled UNet takes the guidance scale as an embedding and has no unconditional pass.</summary>
+    public bool GuidanceDistilled => UnetTimestepCondDim is not null;
+
+    /// <summary>The folder a tiny decoder beside the full VAE lives in.</summary>
+    public const string TinyDecoderFolder = "taesd_decoder";
+
     /// <summary>unet/config.json sample_size (latent pixels), when the bundle has it.</summary>
     public int? UnetSampleSize { get; init; }
 
     /// <summary>Image pixels per latent pixel: 2^(number of VAE blocks − 1), 8 for SD.</summary>
     public int VaeScaleFactor { get; init; } = 8;
 
-    /// <summary>vae config scaling_factor: latents are divided by it before decoding (0.18215 for SD 1.x).</summary>
+    /// <summary>vae_decoder's config scaling_factor: latents are divided by it before decoding (0.18215 for SD 1.x).</summary>
     public float VaeScalingFactor { get; init; } = 0.18215f;
 
     /// <summary>
@@ -61,6 +77,7 @@ public sealed class ModelBundle
         var unet = ReadModel(dir, "unet");
         var vaeDecoder = ReadModel(dir, "vae_decoder");
         var vaeEncoder = File.Exists(Path.Combine(dir, "vae_encoder", "model.onnx")) ? ReadModel(dir, "vae_encoder") : null;
+        var taesd = File.Exists(Path.Combine(dir, TinyDecoderFolder, "model.onnx")) ? ReadModel(dir, TinyDecoderFolder) : null;
 
         ExpectInput(textEncoder, "input_ids", [OnnxElementType.Int32, OnnxElementType.Int64], rank: 2);
         ExpectInput(unet, "sample", [OnnxElementType.Float], rank: 4);
@@ -70,27 +87,61 @@ public sealed class ModelBundle
         ExpectOutput(textEncoder, OnnxElementType.Float, rank: 3, preferred: "last_hidden_state");
         ExpectOutput(unet, OnnxElementType.Float, rank: 4, preferred: "out_sample");
         ExpectOutput(vaeDecoder, OnnxElementType.Float, rank: 4, preferred: "sample");
+        if (taesd is not null)
+        {
+            ExpectInput(taesd, "latent_sample", [OnnxElementType.Float], rank: 4);
+            ExpectOutput(taesd, OnnxElementType.Float, rank: 4, preferred: "sample");
+        }
+        int? condDim = null;
+        if (unet.FindInput(UNetTimestepCond) is not null)
+        {
+            ExpectInput(unet, UNetTimestepCond, [OnnxElementType.Float], rank: 2);
+            condDim = unet.FindInput(UNetTimestepCond)!.Dims[1].Value is > 0 and var d ? (int)d : throw new ModelBundleException(
+                $"{unet.Path}: input '{UNetTimestepCond}' does not declare its width (dim 1, time_cond_proj_dim); expected a fixed size such as 256.");
+        }
 
         string unetConfig = Path.Combine(dir, "unet", "config.json");
         string vaeConfig = Path.Combine(dir, "vae_decoder", "config.json");
         int? sampleSize = File.Exists(unetConfig)
             ? ReadJson(unetConfig, r => r.TryGetProperty("sample_size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt32() : (int?)null)
             : null;
-        int scale = 8; float scaling = 0.18215f;
-        if (File.Exists(vaeConfig))
+        var (vaeIsTiny, scale, scaling) = ReadVaeConfig(vaeConfig);
+        var decoders = new List<DecoderComponent>();
+        if (!vaeIsTiny) decoders.Add(new DecoderComponent(DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling));
+        if (vaeIsTiny) decoders.Add(new DecoderComponent(DecoderComponent.Tiny, "vae_decoder", vaeDecoder, scaling));
+        else if (taesd is not null)
         {
-            scale = ReadJson(vaeConfig, r => r.TryGetProperty("block_out_channels", out var b) && b.ValueKind == JsonValueKind.Array
-                ? 1 << (b.GetArrayLength() - 1) : 8);
-            scaling = ReadJson(vaeConfig, r => r.TryGetProperty("scaling_factor", out var s) && s.ValueKind == JsonValueKind.Number
-                ? s.GetSingle() : 0.18215f);
+            var (_, taesdScale, taesdScaling) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
+            if (taesdScale != scale)
+                throw new ModelBundleException($"{taesd.Path}: upsamples latents {taesdScale}×, the VAE {scale}×; a tiny decoder must share the VAE's latent layout.");
+            decoders.Add(new DecoderComponent(DecoderComponent.Tiny, TinyDecoderFolder, taesd, taesdScaling));
         }
 
         return new ModelBundle
         {
             Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
             TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder,
-            UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling,
+            UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, Decoders = decoders, UnetTimestepCondDim = condDim,
         };
+    }
+
+    /// <summary>The UNet input of guidance-distilled models: the guidance-scale embedding.</summary>
+    public const string UNetTimestepCond = "timestep_cond";
+
+    /// <summary>
+    /// What a VAE config says: whether it is an AutoencoderTiny, its upsampling factor (2^(blocks − 1)) and the
+    /// scaling_factor latents are divided by before decoding (AutoencoderKL's default 0.18215, AutoencoderTiny's 1.0).
+    /// </summary>
+    private static (bool Tiny, int Scale, float Scaling) ReadVaeConfig(string path, bool tinyDefault = false)
+    {
+        if (!File.Exists(path)) return (tinyDefault, 8, tinyDefault ? 1f : 0.18215f);
+        return ReadJson(path, r =>
+        {
+            bool tiny = r.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() == "AutoencoderTiny" : tinyDefault;
+            int scale = r.TryGetProperty("block_out_channels", out var b) && b.ValueKind == JsonValueKind.Array ? 1 << (b.GetArrayLength() - 1) : 8;
+            float scaling = r.TryGetProperty("scaling_factor", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetSingle() : tiny ? 1f : 0.18215f;
+            return (tiny, scale, scaling);
+        });
     }
 
     /// <summary>Loads the CLIP tokenizer from a bundle's tokenizer/ folder; a missing or broken file is named.</summary>
@@ -167,4 +218,14 @@ public sealed class ModelBundle
         using var doc = JsonDocument.Parse(File.ReadAllText(p));
         return read(doc.RootElement);
     });
+}
+
+/// <summary>
+/// One image decoder of a bundle: its request name (<see cref="Full"/> = AutoencoderKL, <see cref="Tiny"/> = TAESD), its
+/// folder, graph, and the scaling_factor latents are divided by before it decodes them. Both output images in about [−1, 1].
+/// </summary>
+public sealed record DecoderComponent(string Name, string Folder, OnnxModelInfo Model, float ScalingFactor)
+{
+    public const string Full = "full", Tiny = "tiny";
+    public static readonly IReadOnlyList<string> Names = [Full, Tiny];
 }

@@ -9,6 +9,7 @@ namespace SdFunctions.Inference.Models;
 /// The denoising UNet at one static shape (batch × 4 × h × w latents, 77 × hidden text states). The
 /// input and output buffers are allocated once and pinned; each step writes into them and runs.
 /// The timestep input is int64 (optimum) or float32 (the older diffusers exporter), of shape [1] or [batch].
+/// Guidance-distilled UNets (LCM) also take <c>timestep_cond</c> [batch, time_cond_proj_dim].
 /// </summary>
 public sealed class UNetModel : IDisposable
 {
@@ -17,13 +18,17 @@ public sealed class UNetModel : IDisposable
     private readonly float[] _timestep32 = [];
     private readonly OrtValue[] _inputs;
     private readonly OrtValue[] _outputs;
-    private readonly string[] _inputNames = ["sample", "timestep", "encoder_hidden_states"];
+    private readonly string[] _inputNames;
     private readonly string[] _outputNames;
 
     public int Batch { get; }
     public bool IntegerTimestep { get; }
     public float[] Sample { get; }
     public float[] EncoderHiddenStates { get; }
+
+    /// <summary>[batch, <see cref="TimestepCondDim"/>] for a guidance-distilled UNet; empty otherwise.</summary>
+    public float[] TimestepCond { get; } = [];
+    public int TimestepCondDim { get; }
     public float[] Output { get; }
     public SessionLoadInfo LoadInfo { get; }
 
@@ -41,6 +46,9 @@ public sealed class UNetModel : IDisposable
         StaticShapes.Bind(model, "encoder_hidden_states", hiddenShape, overrides);
         long[] timestepShape = StaticShapes.Resolve(model, "timestep", overrides);
         StaticShapes.Bind(model, "timestep", timestepShape, overrides);
+        TimestepCondDim = bundle.UnetTimestepCondDim ?? 0;
+        long[] condShape = [batch, TimestepCondDim];
+        if (TimestepCondDim > 0) StaticShapes.Bind(model, ModelBundle.UNetTimestepCond, condShape, overrides);
         (_session, LoadInfo) = factory.Create("unet", model.Path, overrides);
 
         IntegerTimestep = model.FindInput("timestep")!.ElementType == OnnxElementType.Int64;
@@ -51,17 +59,26 @@ public sealed class UNetModel : IDisposable
         OrtValue timestepValue;
         if (IntegerTimestep) { _timestep64 = new long[timestepLength]; timestepValue = OrtValue.CreateTensorValueFromMemory(_timestep64, timestepShape); }
         else { _timestep32 = new float[timestepLength]; timestepValue = OrtValue.CreateTensorValueFromMemory(_timestep32, timestepShape); }
-        _inputs =
+        List<string> names = ["sample", "timestep", "encoder_hidden_states"];
+        List<OrtValue> inputs =
         [
             OrtValue.CreateTensorValueFromMemory(Sample, sampleShape),
             timestepValue,
             OrtValue.CreateTensorValueFromMemory(EncoderHiddenStates, hiddenShape),
         ];
+        if (TimestepCondDim > 0)
+        {
+            TimestepCond = new float[batch * TimestepCondDim];
+            names.Add(ModelBundle.UNetTimestepCond);
+            inputs.Add(OrtValue.CreateTensorValueFromMemory(TimestepCond, condShape));
+        }
+        _inputNames = [.. names];
+        _inputs = [.. inputs];
         _outputs = [OrtValue.CreateTensorValueFromMemory(Output, sampleShape)];
         _outputNames = [ModelBundle.MainOutput(model, "out_sample").Name];
     }
 
-    /// <summary>Runs on the current <see cref="Sample"/> and <see cref="EncoderHiddenStates"/>, writing <see cref="Output"/>.</summary>
+    /// <summary>Runs on the current inputs (<see cref="Sample"/>, <see cref="EncoderHiddenStates"/>, <see cref="TimestepCond"/>), writing <see cref="Output"/>.</summary>
     public void Run(double timestep, RunOptions runOptions)
     {
         // An int64 UNet gets the timestep truncated, as numpy's cast in diffusers' ONNX pipeline does.

@@ -4,7 +4,10 @@ using SdFunctions.Inference.Runtime;
 
 namespace SdFunctions.Inference.Models;
 
-/// <summary>The VAE decoder at one static shape: [1, 4, h, w] latents → [1, 3, h·f, w·f] image in [−1, 1].</summary>
+/// <summary>
+/// An image decoder (the full VAE or TAESD) at one static shape: [1, 4, h, w] latents → [1, 3, h·f, w·f] image in about
+/// [−1, 1]. <see cref="Decode"/> divides by the decoder's own scaling factor first.
+/// </summary>
 public sealed class VaeDecoderModel : IDisposable
 {
     private readonly InferenceSession _session;
@@ -12,6 +15,7 @@ public sealed class VaeDecoderModel : IDisposable
     private readonly string[] _inputNames = ["latent_sample"];
     private readonly string[] _outputNames;
 
+    public DecoderComponent Component { get; }
     public float[] Latents { get; }
     public float[] Image { get; }
     public int Height { get; }
@@ -19,14 +23,18 @@ public sealed class VaeDecoderModel : IDisposable
     public SessionLoadInfo LoadInfo { get; }
 
     public VaeDecoderModel(OnnxSessionFactory factory, ModelBundle bundle, int latentHeight, int latentWidth)
+        : this(factory, bundle, bundle.Decoders[0], latentHeight, latentWidth) { }
+
+    public VaeDecoderModel(OnnxSessionFactory factory, ModelBundle bundle, DecoderComponent component, int latentHeight, int latentWidth)
     {
-        var model = bundle.VaeDecoder;
+        Component = component;
+        var model = component.Model;
         var inputInfo = model.FindInput("latent_sample")!;
         int channels = (int)(StaticShapes.FixedDim(inputInfo, 1) ?? 4);
         long[] inputShape = [1, channels, latentHeight, latentWidth];
         var overrides = new Dictionary<string, long>();
         StaticShapes.Bind(model, "latent_sample", inputShape, overrides);
-        (_session, LoadInfo) = factory.Create("vae_decoder", model.Path, overrides);
+        (_session, LoadInfo) = factory.Create(component.Folder, model.Path, overrides);
 
         Height = latentHeight * bundle.VaeScaleFactor;
         Width = latentWidth * bundle.VaeScaleFactor;
@@ -40,6 +48,14 @@ public sealed class VaeDecoderModel : IDisposable
 
     /// <summary>Decodes <see cref="Latents"/> (already divided by the scaling factor) into <see cref="Image"/>.</summary>
     public void Run(RunOptions runOptions) => _session.Run(runOptions, _inputNames, [_input], _outputNames, [_output]);
+
+    /// <summary>Divides the pipeline's final latents by this decoder's scaling factor and decodes them into <see cref="Image"/>.</summary>
+    public void Decode(ReadOnlySpan<float> latents, RunOptions runOptions)
+    {
+        float scaling = Component.ScalingFactor;
+        for (int k = 0; k < latents.Length; k++) Latents[k] = latents[k] / scaling;
+        Run(runOptions);
+    }
 
     public void Dispose()
     {

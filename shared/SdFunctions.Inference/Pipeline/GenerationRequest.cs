@@ -2,7 +2,10 @@ using SdFunctions.Inference.Schedulers;
 
 namespace SdFunctions.Inference.Pipeline;
 
-/// <summary>One text-to-image request. Defaults are diffusers' StableDiffusionPipeline defaults.</summary>
+/// <summary>
+/// One text-to-image request. What it leaves out takes the model's defaults (<see cref="GenerationDefaults"/>): diffusers'
+/// StableDiffusionPipeline's for SD bundles, LatentConsistencyModelPipeline's for LCM ones.
+/// </summary>
 public sealed record GenerationRequest
 {
     public const int MinSteps = 1, MaxSteps = 150;
@@ -13,17 +16,24 @@ public sealed record GenerationRequest
 
     public required string Prompt { get; init; }
     public string NegativePrompt { get; init; } = "";
-    public int Steps { get; init; } = 50;
-    public double GuidanceScale { get; init; } = 7.5;
+
+    /// <summary>Denoising steps; null = the model's default for the scheduler (50, or 4 for lcm).</summary>
+    public int? Steps { get; init; }
+
+    /// <summary>Guidance scale; null = the model's default (7.5; 8.5 for guidance-distilled LCM UNets; 1 for lcm on a plain UNet).</summary>
+    public double? GuidanceScale { get; init; }
 
     /// <summary>Determines the initial latents (see <see cref="SeededGaussianNoise"/>); null = a random seed, reported in the result.</summary>
     public long? Seed { get; init; }
 
-    /// <summary>pndm, ddim, euler, euler-a, lms or dpmpp-2m; null = the bundle's scheduler.</summary>
+    /// <summary>pndm, ddim, euler, euler-a, lms, dpmpp-2m or lcm; null = the bundle's scheduler.</summary>
     public string? Scheduler { get; init; }
 
     /// <summary>Use Karras sigmas (Euler, LMS, DPM++); null = what the scheduler config says.</summary>
     public bool? KarrasSigmas { get; init; }
+
+    /// <summary>full (the VAE) or tiny (TAESD); null = the pipeline's default decoder.</summary>
+    public string? Decoder { get; init; }
 
     /// <summary>Must equal the pipeline's compiled size when given (the shapes are static).</summary>
     public int? Width { get; init; }
@@ -32,19 +42,30 @@ public sealed record GenerationRequest
     /// <summary>Explicit initial latents [1, 4, H/8, W/8] (NCHW), instead of drawing them from the seed.</summary>
     public float[]? InitialLatents { get; init; }
 
-    /// <summary>The checks that need no loaded model: prompt, steps, guidance, scheduler name.</summary>
+    /// <summary>
+    /// Where schedulers that add noise between steps (lcm, euler-a) take it from; null = the seed's stream, continued after
+    /// the initial latents. Stateful: one instance per generation.
+    /// </summary>
+    public IGaussianNoise? StepNoise { get; init; }
+
+    /// <summary>The checks that need no loaded model: prompt, steps, guidance, scheduler and decoder names.</summary>
     public void ValidateParameters()
     {
         if (Prompt is null) throw new InvalidGenerationRequestException("prompt", "A prompt is required.");
         if (NegativePrompt is null) throw new InvalidGenerationRequestException("negativePrompt", "The negative prompt may be empty but not null.");
         if (Steps is < MinSteps or > MaxSteps)
             throw new InvalidGenerationRequestException("steps", $"Steps must be between {MinSteps} and {MaxSteps}; got {Steps}.");
-        if (!(GuidanceScale >= MinGuidance && GuidanceScale <= MaxGuidance))
-            throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {GuidanceScale}.");
+        if (GuidanceScale is { } g && !(g >= MinGuidance && g <= MaxGuidance))
+            throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {g}.");
         if (Scheduler is { } s && !SchedulerFactory.IsKnown(s))
             throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerFactory.Names)}.");
+        if (Decoder is { } d && !Bundle.DecoderComponent.Names.Contains(d))
+            throw new InvalidGenerationRequestException("decoder", $"Unknown decoder '{d}'. Choose one of: {string.Join(", ", Bundle.DecoderComponent.Names)}.");
     }
 }
+
+/// <summary>What a request that leaves them out gets, for one model and scheduler.</summary>
+public sealed record GenerationDefaults(string Scheduler, int Steps, double GuidanceScale, int MaxSteps);
 
 /// <summary>A request the pipeline cannot run: the parameter and why, for a 400 or a CLI usage error.</summary>
 public sealed class InvalidGenerationRequestException(string parameter, string message) : ArgumentException(message, parameter);

@@ -25,9 +25,19 @@ public sealed class GenerationResult
 {
     public required long Seed { get; init; }
     public required string Scheduler { get; init; }
+    /// <summary>The denoising steps asked for (PNDM runs one UNet step more, as diffusers does: see <see cref="UNetCalls"/>).</summary>
     public required int Steps { get; init; }
+    public required double GuidanceScale { get; init; }
     public required int Width { get; init; }
     public required int Height { get; init; }
+
+    /// <summary>full or tiny: which decoder made the image.</summary>
+    public required string Decoder { get; init; }
+
+    /// <summary>The UNet's batch, how it was conditioned (cfg, guidance-embedding, none) and how many times it ran.</summary>
+    public required int UNetBatch { get; init; }
+    public required string Conditioning { get; init; }
+    public required int UNetCalls { get; init; }
 
     /// <summary>RGB, 8 bits per channel, rows top to bottom (HWC).</summary>
     public required byte[] Rgb { get; init; }

@@ -12,6 +12,12 @@ public sealed record PipelineOptions
     public SessionSettings Session { get; init; } = new();
 
     /// <summary>
+    /// The decoder requests get when they name none, loaded with the pipeline (others load when first asked for):
+    /// full or tiny; null = the full VAE when the bundle has one.
+    /// </summary>
+    public string? DefaultDecoder { get; init; }
+
+    /// <summary>
     /// Run each model once at load time. The first runs after load are 2–4× slower (weights paging in,
     /// arena growth); paying that at load keeps it off the first user's request.
     /// </summary>

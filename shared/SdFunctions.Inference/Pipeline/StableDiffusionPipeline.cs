@@ -11,11 +11,12 @@ using SdFunctions.Inference.Text;
 namespace SdFunctions.Inference.Pipeline;
 
 /// <summary>
-/// Stable Diffusion 1.x text-to-image on ONNX Runtime, computing what diffusers' StableDiffusionPipeline
-/// computes: tokenize, encode prompt and negative prompt, denoise with classifier-free guidance as one
-/// batch-2 UNet call per step, decode with the VAE, 8-bit RGB. Sessions are created once with static
-/// shapes and their buffers reused across steps and requests. Safe to share: generations run one at a
-/// time (each already uses every core), later callers wait their turn.
+/// Stable Diffusion 1.x text-to-image on ONNX Runtime, computing what diffusers' StableDiffusionPipeline (and, for LCM
+/// bundles, LatentConsistencyModelPipeline) computes: tokenize, encode the prompt, denoise in one loop whose UNet
+/// conditioning is a small part chosen per request (<see cref="ClassifierFreeGuidance"/>, <see cref="EmbeddedGuidance"/>,
+/// <see cref="NoGuidance"/>), decode with the chosen decoder (VAE or TAESD), 8-bit RGB. Sessions are created once with
+/// static shapes and their buffers reused across steps and requests. Safe to share: generations run one at a time (each
+/// already uses every core), later callers wait their turn.
 /// </summary>
 public sealed class StableDiffusionPipeline : IDisposable
 {
@@ -23,7 +24,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly OnnxSessionFactory _factory;
     private readonly TextEncoderModel _textEncoder;
     private readonly Dictionary<int, UNetModel> _unets = [];
-    private readonly VaeDecoderModel _vae;
+    private readonly Dictionary<string, VaeDecoderModel> _decoders = [];
     private readonly float[] _emptyPromptEmbedding;
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly List<SessionLoadInfo> _loadInfo = [];
@@ -39,13 +40,20 @@ public sealed class StableDiffusionPipeline : IDisposable
     public int LatentWidth => Width / Bundle.VaeScaleFactor;
     public string DefaultScheduler { get; }
 
-    /// <summary>The schedulers the bundle's scheduler_config.json can configure (all six for SD 1.x configs).</summary>
+    /// <summary>The schedulers the bundle's scheduler_config.json can configure (all seven for SD 1.x configs).</summary>
     public IReadOnlyList<string> SupportedSchedulers { get; }
+
+    /// <summary>The decoders a request may name (full, tiny), and the one it gets when it names none.</summary>
+    public IReadOnlyList<string> SupportedDecoders { get; }
+    public string DefaultDecoder { get; }
+
+    /// <summary>The UNet batch loaded first: fixed by an optimized UNet's graph, else 2 (guidance), or 1 for guidance-distilled UNets.</summary>
+    public int DefaultUNetBatch { get; }
     public TimeSpan LoadTime { get; }
     public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
 
     /// <summary>True when the UNet takes int64 timesteps (fractional scheduler timesteps are truncated).</summary>
-    public bool IntegerTimestepUnet => _unets[2].IntegerTimestep;
+    public bool IntegerTimestepUnet => _unets[DefaultUNetBatch].IntegerTimestep;
 
     private StableDiffusionPipeline(string modelDirectory, PipelineOptions options, ILogger logger, CancellationToken cancellationToken)
     {
@@ -60,6 +68,11 @@ public sealed class StableDiffusionPipeline : IDisposable
             SchedulerFactory.TryCreate(DefaultScheduler, Bundle.Scheduler, out string? why);
             throw new ModelBundleException($"{Path.Combine(Bundle.Directory, "scheduler", "scheduler_config.json")}: {why}.");
         }
+        SupportedDecoders = Bundle.Decoders.Select(d => d.Name).ToList();
+        DefaultDecoder = options.DefaultDecoder ?? SupportedDecoders[0];
+        if (!SupportedDecoders.Contains(DefaultDecoder))
+            throw new ModelBundleException($"{Bundle.Directory} has no '{DefaultDecoder}' decoder; it has: {string.Join(", ", SupportedDecoders)}.");
+        DefaultUNetBatch = Bundle.FixedUnetBatch ?? (Bundle.GuidanceDistilled ? 1 : 2);
         Width = options.Width ?? Bundle.DefaultWidth;
         Height = options.Height ?? Bundle.DefaultHeight;
         int multiple = Bundle.VaeScaleFactor * 8; // the UNet halves the latents three times
@@ -73,17 +86,16 @@ public sealed class StableDiffusionPipeline : IDisposable
             _textEncoder = new TextEncoderModel(_factory, Bundle, Tokenizer.MaxLength);
             _loadInfo.Add(_textEncoder.LoadInfo);
             cancellationToken.ThrowIfCancellationRequested();
-            Unet(2);
+            var unet = Unet(DefaultUNetBatch);
             cancellationToken.ThrowIfCancellationRequested();
-            _vae = new VaeDecoderModel(_factory, Bundle, LatentHeight, LatentWidth);
-            _loadInfo.Add(_vae.LoadInfo);
+            var decoder = Decoder(DefaultDecoder);
 
             using var runOptions = new RunOptions();
             _emptyPromptEmbedding = _textEncoder.Encode(Tokenizer.Encode("").Ids, runOptions);
             if (options.WarmUp)
             {
-                Unet(2).Run(Bundle.Scheduler.NumTrainTimesteps - 1, runOptions);
-                _vae.Run(runOptions);
+                unet.Run(Bundle.Scheduler.NumTrainTimesteps - 1, runOptions);
+                decoder.Run(runOptions);
             }
         }
         catch
@@ -102,6 +114,20 @@ public sealed class StableDiffusionPipeline : IDisposable
         Task.Run(() => new StableDiffusionPipeline(modelDirectory, options ?? new PipelineOptions(), logger ?? NullLogger.Instance, cancellationToken),
             cancellationToken);
 
+    /// <summary>
+    /// What a request gets for what it leaves out, with <paramref name="scheduler"/> (null = the bundle's): 4 steps for lcm,
+    /// else 50; guidance 8.5 for a guidance-distilled UNet (LatentConsistencyModelPipeline's default), 1 (off) for lcm on a
+    /// plain UNet (LCM-LoRA, Hyper-SD), else 7.5.
+    /// </summary>
+    public GenerationDefaults DefaultsFor(string? scheduler)
+    {
+        string name = scheduler ?? DefaultScheduler;
+        bool lcm = name == "lcm";
+        int maxSteps = lcm ? new LcmScheduler(Bundle.Scheduler).MaxSteps : GenerationRequest.MaxSteps;
+        double guidance = Bundle.GuidanceDistilled ? 8.5 : lcm ? 1.0 : 7.5;
+        return new GenerationDefaults(name, lcm ? Math.Min(4, maxSteps) : 50, guidance, Math.Min(maxSteps, GenerationRequest.MaxSteps));
+    }
+
     /// <summary>Throws <see cref="InvalidGenerationRequestException"/> naming the first bad parameter.</summary>
     public void Validate(GenerationRequest request)
     {
@@ -113,6 +139,16 @@ public sealed class StableDiffusionPipeline : IDisposable
             throw new InvalidGenerationRequestException("scheduler",
                 $"This model's scheduler config cannot configure '{scheduler}' ({why}). Choose one of: {string.Join(", ", SupportedSchedulers)}.");
         }
+        var defaults = DefaultsFor(scheduler);
+        if (request.Steps > defaults.MaxSteps)
+            throw new InvalidGenerationRequestException("steps",
+                $"{scheduler} runs at most {defaults.MaxSteps} steps with this model (its original_inference_steps); 1–8 is what LCM is made for. Got {request.Steps}.");
+        if (Bundle.GuidanceDistilled && request.NegativePrompt.Length > 0)
+            throw new InvalidGenerationRequestException("negativePrompt",
+                "This model has guidance distilled into it (an LCM UNet with timestep_cond): it runs no unconditional pass, so it cannot use a negative prompt. Leave negativePrompt empty.");
+        if (request.Decoder is { } decoder && !SupportedDecoders.Contains(decoder))
+            throw new InvalidGenerationRequestException("decoder",
+                $"This model has no '{decoder}' decoder. Choose one of: {string.Join(", ", SupportedDecoders)}.");
         if ((request.Width is { } w && w != Width) || (request.Height is { } h && h != Height))
             throw new InvalidGenerationRequestException("size",
                 $"This model is compiled for {Width}×{Height} only; got {request.Width ?? Width}×{request.Height ?? Height}.");
@@ -127,7 +163,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         CancellationToken cancellationToken = default) =>
         GenerateAsync(request, progress, unetObserver: null, cancellationToken);
 
-    /// <summary>Generates one image, showing <paramref name="unetObserver"/> the UNet's inputs at every step.</summary>
+    /// <summary>Generates one image, showing <paramref name="unetObserver"/> the UNet's inputs at every call.</summary>
     public async Task<GenerationResult> GenerateAsync(GenerationRequest request, IProgress<GenerationProgress>? progress,
         IUNetInputObserver? unetObserver, CancellationToken cancellationToken = default)
     {
@@ -154,17 +190,14 @@ public sealed class StableDiffusionPipeline : IDisposable
         IUNetInputObserver? unetObserver, CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
+        var defaults = DefaultsFor(request.Scheduler);
         long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
-        string schedulerName = request.Scheduler ?? DefaultScheduler;
-        var scheduler = SchedulerFactory.Create(schedulerName, Bundle.Scheduler, request.KarrasSigmas);
-        scheduler.SetTimesteps(request.Steps);
-        bool guided = request.GuidanceScale > 1.0;
-        // Without guidance one conditional pass suffices; a UNet compiled for batch 2 runs it twice, side by side.
-        int batch = guided || Bundle.FixedUnetBatch == 2 ? 2 : 1;
-        var unet = Unet(batch);
-        WarnOnceIfTimestepsAreTruncated(unet, scheduler);
+        int steps = request.Steps ?? defaults.Steps;
+        double guidanceScale = request.GuidanceScale ?? defaults.GuidanceScale;
+        var scheduler = SchedulerFactory.Create(defaults.Scheduler, Bundle.Scheduler, request.KarrasSigmas);
+        scheduler.SetTimesteps(steps);
 
-        // Text conditioning: [negative; prompt] for guidance, otherwise the prompt in every half of the batch.
+        // Text conditioning: the prompt, and for classifier-free guidance the negative prompt too.
         var encodeWatch = Stopwatch.StartNew();
         var modelWatch = new Stopwatch();
         var prompt = Tokenizer.Encode(request.Prompt);
@@ -173,30 +206,28 @@ public sealed class StableDiffusionPipeline : IDisposable
         modelWatch.Start();
         float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, runOptions);
         modelWatch.Stop();
-        if (guided)
+        UNetConditioning conditioning;
+        if (Bundle.GuidanceDistilled)
+            conditioning = new EmbeddedGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, guidanceScale, unetObserver);
+        else if (guidanceScale > 1.0)
         {
-            var negativeIds = request.NegativePrompt.Length == 0 ? null : Tokenizer.Encode(request.NegativePrompt).Ids;
             modelWatch.Start();
-            float[] negative = negativeIds is null ? _emptyPromptEmbedding : _textEncoder.Encode(negativeIds, runOptions);
+            float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
             modelWatch.Stop();
-            negative.CopyTo(unet.EncoderHiddenStates, 0);
-            promptEmbedding.CopyTo(unet.EncoderHiddenStates, negative.Length);
+            conditioning = new ClassifierFreeGuidance(Unet(Bundle.FixedUnetBatch ?? 2), negative, promptEmbedding, guidanceScale, unetObserver);
         }
-        else
-            for (int half = 0; half < batch; half++) promptEmbedding.CopyTo(unet.EncoderHiddenStates, half * promptEmbedding.Length);
+        else conditioning = new NoGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, unetObserver);
         var encodeTime = encodeWatch.Elapsed;
         var textEncoderTime = modelWatch.Elapsed;
+        var decoder = Decoder(request.Decoder ?? DefaultDecoder);
+        WarnOnceIfTimestepsAreTruncated(_unets[conditioning.Batch], scheduler);
 
         int n = LatentChannels * LatentHeight * LatentWidth;
         var noise = new SeededGaussianNoise(seed);
-        float[] latents = new float[n];
-        if (request.InitialLatents is { } given) given.CopyTo(latents, 0);
-        else noise.Fill(latents);
-        float sigma0 = scheduler.InitNoiseSigma;
-        for (int k = 0; k < n; k++) latents[k] *= sigma0;
+        float[] latents = InitialLatents(request, noise, scheduler.InitNoiseSigma, n);
+        var stepNoise = request.StepNoise ?? noise;
 
-        float g = (float)request.GuidanceScale;
-        float[] guidedOutput = guided ? new float[n] : [];
+        float[] modelInput = new float[n], noisePrediction = new float[n];
         var stepTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         var unetTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         for (int i = 0; i < scheduler.Timesteps.Count; i++)
@@ -204,49 +235,51 @@ public sealed class StableDiffusionPipeline : IDisposable
             ct.ThrowIfCancellationRequested();
             var stepWatch = Stopwatch.StartNew();
             double t = scheduler.Timesteps[i];
-            scheduler.ScaleModelInput(latents, t, unet.Sample.AsSpan(0, n));
-            if (batch == 2) unet.Sample.AsSpan(0, n).CopyTo(unet.Sample.AsSpan(n, n));
-            unetObserver?.Observe(unet.Sample, t, unet.EncoderHiddenStates);
+            scheduler.ScaleModelInput(latents, t, modelInput);
             modelWatch.Restart();
-            unet.Run(t, runOptions);
+            conditioning.Predict(modelInput, t, noisePrediction, runOptions);
             unetTimes.Add(modelWatch.Elapsed);
-            if (guided)
-            {
-                var output = unet.Output;
-                for (int k = 0; k < n; k++) guidedOutput[k] = output[k] + g * (output[n + k] - output[k]);
-                scheduler.Step(guidedOutput, t, latents, noise);
-            }
-            else scheduler.Step(unet.Output.AsSpan(0, n), t, latents, noise);
+            scheduler.Step(noisePrediction, t, latents, stepNoise);
             stepTimes.Add(stepWatch.Elapsed);
             progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed));
         }
 
         ct.ThrowIfCancellationRequested();
         var decodeWatch = Stopwatch.StartNew();
-        var (rgb, vaeTime) = Decode(latents, runOptions);
+        var (rgb, vaeTime) = Decode(decoder, latents, runOptions);
         var decodeTime = decodeWatch.Elapsed;
 
         return new GenerationResult
         {
-            Seed = seed, Scheduler = schedulerName, Steps = request.Steps, Width = Width, Height = Height,
+            Seed = seed, Scheduler = scheduler.Name, Steps = steps, GuidanceScale = guidanceScale, Width = Width, Height = Height,
+            Decoder = decoder.Component.Name, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
+            UNetCalls = scheduler.Timesteps.Count * conditioning.CallsPerStep,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated,
             Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
         };
     }
 
-    /// <summary>Final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) → RGB bytes, and the VAE's own run time.</summary>
-    private (byte[] Rgb, TimeSpan VaeRun) Decode(float[] latents, RunOptions runOptions)
+    /// <summary>Where the denoise loop starts: the given latents or the seed's noise, times the scheduler's initial sigma.</summary>
+    private static float[] InitialLatents(GenerationRequest request, SeededGaussianNoise noise, float initNoiseSigma, int n)
     {
-        float scaling = Bundle.VaeScalingFactor;
-        for (int k = 0; k < latents.Length; k++) _vae.Latents[k] = latents[k] / scaling;
-        var watch = Stopwatch.StartNew();
-        _vae.Run(runOptions);
-        var vaeTime = watch.Elapsed;
-        return (ToRgb8(_vae.Image, _vae.Height, _vae.Width), vaeTime);
+        float[] latents = new float[n];
+        if (request.InitialLatents is { } given) given.CopyTo(latents, 0);
+        else noise.Fill(latents);
+        for (int k = 0; k < n; k++) latents[k] *= initNoiseSigma;
+        return latents;
     }
 
-    /// <summary>Decodes final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) into RGB bytes, HWC.</summary>
-    public async Task<byte[]> DecodeLatentsAsync(float[] latents, CancellationToken cancellationToken = default)
+    /// <summary>Final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) → RGB bytes, and the decoder's own run time.</summary>
+    private static (byte[] Rgb, TimeSpan VaeRun) Decode(VaeDecoderModel decoder, float[] latents, RunOptions runOptions)
+    {
+        var watch = Stopwatch.StartNew();
+        decoder.Decode(latents, runOptions);
+        var vaeTime = watch.Elapsed;
+        return (ToRgb8(decoder.Image, decoder.Height, decoder.Width), vaeTime);
+    }
+
+    /// <summary>Decodes final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) into RGB bytes, HWC, with a decoder (null = the default).</summary>
+    public async Task<byte[]> DecodeLatentsAsync(float[] latents, string? decoder = null, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
         int n = LatentChannels * LatentHeight * LatentWidth;
@@ -256,7 +289,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         try
         {
             using var runOptions = new RunOptions();
-            return Decode(latents, runOptions).Rgb;
+            return Decode(Decoder(decoder ?? DefaultDecoder), latents, runOptions).Rgb;
         }
         finally { _gate.Release(); }
     }
@@ -287,7 +320,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         return rgb;
     }
 
-    // Batch 2 (guidance) is built at load; batch 1 only when a request without guidance first needs it.
+    // The default batch is built at load; the other (of a dynamic-batch UNet) only when a request first needs it.
     private UNetModel Unet(int batch)
     {
         if (_unets.TryGetValue(batch, out var unet)) return unet;
@@ -295,6 +328,16 @@ public sealed class StableDiffusionPipeline : IDisposable
         _unets[batch] = unet;
         _loadInfo.Add(unet.LoadInfo);
         return unet;
+    }
+
+    // The default decoder is built at load; another only when a request first asks for it.
+    private VaeDecoderModel Decoder(string name)
+    {
+        if (_decoders.TryGetValue(name, out var decoder)) return decoder;
+        decoder = new VaeDecoderModel(_factory, Bundle, Bundle.Decoders.First(d => d.Name == name), LatentHeight, LatentWidth);
+        _decoders[name] = decoder;
+        _loadInfo.Add(decoder.LoadInfo);
+        return decoder;
     }
 
     private void WarnOnceIfTimestepsAreTruncated(UNetModel unet, IScheduler scheduler)
@@ -310,7 +353,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         _textEncoder?.Dispose();
         foreach (var u in _unets.Values) u.Dispose();
         _unets.Clear();
-        _vae?.Dispose();
+        foreach (var d in _decoders.Values) d.Dispose();
+        _decoders.Clear();
     }
 
     public void Dispose()

@@ -30,6 +30,10 @@ public sealed record SchedulerConfig
     public bool LowerOrderFinal { get; init; } = true;
     public bool EulerAtFinal { get; init; }
 
+    /// <summary>LCM: the step count the model was distilled with (its timestep grid) and the boundary-condition time scale.</summary>
+    public int OriginalInferenceSteps { get; init; } = 50;
+    public double TimestepScaling { get; init; } = 10.0;
+
     public static SchedulerConfig Load(string path)
     {
         try
@@ -70,6 +74,8 @@ public sealed record SchedulerConfig
             SolverType = Str(r, "solver_type") ?? "midpoint",
             LowerOrderFinal = Bool(r, "lower_order_final") ?? true,
             EulerAtFinal = Bool(r, "euler_at_final") ?? false,
+            OriginalInferenceSteps = Int(r, "original_inference_steps") ?? 50,
+            TimestepScaling = Num(r, "timestep_scaling") ?? 10.0,
         };
         c.Validate();
         return c;
@@ -86,6 +92,7 @@ public sealed record SchedulerConfig
             throw new InvalidDataException($"beta_schedule '{BetaSchedule}' is not supported (linear, scaled_linear, squaredcos_cap_v2)");
         if (TrainedBetas is { } betas && betas.Length != NumTrainTimesteps)
             throw new InvalidDataException($"trained_betas has {betas.Length} values, num_train_timesteps is {NumTrainTimesteps}");
+        if (OriginalInferenceSteps < 1) throw new InvalidDataException($"original_inference_steps {OriginalInferenceSteps} must be at least 1");
         if (Thresholding) throw new InvalidDataException("thresholding (dynamic thresholding for pixel-space models) is not supported");
     }
 

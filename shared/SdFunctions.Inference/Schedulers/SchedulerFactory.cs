@@ -4,7 +4,7 @@ namespace SdFunctions.Inference.Schedulers;
 public static class SchedulerFactory
 {
     /// <summary>Every name the pipeline accepts, in the order we list them to users.</summary>
-    public static readonly IReadOnlyList<string> Names = ["pndm", "ddim", "euler", "euler-a", "lms", "dpmpp-2m"];
+    public static readonly IReadOnlyList<string> Names = ["pndm", "ddim", "euler", "euler-a", "lms", "dpmpp-2m", "lcm"];
 
     /// <summary>The name of the scheduler class the bundle's config names (pndm for SD 1.x bundles).</summary>
     public static string DefaultName(SchedulerConfig config) => config.ClassName switch
@@ -14,6 +14,7 @@ public static class SchedulerFactory
         "EulerAncestralDiscreteScheduler" => "euler-a",
         "LMSDiscreteScheduler" => "lms",
         "DPMSolverMultistepScheduler" => "dpmpp-2m",
+        "LCMScheduler" => "lcm",
         _ => "pndm",
     };
 
@@ -47,6 +48,7 @@ public static class SchedulerFactory
             "euler-a" => new EulerAncestralScheduler(c),
             "lms" => new LmsDiscreteScheduler(c),
             "dpmpp-2m" => new DpmSolverMultistepScheduler(c),
+            "lcm" => new LcmScheduler(c),
             _ => throw new ArgumentException($"Unknown scheduler '{name}'. Known: {string.Join(", ", Names)}.", nameof(name)),
         };
     }

@@ -2,13 +2,14 @@ using Google.Protobuf;
 using Microsoft.Extensions.Logging.Abstractions;
 using Microsoft.ML.OnnxRuntime;
 using Onnx;
+using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 
 namespace SdFunctions.Optimizer.Quantization;
 
 /// <summary>One UNet call seen during calibration.</summary>
-public sealed record UNetInputs(float[] Sample, double Timestep, float[] EncoderHiddenStates);
+public sealed record UNetInputs(float[] Sample, double Timestep, float[] EncoderHiddenStates, float[] TimestepCond);
 
 /// <summary>What the float pipeline fed its models during calibration: every UNet call, and each VAE decoder input.</summary>
 public sealed record CalibrationInputs(IReadOnlyList<UNetInputs> UNet, IReadOnlyList<float[]> DecoderLatents);
@@ -46,10 +47,10 @@ public static class Calibration
         for (int i = 0; i < prompts.Count; i++)
         {
             progress?.Report($"calibration: prompt {i + 1}/{prompts.Count} × {steps} steps");
-            // A batch-1 UNet runs without guidance; batch 2 with the usual guidance (negative and prompt halves).
-            var request = new GenerationRequest { Prompt = prompts[i], Steps = steps, Seed = i, GuidanceScale = batch == 2 ? 7.5 : 1.0 };
+            // Batch 2: the usual guidance (negative and prompt halves); batch 1: the model's own default (off, or an LCM's embedded guidance).
+            var request = new GenerationRequest { Prompt = prompts[i], Steps = steps, Seed = i, GuidanceScale = batch == 2 ? 7.5 : pipeline.Bundle.GuidanceDistilled ? null : 1.0 };
             var result = await pipeline.GenerateAsync(request, progress: null, recorder, ct);
-            decoderLatents.Add([.. result.Latents.Select(v => v / pipeline.Bundle.VaeScalingFactor)]); // what the decoder is fed
+            decoderLatents.Add([.. result.Latents.Select(v => v / pipeline.Bundle.VaeScalingFactor)]); // what the full decoder is fed
         }
         return new CalibrationInputs(recorder.Inputs, decoderLatents);
     }
@@ -119,13 +120,16 @@ public static class Calibration
         long[] timestepShape = Shape("timestep");
         int timesteps = (int)timestepShape.Aggregate(1L, (x, y) => x * y);
         bool int64 = graph.Input.First(i => i.Name == "timestep").Type.TensorType.ElemType == (int)TensorProto.Types.DataType.Int64;
-        return
+        List<(string, OrtValue)> feeds =
         [
             ("sample", OrtValue.CreateTensorValueFromMemory(input.Sample, Shape("sample"))),
             ("timestep", int64 ? OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((long)input.Timestep, timesteps).ToArray(), timestepShape)
                   : OrtValue.CreateTensorValueFromMemory(Enumerable.Repeat((float)input.Timestep, timesteps).ToArray(), timestepShape)),
             ("encoder_hidden_states", OrtValue.CreateTensorValueFromMemory(input.EncoderHiddenStates, Shape("encoder_hidden_states"))),
         ];
+        if (graph.Input.Any(i => i.Name == ModelBundle.UNetTimestepCond))
+            feeds.Add((ModelBundle.UNetTimestepCond, OrtValue.CreateTensorValueFromMemory(input.TimestepCond, Shape(ModelBundle.UNetTimestepCond))));
+        return feeds;
     }
 
     private sealed class DisposableList(IEnumerable<OrtValue> values) : IDisposable
@@ -136,7 +140,7 @@ public static class Calibration
     private sealed class Recorder : IUNetInputObserver
     {
         public List<UNetInputs> Inputs { get; } = [];
-        public void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates) =>
-            Inputs.Add(new UNetInputs(sample.ToArray(), timestep, encoderHiddenStates.ToArray()));
+        public void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates, ReadOnlySpan<float> timestepCond) =>
+            Inputs.Add(new UNetInputs(sample.ToArray(), timestep, encoderHiddenStates.ToArray(), timestepCond.ToArray()));
     }
 }
