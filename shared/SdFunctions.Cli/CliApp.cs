@@ -246,12 +246,13 @@ public static class CliApp
         var noFindings = new Option<bool>("--no-findings") { Description = "Skip the settings and VAE findings." };
         var e2e50 = new Option<string>("--e2e50") { Description = "50-step PNDM generation for: fastest, all, none.", DefaultValueFactory = _ => "fastest" };
         e2e50.AcceptOnlyFromAmong("fastest", "all", "none");
+        var noImages = new Option<bool>("--no-time-to-image") { Description = "Skip the time-to-image table (50 PNDM, 20 DPM++, LCM 4 steps with the VAE and with TAESD)." };
         var markdown = new Option<string>("--out") { Description = "The report.", DefaultValueFactory = _ => "BENCHMARKS.md" };
         var json = new Option<string>("--json") { Description = "The figures as JSON.", DefaultValueFactory = _ => "BENCHMARKS.json" };
         var command = new Command("bench",
             "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md and BENCHMARKS.json.")
         {
-            work, graphs, fp32, variants, repeats, noFindings, e2e50, markdown, json,
+            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, markdown, json,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -260,7 +261,7 @@ public static class CliApp
             {
                 WorkDirectory = parse.GetValue(work)!, GraphsDirectory = parse.GetValue(graphs)!, Fp32Bundle = parse.GetValue(fp32),
                 Variants = parse.GetValue(variants)!, Repeats = parse.GetValue(repeats), Findings = !parse.GetValue(noFindings),
-                E2e50 = parse.GetValue(e2e50)!, MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
+                E2e50 = parse.GetValue(e2e50)!, TimeToImage = !parse.GetValue(noImages), MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
                 Command = "sdf " + string.Join(' ', parse.Tokens.Select(t => t.Value)),
             }, progress, ct);
             return Ok;

@@ -72,8 +72,8 @@ public class BenchTests
         Directory.CreateDirectory(dir);
         string md = Path.Combine(dir, "BENCHMARKS.md"), json = Path.Combine(dir, "BENCHMARKS.json");
         var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--work", Path.Combine(dir, "work"), "--variants", "fp32,int8_tome0.4",
-            "--repeats", "1", "--out", md, "--json", json], TextWriter.Null, stderr);
+        int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--graphs", Sd15Graphs, "--work", Path.Combine(dir, "work"),
+            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--out", md, "--json", json], TextWriter.Null, stderr);
         Assert.True(code == 0, stderr.ToString());
 
         using var report = JsonDocument.Parse(File.ReadAllText(json));
@@ -93,7 +93,16 @@ public class BenchTests
         // The 50-step run goes to the fastest variant only.
         Assert.Single(variants.EnumerateObject(), v => v.Value.TryGetProperty("e2e_50_pndm_s", out _));
 
-        Assert.Equal(6, report.RootElement.GetProperty("targets").GetArrayLength());
+        Assert.Equal(6 + 3, report.RootElement.GetProperty("targets").GetArrayLength()); // + (d) time, (d) memory, (a)/(d)
+
+        // Time to an image: the four recipes, each what it says it ran.
+        var images = report.RootElement.GetProperty("time_to_image").EnumerateArray().ToList();
+        Assert.Equal(["(a)", "(b)", "(c)", "(d)"], images.Select(i => i.GetProperty("label").GetString()![..3]));
+        Assert.Equal([2, 2, 1, 1], images.Select(i => i.GetProperty("u_net_batch").GetInt32()));
+        Assert.Equal([51, 20, 4, 4], images.Select(i => i.GetProperty("u_net_calls").GetInt32())); // PNDM: steps + 1
+        Assert.Equal(["full", "full", "full", "tiny"], images.Select(i => i.GetProperty("decoder").GetString()));
+        Assert.All(images, i => Assert.True(i.GetProperty("image_s").GetDouble() >= i.GetProperty("denoise_s").GetDouble() && i.GetProperty("peak_rss_bytes").GetInt64() > 0));
+        Assert.True(images[0].GetProperty("image_s").GetDouble() > images[3].GetProperty("image_s").GetDouble(), "4 LCM steps take less than 50 PNDM steps");
         var findings = report.RootElement.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("group").GetString()).ToList();
         Assert.Equal(["threads", "optimization level", "memory", "VAE decoder"], findings.Distinct());
         Assert.Contains(report.RootElement.GetProperty("findings").EnumerateArray(), f => f.GetProperty("setting").GetString()!.StartsWith("INT8, whole"));
@@ -101,6 +110,8 @@ public class BenchTests
         string text = File.ReadAllText(md);
         Assert.Contains("| `int8_tome0.4` |", text);
         Assert.Contains("## Targets", text);
+        Assert.Contains("## Time to a 512² image on this machine", text);
+        Assert.Contains("| (d) = (c) with TAESD | `int8_tome0.4_b1` | lcm | 4 |", text);
         Assert.Contains("## What else buys speed", text);
         Assert.Contains("ONNX Runtime " + Runtime.OnnxSessionFactory.OrtVersion, text);
     }

@@ -22,6 +22,9 @@ public enum ProbeKind
 
     /// <summary>The VAE decoder alone, at full size or in tiles.</summary>
     Vae,
+
+    /// <summary>Load as the service does (with the request's decoder as the one loaded), warm up, then whole images of one recipe.</summary>
+    Image,
 }
 
 /// <summary>One measurement, run in a process of its own so that its peak RSS and its cold start are its own.</summary>
@@ -49,6 +52,12 @@ public sealed record ProbeRequest
 
     /// <summary>UNet: also record ORT's per-node profile and report the time per operator type.</summary>
     public bool Profile { get; init; }
+
+    /// <summary>Image: the recipe (the decoder is also the only one the pipeline loads).</summary>
+    public string Scheduler { get; init; } = "pndm";
+    public int Steps { get; init; } = 50;
+    public double GuidanceScale { get; init; } = 7.5;
+    public string Decoder { get; init; } = "full";
 
     [System.Text.Json.Serialization.JsonIgnore]
     public SessionSettings Session => new()
@@ -83,6 +92,9 @@ public static class BenchProbe
                 break;
             case ProbeKind.Vae:
                 RunVae(request, figures, ct);
+                break;
+            case ProbeKind.Image:
+                await RunImageAsync(request, figures, progress, ct);
                 break;
         }
         AddResidentBreakdown(figures);
@@ -156,6 +168,30 @@ public static class BenchProbe
             var result = await GenerateAsync(pipeline, "dpmpp-2m", request.Repeats, progress, ct);
             AddSteps(figures, result.Timings);
         }
+    }
+
+    private static async Task RunImageAsync(ProbeRequest request, Dictionary<string, double> figures, IProgress<string> progress, CancellationToken ct)
+    {
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle,
+            new PipelineOptions { WarmUp = true, DefaultDecoder = request.Decoder, Session = request.Session }, cancellationToken: ct);
+        AddLoad(figures, pipeline);
+        var recipe = new GenerationRequest
+        {
+            Prompt = Prompt, Scheduler = request.Scheduler, Steps = request.Steps, GuidanceScale = request.GuidanceScale, Decoder = request.Decoder,
+        };
+        await pipeline.GenerateAsync(recipe with { Steps = 1, Seed = 1 }, null, ct); // the first generation's own first-run costs stay out
+        var runs = new List<GenerationResult>();
+        for (int i = 0; i < request.Repeats; i++)
+        {
+            runs.Add(await pipeline.GenerateAsync(recipe with { Seed = 42 + i }, null, ct));
+            progress.Report($"{request.Steps} steps {request.Scheduler}, {request.Decoder} decoder: {runs[^1].Timings.Total.TotalSeconds:F2} s");
+        }
+        figures["image_s"] = Median(runs.Select(r => r.Timings.Total.TotalSeconds));
+        figures["encode_s"] = Median(runs.Select(r => r.Timings.Encode.TotalSeconds));
+        figures["denoise_s"] = Median(runs.Select(r => r.Timings.Denoise.TotalSeconds));
+        figures["decode_s"] = Median(runs.Select(r => r.Timings.Decode.TotalSeconds));
+        figures["unet_calls"] = runs[0].UNetCalls;
+        figures["unet_batch"] = runs[0].UNetBatch;
     }
 
     /// <summary>The UNet step (the model's Run), the pipeline step around it, and the pipeline's own share.</summary>

@@ -61,6 +61,15 @@ public sealed record VariantResult
     };
 }
 
+/// <summary>One time-to-image row: a recipe, its whole generation (median of its runs) split into phases, and the process's peak RSS.</summary>
+public sealed record ImageRow(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder,
+    int UNetBatch, int UNetCalls, double ImageS, double EncodeS, double DenoiseS, double DecodeS, long PeakRssBytes)
+{
+    public static ImageRow From(ImageRecipe recipe, ProbeResult r) => new(recipe.Label, recipe.Variant, recipe.Scheduler, recipe.Steps,
+        recipe.GuidanceScale, recipe.Decoder, (int)r.Figures["unet_batch"], (int)r.Figures["unet_calls"], r.Figures["image_s"],
+        r.Figures["encode_s"], r.Figures["denoise_s"], r.Figures["decode_s"], r.PeakRssBytes);
+}
+
 /// <summary>One setting tried on one model: its figure, its ratio to the group's baseline (&gt; 1 = faster) and its peak RSS.</summary>
 public sealed record Finding(string Group, string Measure, string Setting, double Seconds, double SpeedupVsBaseline, long PeakRssBytes, double CreateS, string Note);
 
@@ -90,6 +99,9 @@ public sealed record BenchReport
     /// <summary>ORT's profile of one UNet step per variant: seconds per operator type, largest first.</summary>
     public required IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> UnetProfiles { get; init; }
 
+    /// <summary>Whole images by recipe, (a) to (d) (empty without the production variant).</summary>
+    public required IReadOnlyList<ImageRow> TimeToImage { get; init; }
+
     public static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true,
@@ -97,12 +109,27 @@ public sealed record BenchReport
     };
 
     public static BenchReport Create(BenchOptions options, IReadOnlyDictionary<string, VariantResult> variants, IReadOnlyList<Finding> findings,
-        IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> profiles, bool sd15, TimeSpan duration) => new()
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> profiles, IReadOnlyList<ImageRow> images, bool sd15, TimeSpan duration) => new()
     {
         CreatedAt = DateTimeOffset.UtcNow, Command = options.Command, DurationS = duration.TotalSeconds, Machine = MachineInfo.Current,
         Model = sd15 ? "SD 1.5 graphs (fixtures/sd15-graphs) with random weights, 512×512, batch 2 (guidance), 77 tokens" : $"{options.Fp32Bundle} at its native size, batch 2",
-        Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, Targets = JudgeTargets(variants),
+        Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, TimeToImage = images,
+        Targets = [.. JudgeTargets(variants), .. JudgeImageTargets(images)],
     };
+
+    /// <summary>The few-step targets: (d) within 5 s and 1.5 GB, and how many times faster than the seed's recipe (a).</summary>
+    private static List<Target> JudgeImageTargets(IReadOnlyList<ImageRow> images)
+    {
+        if (images.FirstOrDefault(i => i.Label.StartsWith("(d)", StringComparison.Ordinal)) is not { } d) return [];
+        var targets = new List<Target>
+        {
+            new("time to a 512² image, (d) LCM 4 steps + TAESD", "≤ 5 s", $"{d.ImageS:F2} s", d.ImageS <= 5),
+            new("peak RSS, (d)", "≤ 1.5 GB", $"{d.PeakRssBytes / 1e9:F2} GB", d.PeakRssBytes <= 1.5e9),
+        };
+        if (images.FirstOrDefault(i => i.Label.StartsWith("(a)", StringComparison.Ordinal)) is { } a)
+            targets.Add(new Target("(a) / (d): the seed's recipe against the fast path", "report", $"{a.ImageS / d.ImageS:F1}×", true));
+        return targets;
+    }
 
     /// <summary>The issue's targets, judged on the production variant against FP32 from the same run.</summary>
     private static List<Target> JudgeTargets(IReadOnlyDictionary<string, VariantResult> variants)
@@ -157,9 +184,19 @@ public sealed record BenchReport
         md.AppendLine("- Peak RSS: the process's peak (VmHWM) over load + first generation + text encoder and VAE repeats + the 20-step generation.");
         md.AppendLine("- Pipeline overhead: step time minus the UNet's `Run` (scheduler, guidance, copies), as a share of the step.");
 
+        if (TimeToImage.Count > 0)
+        {
+            md.AppendLine().AppendLine("## Time to a 512² image on this machine").AppendLine();
+            md.AppendLine("Each row: whole generations (encode + steps + decode) in a fresh process after the service's load and warm-up, median of its runs; peak RSS of that process. The batch-1 variant is the same SD 1.5 graph (an LCM-LoRA-fused UNet has this graph; an LCM-distilled one adds one small linear layer).").AppendLine();
+            md.AppendLine("| recipe | variant | scheduler | steps | guidance | decoder | UNet batch × calls | image s | encode s | denoise s | decode s | peak RSS GB | vs (a) |");
+            md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            double a = TimeToImage[0].ImageS;
+            foreach (var i in TimeToImage)
+                md.AppendLine($"| {i.Label} | `{i.Variant}` | {i.Scheduler} | {i.Steps} | {i.GuidanceScale:0.#} | {i.Decoder} | {i.UNetBatch} × {i.UNetCalls} | {S(i.ImageS)} | {S(i.EncodeS)} | {S(i.DenoiseS)} | {S(i.DecodeS)} | {Gb(i.PeakRssBytes)} | {X(a / i.ImageS)} |");
+        }
         if (Targets.Count > 0)
         {
-            md.AppendLine().AppendLine($"## Targets (`{BenchVariant.Production}`)").AppendLine();
+            md.AppendLine().AppendLine($"## Targets (`{BenchVariant.Production}`; few-step rows: `{BenchVariant.FewStep.Name}`)").AppendLine();
             md.AppendLine("| target | goal | achieved | met |").AppendLine("|---|---|---|---|");
             foreach (var t in Targets) md.AppendLine($"| {t.Name} | {t.Goal} | {t.Achieved} | {(t.Met ? "yes" : "**no**")} |");
         }

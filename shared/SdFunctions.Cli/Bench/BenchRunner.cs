@@ -27,6 +27,9 @@ public sealed record BenchOptions
 
     /// <summary>Which variants get the 50-step PNDM generation: fastest (by UNet step), all or none.</summary>
     public string E2e50 { get; init; } = "fastest";
+
+    /// <summary>Also time whole 512² images: the seed's recipe, 20 DPM++ steps, and LCM 4 steps on a batch-1 UNet with each decoder.</summary>
+    public bool TimeToImage { get; init; } = true;
     public int CalibrationPrompts { get; init; } = 2;
     public int CalibrationSteps { get; init; } = 2;
     public string MarkdownPath { get; init; } = "BENCHMARKS.md";
@@ -34,8 +37,8 @@ public sealed record BenchOptions
     public string Command { get; init; } = "sdf bench";
 }
 
-/// <summary>One UNet variant: FP32 as exported, or what <c>sdf optimize</c> makes of it.</summary>
-public sealed record BenchVariant(string Name, string Description, bool Int8, double TomeRatio)
+/// <summary>One UNet variant: FP32 as exported, or what <c>sdf optimize</c> makes of it (at a static batch).</summary>
+public sealed record BenchVariant(string Name, string Description, bool Int8, double TomeRatio, int Batch = 2)
 {
     public static readonly IReadOnlyList<BenchVariant> All =
     [
@@ -47,6 +50,21 @@ public sealed record BenchVariant(string Name, string Description, bool Int8, do
 
     /// <summary>The variant the service runs in production, and the one the findings are measured on.</summary>
     public const string Production = "int8_tome0.4";
+
+    /// <summary>The production recipe at batch 1, for few-step requests without classifier-free guidance (LCM), with TAESD beside the VAE.</summary>
+    public static readonly BenchVariant FewStep = new("int8_tome0.4_b1", "INT8 QDQ (mixed) + fused attention + ToMe 0.4, batch 1, + TAESD", true, 0.4, Batch: 1);
+}
+
+/// <summary>One way to make an image, timed whole (encode + steps + decode) after the service's load and warm-up.</summary>
+public sealed record ImageRecipe(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder)
+{
+    public static IReadOnlyList<ImageRecipe> All =>
+    [
+        new("(a) the seed's recipe", BenchVariant.Production, "pndm", 50, 7.5, "full"),
+        new("(b) 20 DPM++ steps", BenchVariant.Production, "dpmpp-2m", 20, 7.5, "full"),
+        new("(c) LCM 4 steps, batch 1", BenchVariant.FewStep.Name, "lcm", 4, 1.0, "full"),
+        new("(d) = (c) with TAESD", BenchVariant.FewStep.Name, "lcm", 4, 1.0, "tiny"),
+    ];
 }
 
 /// <summary>
@@ -127,7 +145,26 @@ public static class BenchRunner
             }
         }
 
-        var report = BenchReport.Create(options, results, findings, profiles, sd15: options.Fp32Bundle is null, total.Elapsed);
+        var images = new List<ImageRow>();
+        if (options.TimeToImage && bundles.ContainsKey(BenchVariant.Production))
+        {
+            bundles[BenchVariant.FewStep.Name] = await EnsureVariantAsync(fp32, work, BenchVariant.FewStep, options, progress, ct);
+            EnsureTaesd(bundles[BenchVariant.FewStep.Name], options.GraphsDirectory);
+            foreach (var recipe in ImageRecipe.All)
+            {
+                // The long recipes once; the few-step ones are short enough for the usual repeats.
+                int repeats = recipe.Steps > 8 ? 1 : options.Repeats;
+                var r = await probes.RunAsync($"image-{recipe.Variant}-{recipe.Scheduler}{recipe.Steps}-{recipe.Decoder}", new ProbeRequest
+                {
+                    Kind = ProbeKind.Image, Bundle = bundles[recipe.Variant], Cache = CacheOf(recipe.Variant), Repeats = repeats,
+                    Scheduler = recipe.Scheduler, Steps = recipe.Steps, GuidanceScale = recipe.GuidanceScale, Decoder = recipe.Decoder,
+                }, ct);
+                images.Add(ImageRow.From(recipe, r));
+                progress.Report($"{recipe.Label}: {images[^1].ImageS:F2} s, peak RSS {r.PeakRssBytes / 1e9:F2} GB");
+            }
+        }
+
+        var report = BenchReport.Create(options, results, findings, profiles, images, sd15: options.Fp32Bundle is null, total.Elapsed);
         await report.WriteAsync(options.MarkdownPath, options.JsonPath, ct);
         progress.Report($"wrote {options.MarkdownPath} and {options.JsonPath} in {total.Elapsed.TotalMinutes:F1} min");
         return report;
@@ -150,12 +187,22 @@ public static class BenchRunner
         var watch = Stopwatch.StartNew();
         await BundleOptimizer.OptimizeAsync(new OptimizeOptions
         {
-            ModelDirectory = fp32, OutputDirectory = dir, TomeRatio = variant.TomeRatio, FuseAttention = true,
+            ModelDirectory = fp32, OutputDirectory = dir, TomeRatio = variant.TomeRatio, FuseAttention = true, Batch = variant.Batch,
             Quantization = new QuantizationOptions(), CalibrationFile = prompts, CalibrationSteps = options.CalibrationSteps,
         }, new SynchronousProgress(m => progress.Report($"optimize {variant.Name}: {m}")), ct);
         progress.Report($"optimized {variant.Name} in {watch.Elapsed.TotalSeconds:F0} s");
         await File.WriteAllTextAsync(stamp, recipe, ct);
         return dir;
+    }
+
+    /// <summary>The real TAESD (sd15-graphs/taesd_decoder, random weights) beside a bundle's VAE, as a bundle carries it.</summary>
+    private static void EnsureTaesd(string bundle, string graphsDirectory)
+    {
+        string target = Path.Combine(bundle, ModelBundle.TinyDecoderFolder);
+        if (File.Exists(Path.Combine(target, "model.onnx"))) return;
+        Directory.CreateDirectory(target);
+        foreach (string file in new[] { "config.json", "model.onnx" })
+            File.Copy(Path.Combine(graphsDirectory, "taesd_decoder", file), Path.Combine(target, file), overwrite: true);
     }
 
     /// <summary>The UNet's files, and the three models a generation loads (text encoder, UNet, VAE decoder): the floor of its resident memory.</summary>
