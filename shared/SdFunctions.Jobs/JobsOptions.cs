@@ -45,6 +45,12 @@ public sealed class ModelOptions
     /// <summary>Where downloaded bundles and optimized graphs are kept on the instance.</summary>
     public string CacheDirectory { get; set; } = Path.Combine(Path.GetTempPath(), "sdfunctions");
 
+    /// <summary>
+    /// The decoder requests get when they name none, and the one loaded with the model: full or tiny (TAESD). Null = the
+    /// full VAE when the bundle has one. A few-step service with tiny here never loads the full VAE unless a request asks.
+    /// </summary>
+    public string? DefaultDecoder { get; set; }
+
     /// <summary>Intra-op threads; null = physical cores.</summary>
     public int? Threads { get; set; }
 }

@@ -42,7 +42,7 @@ public static class JobsServiceCollectionExtensions
             string dir = await new ModelLocator(model, blobs, logger).ResolveAsync(ct);
             return await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
             {
-                Width = Jobs(sp).Width, Height = Jobs(sp).Height,
+                Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder,
                 Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
             }, logger, ct);
         }));
