@@ -4,7 +4,7 @@ using SdFunctions.Inference.Schedulers;
 namespace SdFunctions.Inference.Tests;
 
 /// <summary>LCMScheduler, the guidance embedding and both LCM pipelines against diffusers 0.24 (reference/lcm.json).</summary>
-public class LcmTests
+public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static readonly SchedulerConfig LcmConfig = SchedulerConfig.Load(Path.Combine(Fixtures.TinyLcm, "scheduler", "scheduler_config.json"));
     private const int Latent = 4 * 32 * 32;
@@ -97,6 +97,8 @@ public class LcmTests
         for (int i = 0; i < 4; i++) Close.RelClose(unetInputs.AsSpan(i * Latent, Latent), calls.Samples[i], 1e-4, $"unet input {i}");
         Close.AllClose(Fixtures.Floats("lcm", "pipe/final_latents"), result.Latents, 1e-3, "final latents");
         AssertImageWithinOneLevel("lcm_pipeline.png", result.Rgb);
+        output.WriteLine($"LCM pipeline: final latents max abs {Close.MaxAbs(Fixtures.Floats("lcm", "pipe/final_latents"), result.Latents):E2}, " +
+            $"timestep_cond max abs {Close.MaxAbs(Fixtures.Floats("lcm", "pipe/timestep_cond"), calls.TimestepCond[0]):E2}");
     }
 
     /// <summary>"LCM-LoRA style": a plain UNet (tiny-sd) with lcm and guidance 1 — batch 1, no unconditional pass.</summary>
@@ -119,6 +121,7 @@ public class LcmTests
         Assert.All(calls.TimestepCond, c => Assert.Empty(c));
         Close.AllClose(Fixtures.Floats("lcm", "lora_style/final_latents"), result.Latents, 1e-3, "final latents");
         AssertImageWithinOneLevel("lcm_lora_style.png", result.Rgb);
+        output.WriteLine($"LCM-LoRA style: final latents max abs {Close.MaxAbs(Fixtures.Floats("lcm", "lora_style/final_latents"), result.Latents):E2}");
     }
 
     [Fact]
@@ -157,9 +160,10 @@ public class LcmTests
         Assert.Equal("stepNoise", e.ParamName);
     }
 
-    private static void AssertImageWithinOneLevel(string png, byte[] rgb)
+    private void AssertImageWithinOneLevel(string png, byte[] rgb)
     {
         int worst = Close.MaxLevels(Fixtures.Pixels(Path.Combine(Fixtures.Reference, png)), rgb);
+        output.WriteLine($"{png}: worst pixel channel {worst} levels");
         Assert.True(worst <= 1, $"{png}: a pixel channel differs by {worst} levels");
     }
 

@@ -8,7 +8,7 @@ using SdFunctions.Inference.Runtime;
 namespace SdFunctions.Inference.Tests;
 
 /// <summary>The tiny decoder (diffusers AutoencoderTiny, TAESD) against reference/taesd.json, beside the VAE or as the VAE.</summary>
-public class TaesdTests
+public class TaesdTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     private static PipelineOptions Options(string? decoder = null) =>
         new() { WarmUp = false, Session = TinyPipelineFixture.CachedSessions, DefaultDecoder = decoder };
@@ -33,6 +33,7 @@ public class TaesdTests
         using var run = new RunOptions();
         decoder.Decode(Fixtures.Floats("taesd", "decoder/latent_sample"), run); // scaling 1.0: the latents as they are
         Close.AllClose(Fixtures.Floats("taesd", "decoder/sample"), decoder.Image, 1e-4, "TAESD decode");
+        output.WriteLine($"TAESD decode max abs {Close.MaxAbs(Fixtures.Floats("taesd", "decoder/sample"), decoder.Image):E2}");
     }
 
     /// <summary>StableDiffusionPipeline with the tiny decoder as its VAE: DDIM, 10 steps, guidance 7.5 (taesd.json pipe/*).</summary>
@@ -51,6 +52,7 @@ public class TaesdTests
         Close.AllClose(Fixtures.Floats("taesd", "pipe/final_latents"), result.Latents, 1e-3, "final latents");
         byte[] expected = Fixtures.Pixels(Path.Combine(Fixtures.Reference, "taesd_pipeline.png"));
         Assert.True(Close.MaxLevels(expected, result.Rgb) <= 1, $"a pixel channel differs by {Close.MaxLevels(expected, result.Rgb)} levels");
+        output.WriteLine($"TAESD pipeline ({layout}): final latents max abs {Close.MaxAbs(Fixtures.Floats("taesd", "pipe/final_latents"), result.Latents):E2}, worst pixel {Close.MaxLevels(expected, result.Rgb)} levels");
     }
 
     [Fact]
