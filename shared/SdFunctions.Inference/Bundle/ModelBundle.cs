@@ -107,9 +107,8 @@ public sealed class ModelBundle
             : null;
         var (vaeIsTiny, scale, scaling) = ReadVaeConfig(vaeConfig);
         var decoders = new List<DecoderComponent>();
-        if (!vaeIsTiny) decoders.Add(new DecoderComponent(DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling));
-        if (vaeIsTiny) decoders.Add(new DecoderComponent(DecoderComponent.Tiny, "vae_decoder", vaeDecoder, scaling));
-        else if (taesd is not null)
+        decoders.Add(new DecoderComponent(vaeIsTiny ? DecoderComponent.Tiny : DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling));
+        if (!vaeIsTiny && taesd is not null)
         {
             var (_, taesdScale, taesdScaling) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
             if (taesdScale != scale)

@@ -123,7 +123,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     {
         string name = scheduler ?? DefaultScheduler;
         bool lcm = name == "lcm";
-        int maxSteps = lcm ? new LcmScheduler(Bundle.Scheduler).MaxSteps : GenerationRequest.MaxSteps;
+        int maxSteps = lcm ? LcmScheduler.MaxStepsFor(Bundle.Scheduler) : GenerationRequest.MaxSteps;
         double guidance = Bundle.GuidanceDistilled ? 8.5 : lcm ? 1.0 : 7.5;
         return new GenerationDefaults(name, lcm ? Math.Min(4, maxSteps) : 50, guidance, Math.Min(maxSteps, GenerationRequest.MaxSteps));
     }

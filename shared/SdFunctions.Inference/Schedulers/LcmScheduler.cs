@@ -19,7 +19,10 @@ public sealed class LcmScheduler(SchedulerConfig config) : SchedulerBase(config)
     private bool ClipSample => Config.ClipSample ?? false;
 
     /// <summary>The most steps this config allows: one per timestep of the distillation grid.</summary>
-    public int MaxSteps => Math.Min(Config.OriginalInferenceSteps, Config.NumTrainTimesteps);
+    public int MaxSteps => MaxStepsFor(Config);
+
+    /// <summary><see cref="MaxSteps"/> without building a scheduler (no noise schedule computed).</summary>
+    public static int MaxStepsFor(SchedulerConfig config) => Math.Min(config.OriginalInferenceSteps, config.NumTrainTimesteps);
 
     protected override void Reset(int n)
     {
