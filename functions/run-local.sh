@@ -15,6 +15,7 @@ MSG
 fi
 
 [ -f "$root/local.settings.json" ] || { cp "$root/local.settings.json.example" "$root/local.settings.json"; echo "run-local: created local.settings.json from the example"; }
+grep -q '"JobsStorage"' "$root/local.settings.json" || { echo "run-local: local.settings.json has no JobsStorage (the queue trigger's connection); add \"JobsStorage\": \"UseDevelopmentStorage=true\" as in the example"; exit 1; }
 
 azurite_pid=""
 if ! (exec 3<>/dev/tcp/127.0.0.1/10001) 2>/dev/null; then

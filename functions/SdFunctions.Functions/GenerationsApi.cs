@@ -2,6 +2,7 @@ using Microsoft.AspNetCore.Http;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Azure.Functions.Worker;
 using Microsoft.Extensions.Logging;
+using Microsoft.Net.Http.Headers;
 using SdFunctions.Jobs;
 
 namespace SdFunctions.Functions;
@@ -20,20 +21,20 @@ public sealed class GenerationsApi(GenerationService service, ILogger<Generation
         [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct) =>
         await HttpResults.HandleAsync(req, logger, async () =>
         {
-            if (req.ContentType is { Length: > 0 } type && !type.StartsWith("application/json", StringComparison.OrdinalIgnoreCase))
+            if (req.ContentType is { Length: > 0 } type && !IsJson(type))
                 return HttpResults.Problem(new Problem
                 {
                     Type = ProblemTypes.UnsupportedMediaType, Title = "Unsupported media type", Status = 415,
-                    Detail = $"Send the request as application/json, not {type}.",
+                    Detail = "Send the request as application/json (UTF-8).",
                 }, req);
             byte[]? body = await ReadBodyAsync(req, ct);
             if (body is null)
                 return HttpResults.Problem(new Problem
                 {
-                    Type = ProblemTypes.Validation, Title = "Request too large", Status = 413, Detail = $"The body may be at most {MaxBodyBytes} bytes.",
+                    Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413, Detail = $"The body may be at most {MaxBodyBytes} bytes.",
                 }, req);
 
-            var (job, _) = await service.SubmitAsync(body, req.Headers["Idempotency-Key"].FirstOrDefault(), ct);
+            var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), ct, Caller(req));
             req.HttpContext.Response.Headers.Location = HttpResults.JobUrl(req, job.Id);
             req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(JobResource.From(job, null), StatusCodes.Status202Accepted);
@@ -67,6 +68,21 @@ public sealed class GenerationsApi(GenerationService service, ILogger<Generation
             // Queued: canceled now (200). Running: the worker stops at its next check (202).
             return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
         });
+
+    // application/json exactly (any case), with no charset or UTF-8: JSON is UTF-8 (RFC 8259).
+    private static bool IsJson(string contentType) =>
+        MediaTypeHeaderValue.TryParse(contentType, out var media)
+        && media.MediaType.Equals("application/json", StringComparison.OrdinalIgnoreCase)
+        && (media.Charset.Length == 0 || media.Charset.Equals("utf-8", StringComparison.OrdinalIgnoreCase));
+
+    // Some clients (PowerShell 5, Notepad) start UTF-8 with a byte order mark, which RFC 8259 lets a parser ignore.
+    private static ReadOnlyMemory<byte> WithoutBom(byte[] body) =>
+        body.AsSpan().StartsWith((ReadOnlySpan<byte>)[0xEF, 0xBB, 0xBF]) ? body.AsMemory(3) : body;
+
+    /// <summary>The caller's scope for idempotency keys: the function key it presented and, with App Service auth, its principal.</summary>
+    private static string Caller(HttpRequest req) => CallerScope.From(
+        req.Headers["x-functions-key"].FirstOrDefault() ?? req.Query["code"].FirstOrDefault(),
+        req.Headers["X-MS-CLIENT-PRINCIPAL-ID"].FirstOrDefault());
 
     // Reads at most MaxBodyBytes; null when the body is larger.
     private static async Task<byte[]?> ReadBodyAsync(HttpRequest req, CancellationToken ct)

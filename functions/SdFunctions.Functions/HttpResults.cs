@@ -14,16 +14,24 @@ internal static class HttpResults
         StatusCode = status, ContentType = "application/json; charset=utf-8", Content = JsonSerializer.Serialize(value, JobJson.Options),
     };
 
-    public static ContentResult Problem(Problem problem, HttpRequest request) => new()
+    /// <summary>Seconds a client should wait before retrying after a 503.</summary>
+    public const string RetryAfterOutageSeconds = "10";
+
+    public static ContentResult Problem(Problem problem, HttpRequest request)
     {
-        StatusCode = problem.Status,
-        ContentType = Jobs.Problem.ContentType,
-        Content = JsonSerializer.Serialize(problem with { Instance = problem.Instance ?? request.Path.Value }, JobJson.Options),
-    };
+        if (problem.Status == StatusCodes.Status503ServiceUnavailable) request.HttpContext.Response.Headers.RetryAfter = RetryAfterOutageSeconds;
+        return new()
+        {
+            StatusCode = problem.Status,
+            ContentType = Jobs.Problem.ContentType,
+            Content = JsonSerializer.Serialize(problem with { Instance = problem.Instance ?? request.Path.Value }, JobJson.Options),
+        };
+    }
 
     /// <summary>
-    /// Runs a function body and turns refusals into their problem and storage outages into a 503 problem, so that
-    /// every error a client sees is application/problem+json.
+    /// Runs a function body and turns refusals into their problem, storage outages and timeouts into a 503 problem (with
+    /// Retry-After) and anything else into a 500 problem that names only a correlation id, so that every error a client
+    /// sees is application/problem+json and none shows our internals.
     /// </summary>
     public static async Task<IActionResult> HandleAsync(HttpRequest request, ILogger logger, Func<Task<IActionResult>> body)
     {
@@ -38,11 +46,17 @@ internal static class HttpResults
         catch (Exception e) when (StorageErrors.IsOutage(e))
         {
             logger.LogError(e, "Storage failed while serving {Method} {Path}", request.Method, request.Path);
-            return Problem(new Problem
-            {
-                Type = ProblemTypes.ServiceUnavailable, Title = "Service unavailable", Status = 503,
-                Detail = "Storage is not reachable right now; try again shortly.",
-            }, request);
+            return Problem(ServerProblems.Unavailable("Storage is not reachable right now; try again shortly."), request);
+        }
+        catch (OperationCanceledException) when (request.HttpContext.RequestAborted.IsCancellationRequested)
+        {
+            throw; // the client went away: there is no one to answer
+        }
+        catch (Exception e)
+        {
+            string correlationId = ServerProblems.NewCorrelationId();
+            logger.LogError(e, "Unexpected error serving {Method} {Path} (correlation id {CorrelationId})", request.Method, request.Path, correlationId);
+            return Problem(ServerProblems.Internal(correlationId), request);
         }
     }
 

@@ -15,8 +15,13 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     private JobsOptions Options => options.Value;
     public const int MaxIdempotencyKeyLength = 200;
 
-    /// <summary>Validates and queues a request. Returns the job and whether this call created it (false: idempotent replay).</summary>
-    public async Task<(JobRecord Job, bool Created)> SubmitAsync(ReadOnlyMemory<byte> body, string? idempotencyKey, CancellationToken ct)
+    /// <summary>
+    /// Validates and queues a request. Returns the job and whether this call created it (false: idempotent replay).
+    /// Idempotency keys are scoped by <paramref name="callerScope"/> (who is calling, as far as the platform tells: see
+    /// <see cref="CallerScope"/>): two callers using the same key get two jobs and never learn of each other's.
+    /// </summary>
+    public async Task<(JobRecord Job, bool Created)> SubmitAsync(ReadOnlyMemory<byte> body, string? idempotencyKey, CancellationToken ct,
+        string callerScope = CallerScope.Anonymous)
     {
         var request = SubmitRequest.Parse(body.Span);
         var input = request.Validate(Options);
@@ -38,21 +43,25 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             });
         // The same request is the same JSON after parsing (field order and spacing do not matter), seed as sent.
         string requestHash = JobStore.Hash(JsonSerializer.Serialize(request, JobJson.Options));
-        var (claimed, claim) = await store.ClaimIdempotencyKeyAsync(idempotencyKey, new JobStore.IdempotencyClaim(JobIds.New(), requestHash), ct);
+        string scopedKey = $"{callerScope}\n{idempotencyKey}";
+        var (claimed, claim) = await store.ClaimIdempotencyKeyAsync(scopedKey, new JobStore.IdempotencyClaim(JobIds.New(), requestHash), ct);
         if (claim.RequestHash != requestHash)
             throw new ProblemException(new Problem
             {
                 Type = ProblemTypes.IdempotencyConflict, Title = "Idempotency key reused", Status = 422,
-                Detail = $"Idempotency-Key '{idempotencyKey}' was used for a different request (job {claim.JobId}).",
+                Detail = "This Idempotency-Key was used before for a different request. Use a new key for a new request.",
             });
-        if (!claimed && await store.GetAsync(claim.JobId, ct) is { } existing) return (existing, false);
+        if (!claimed && await store.GetAsync(claim.JobId, ct) is { } existing) return (await QueueIfNeverQueuedAsync(existing, ct), false);
         // Claimed now, or claimed by an earlier call that failed before its job existed: make the job under that id.
-        return (await CreateAndQueueAsync(claim.JobId, input, idempotencyKey, ct), true);
+        return (await CreateAndQueueAsync(claim.JobId, input, scopedKey, ct), true);
     }
 
-    private async Task<JobRecord> CreateAndQueueAsync(string id, GenerationInput input, string? idempotencyKey, CancellationToken ct)
+    private async Task<JobRecord> CreateAndQueueAsync(string id, GenerationInput input, string? scopedKey, CancellationToken ct)
     {
         var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow() };
+        // Marked before the record exists, cleared once the message is sent: a crash in between leaves the mark, and the
+        // job is queued by a replay or the sweep (QueuedJobSweeper) instead of waiting forever.
+        await store.MarkPendingAsync(id, ct);
         if (!await store.TryCreateAsync(job, ct)) return (await store.GetAsync(id, ct))!; // a concurrent replay made it first
         try
         {
@@ -62,15 +71,43 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         {
             // Never leave a job that no worker will ever see: undo, and let the client try again.
             logger.LogError(e, "Could not queue job {JobId}; removing it", id);
-            await store.DeleteAsync(id, CancellationToken.None);
-            if (idempotencyKey is not null) await store.ReleaseIdempotencyKeyAsync(idempotencyKey, CancellationToken.None);
-            throw new ProblemException(new Problem
-            {
-                Type = ProblemTypes.ServiceUnavailable, Title = "Service unavailable", Status = 503,
-                Detail = "The job could not be queued. Nothing was charged or created; try again.",
-            });
+            await UndoAsync(id, scopedKey);
+            throw new ProblemException(ServerProblems.Unavailable("The job could not be queued. Nothing was charged or created; try again."));
         }
+        await ClearPendingAsync(id);
         logger.LogInformation("Queued job {JobId}", id);
+        return job;
+    }
+
+    // Best effort: where storage is down for this too, the pending mark stays and the sweep finds the job.
+    private async Task UndoAsync(string id, string? scopedKey)
+    {
+        try
+        {
+            await store.DeleteAsync(id, CancellationToken.None);
+            if (scopedKey is not null) await store.ReleaseIdempotencyKeyAsync(scopedKey, CancellationToken.None);
+            await store.ClearPendingAsync(id, CancellationToken.None);
+        }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogError(e, "Could not undo job {JobId}; the sweep will queue it", id); }
+    }
+
+    private async Task ClearPendingAsync(string id)
+    {
+        try { await store.ClearPendingAsync(id, CancellationToken.None); }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the pending mark of job {JobId}; the sweep may queue it twice (harmless)", id); }
+    }
+
+    /// <summary>
+    /// A replay of a job whose submitter died between its record and its message (the pending mark is older than the grace
+    /// period a live submitter needs to send it): queue it now. A second message, if that submitter did send, is harmless.
+    /// </summary>
+    private async Task<JobRecord> QueueIfNeverQueuedAsync(JobRecord job, CancellationToken ct)
+    {
+        if (job.Status != JobStatus.Queued || job.Attempt > 0 || job.CancelRequested) return job;
+        if (await store.PendingSinceAsync(job.Id, ct) is not { } since || time.GetUtcNow() - since < Options.SubmitGracePeriod) return job;
+        logger.LogWarning("Job {JobId} was never queued (its submission was interrupted); queuing it on replay", job.Id);
+        await queue.SendAsync(job.Id, ct);
+        await ClearPendingAsync(job.Id);
         return job;
     }
 
@@ -86,7 +123,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             throw new ProblemException(new Problem
             {
                 Type = ProblemTypes.MalformedId, Title = "Malformed job id", Status = 400,
-                Detail = $"'{id}' is not a job id (32 hexadecimal digits).",
+                Detail = "That is not a job id: ids are exactly 32 lower-case hexadecimal digits.",
             });
     }
 

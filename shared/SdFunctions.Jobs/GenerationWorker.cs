@@ -7,9 +7,11 @@ using SdFunctions.Inference.Pipeline;
 namespace SdFunctions.Jobs;
 
 /// <summary>
-/// What the queue function does: run a job once its message arrives. Delivery is at least once, so every
-/// step is safe to repeat: a finished or canceled job is left alone, a job whose worker died runs again
-/// (attempt + 1) and rewrites the same image, a malformed message goes straight to the poison queue.
+/// What the queue function does: run a job once its message arrives. Delivery is at least once, and a message can be
+/// held by two instances at once (a lease that expired under a live instance), so every run has an owner: a fresh token
+/// per delivery, recorded when it starts, kept alive by a heartbeat. Only the owner writes progress and the outcome; a
+/// delivery that finds a live owner backs off, one that finds a dead owner (stale heartbeat) takes over (attempt + 1).
+/// A finished or canceled job is left alone; a malformed message goes straight to the poison queue.
 /// </summary>
 public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines,
     IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationWorker> logger)
@@ -25,45 +27,62 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             return;
         }
         string id = message.JobId;
+        using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
         var job = await store.GetAsync(id, ct);
         if (job is null) { logger.LogWarning("Message for unknown job {JobId} ignored", id); return; }
         if (job.IsFinished) { logger.LogInformation("Job {JobId} already {Status}; redelivered message ignored", id, job.Status); return; }
-        if (job.CancelRequested) { await FinishCanceledAsync(id, ct); return; }
+        if (job.CancelRequested && !HasLiveOwner(job)) { await FinishCanceledAsync(id, ct); return; }
 
+        string owner = Guid.NewGuid().ToString("N");
         var started = time.GetUtcNow();
-        job = await store.UpdateAsync(id, r => r.IsFinished ? null : r with
+        job = await store.UpdateAsync(id, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
             Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null), Error = null,
+            RunOwner = owner, HeartbeatAt = started,
         }, ct);
-        if (job is null || job.Status != JobStatus.Running) return;
+        if (job is null || job.IsFinished) return;
+        if (job.RunOwner != owner)
+        {
+            // Another delivery runs it and is alive. Come back once its heartbeat could have gone stale: it may still die.
+            logger.LogWarning("Job {JobId} is running under another live delivery; this one backs off for {Delay}", id, Options.OwnerTimeout);
+            await queue.SendAsync(id, ct, Options.OwnerTimeout);
+            return;
+        }
         logger.LogInformation("Job {JobId} attempt {Attempt} started", id, job.Attempt);
+        await ClearPendingQuietlyAsync(id); // it was delivered: the sweep need not queue it
 
         var total = Stopwatch.StartNew();
-        using var userCancel = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        var run = new RunControl(CancellationTokenSource.CreateLinkedTokenSource(ct));
+        using var stopMonitor = new CancellationTokenSource();
+        var reporter = new LatestStep();
+        var monitor = MonitorAsync(id, owner, reporter, run, stopMonitor.Token);
         try
         {
             bool wasLoaded = pipelines.IsLoaded;
             var loadWatch = Stopwatch.StartNew();
-            var pipeline = await pipelines.GetAsync(ct);
+            var pipeline = await pipelines.GetAsync(run.Token);
             double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
 
-            var request = ToRequest(job.Input);
-            var reporter = new LatestStep();
-            using var stopMonitor = new CancellationTokenSource();
-            var monitor = MonitorAsync(id, reporter, userCancel, stopMonitor.Token);
             GenerationResult result;
             try
             {
-                result = await pipeline.GenerateAsync(request, reporter, userCancel.Token);
+                result = await pipeline.GenerateAsync(ToRequest(job.Input), reporter, run.Token);
             }
             finally
             {
                 await stopMonitor.CancelAsync();
-                await monitor;
+                await monitor; // never throws: an outage only pauses it
             }
+            run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
 
-            var uploadWatch = Stopwatch.StartNew();
             byte[] png = await result.ToPngAsync(ct);
+            // No upload for a job that was finished or taken over meanwhile.
+            if (await store.GetAsync(id, ct) is not { IsFinished: false } current || current.RunOwner != owner)
+            {
+                logger.LogWarning("Job {JobId} was finished or taken over during this run; its image is not written", id);
+                return;
+            }
+            var uploadWatch = Stopwatch.StartNew();
             await images.UploadAsync(id, png, new Dictionary<string, string>
             {
                 ["seed"] = result.Seed.ToString(CultureInfo.InvariantCulture),
@@ -84,46 +103,62 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 UploadSeconds = uploadWatch.Elapsed.TotalSeconds,
                 TotalSeconds = total.Elapsed.TotalSeconds,
             };
-            int steps = t.Steps.Count;
-            await store.UpdateAsync(id, r => r.IsFinished ? null : r with
+            int iterations = t.Steps.Count;
+            await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
             {
-                Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(steps, steps),
+                Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(iterations, iterations, result.Steps),
                 Output = new JobOutput
                 {
                     Seed = result.Seed, Width = result.Width, Height = result.Height, Scheduler = result.Scheduler,
                     Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, UNetBatch = result.UNetBatch,
                     Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
                 },
-                LastError = null,
+                LastError = null, RunOwner = null,
             }, ct);
             logger.LogInformation("Job {JobId} succeeded in {Seconds:F1} s", id, total.Elapsed.TotalSeconds);
         }
-        catch (OperationCanceledException) when (userCancel.IsCancellationRequested && !ct.IsCancellationRequested)
+        catch (OperationCanceledException) when (run.Reason == StopReason.CancelRequested && !ct.IsCancellationRequested)
         {
             await FinishCanceledAsync(id, CancellationToken.None);
         }
+        catch (OperationCanceledException) when (run.Reason == StopReason.LostOwnership && !ct.IsCancellationRequested)
+        {
+            logger.LogWarning("Job {JobId} was finished or taken over by another delivery; this run stopped", id);
+        }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
-            // The host is stopping: leave the job running; the message comes back and the next attempt redoes it.
+            // The host is stopping: give the job back so the redelivered message runs it at once (no wait for a stale heartbeat).
             logger.LogWarning("Job {JobId} interrupted by shutdown; it will run again", id);
+            await ReleaseQuietlyAsync(id, owner, lastError: null);
             throw;
         }
         catch (InvalidGenerationRequestException e)
         {
-            await FailAsync(id, GenerationService.Refusal(e), CancellationToken.None); // the same input would fail again: no retry
+            await FailAsync(id, owner, GenerationService.Refusal(e), CancellationToken.None); // the same input would fail again: no retry
         }
         catch (Exception e)
         {
-            var problem = Failure($"{e.GetType().Name}: {e.Message}");
-            if (dequeueCount >= Options.MaxDequeueCount)
+            string correlationId = ServerProblems.NewCorrelationId();
+            var internalError = new Problem
             {
-                logger.LogError(e, "Job {JobId} failed on its last attempt", id);
-                await FailAsync(id, problem, CancellationToken.None);
+                Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, CorrelationId = correlationId,
+                Detail = $"{e.GetType().Name}: {e.Message}",
+            };
+            if (dequeueCount >= Options.MaxDequeueCount || job.Attempt >= Options.MaxDequeueCount)
+            {
+                logger.LogError(e, "Job {JobId} failed on its last attempt (correlation id {CorrelationId})", id, correlationId);
+                await FailAsync(id, owner, internalError, CancellationToken.None);
                 return;
             }
-            logger.LogWarning(e, "Job {JobId} attempt failed; it will be retried", id);
-            await store.UpdateAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Queued, LastError = problem }, CancellationToken.None);
+            logger.LogWarning(e, "Job {JobId} attempt failed; it will be retried (correlation id {CorrelationId})", id, correlationId);
+            await ReleaseQuietlyAsync(id, owner, internalError);
             throw;
+        }
+        finally
+        {
+            await stopMonitor.CancelAsync();
+            await monitor;
+            run.Dispose();
         }
     }
 
@@ -135,45 +170,86 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             logger.LogError("Unreadable message in the poison queue, dropped: {Message}", Truncate(messageText));
             return;
         }
-        var job = await store.UpdateAsync(message.JobId, r => r.IsFinished ? null : r with
+        // A live run is left to finish: a duplicate delivery's failures are not the job's.
+        var job = await store.UpdateAsync(message.JobId, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
-            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(),
-            Error = r.LastError ?? Failure($"The job could not be processed after {Options.MaxDequeueCount} attempts."),
+            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null,
+            Error = r.LastError is { CorrelationId: { } correlationId } ? ServerProblems.GenerationFailed(correlationId)
+                : ServerProblems.GenerationFailed(ServerProblems.NewCorrelationId()) with
+                {
+                    Detail = $"The job could not be processed after {Options.MaxDequeueCount} attempts.",
+                },
         }, ct);
         if (job is not null) logger.LogError("Job {JobId} ended in the poison queue: {Status}", message.JobId, job.Status);
     }
 
-    // Writes progress every interval and watches for a cancel request, while the generation runs.
-    private async Task MonitorAsync(string id, LatestStep reporter, CancellationTokenSource userCancel, CancellationToken stop)
+    private bool HasLiveOwner(JobRecord r) =>
+        r.Status == JobStatus.Running && r.RunOwner is not null && r.HeartbeatAt is { } beat && time.GetUtcNow() - beat < Options.OwnerTimeout;
+
+    private static bool IsOwnedBy(JobRecord r, string owner) => !r.IsFinished && r.Status == JobStatus.Running && r.RunOwner == owner;
+
+    /// <summary>
+    /// While the job runs: writes progress (and a heartbeat at least every <see cref="JobsOptions.HeartbeatInterval"/>), stops the
+    /// run when a cancel is requested or the job is finished or taken over by anyone else. A storage outage only pauses it: the
+    /// generation goes on and the checks resume when storage is back.
+    /// </summary>
+    private async Task MonitorAsync(string id, string owner, LatestStep reporter, RunControl run, CancellationToken stop)
     {
+        var lastBeat = time.GetUtcNow();
         while (!stop.IsCancellationRequested)
         {
             try
             {
                 await Task.Delay(Options.ProgressInterval, time, stop);
-                var (step, totalSteps) = reporter.Current;
-                var record = await store.UpdateAsync(id, r => r.Status != JobStatus.Running || r.Progress.Step == step ? null
-                    : r with { Progress = new JobProgress(step, totalSteps) }, stop);
-                if (record is null || record.CancelRequested || record.Status == JobStatus.Canceled) await userCancel.CancelAsync();
+                var (step, totalSteps, steps) = reporter.Current;
+                var now = time.GetUtcNow();
+                bool beatDue = now - lastBeat >= Options.HeartbeatInterval;
+                var record = await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) || (r.Progress.Step == step && !beatDue) ? null
+                    : r with { Progress = new JobProgress(step, totalSteps, steps), HeartbeatAt = now }, stop);
+                if (record is not null && IsOwnedBy(record, owner) && record.HeartbeatAt == now) lastBeat = now;
+                if (record is null || !IsOwnedBy(record, owner)) run.Stop(record?.CancelRequested == true ? StopReason.CancelRequested : StopReason.LostOwnership);
+                else if (record.CancelRequested) run.Stop(StopReason.CancelRequested);
             }
             catch (OperationCanceledException) when (stop.IsCancellationRequested) { return; }
-            catch (Azure.RequestFailedException e) { logger.LogWarning(e, "Progress update for job {JobId} failed", id); }
+            catch (Exception e)
+            {
+                logger.LogWarning(e, "Progress update for job {JobId} failed; the generation goes on", id);
+            }
         }
     }
 
     private async Task FinishCanceledAsync(string id, CancellationToken ct)
     {
-        await store.UpdateAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow() }, ct);
+        await store.UpdateAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null }, ct);
         logger.LogInformation("Job {JobId} canceled", id);
     }
 
-    private async Task FailAsync(string id, Problem problem, CancellationToken ct) =>
-        await store.UpdateAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = problem, LastError = problem }, ct);
-
-    private static Problem Failure(string detail) => new()
+    /// <summary>Records the outcome; clients see the refusal as is, or for a server-side failure only a safe text and the correlation id.</summary>
+    private async Task FailAsync(string id, string owner, Problem problem, CancellationToken ct)
     {
-        Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, Detail = detail,
-    };
+        var shown = problem.CorrelationId is { } correlationId ? ServerProblems.GenerationFailed(correlationId) : problem;
+        await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+        {
+            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null,
+        }, ct);
+    }
+
+    // Back to queued for the next delivery; best effort (storage may be the reason we are here): a stale heartbeat frees it anyway.
+    private async Task ReleaseQuietlyAsync(string id, string owner, Problem? lastError)
+    {
+        try
+        {
+            await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) ? null
+                : r with { Status = JobStatus.Queued, RunOwner = null, HeartbeatAt = null, LastError = lastError ?? r.LastError }, CancellationToken.None);
+        }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not release job {JobId}; it is taken over once its heartbeat is stale", id); }
+    }
+
+    private async Task ClearPendingQuietlyAsync(string id)
+    {
+        try { await store.ClearPendingAsync(id, CancellationToken.None); }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the pending mark of job {JobId}", id); }
+    }
 
     internal static GenerationRequest ToRequest(GenerationInput input) => new()
     {
@@ -186,16 +262,26 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     /// <summary>Keeps the last reported step; the monitor reads it. Reports arrive on the generating thread.</summary>
     private sealed class LatestStep : IProgress<GenerationProgress>
     {
-        private long _packed;
-        public void Report(GenerationProgress value) => Interlocked.Exchange(ref _packed, ((long)value.Step << 32) | (uint)value.Total);
-        public (int Step, int? Total) Current
+        private object? _latest; // a boxed GenerationProgress, swapped whole
+        public void Report(GenerationProgress value) => Volatile.Write(ref _latest, value);
+        public (int Step, int? Total, int? Steps) Current =>
+            Volatile.Read(ref _latest) is GenerationProgress p ? (p.Step, p.Total, p.Steps) : (0, null, null);
+    }
+
+    private enum StopReason { None, CancelRequested, LostOwnership }
+
+    /// <summary>The run's cancellation: the host's token, or the monitor stopping it, with why.</summary>
+    private sealed class RunControl(CancellationTokenSource source) : IDisposable
+    {
+        private int _reason;
+        public CancellationToken Token => source.Token;
+        public StopReason Reason => (StopReason)Volatile.Read(ref _reason);
+
+        public void Stop(StopReason reason)
         {
-            get
-            {
-                long v = Interlocked.Read(ref _packed);
-                int totalSteps = (int)(v & 0xFFFFFFFF);
-                return ((int)(v >> 32), totalSteps == 0 ? null : totalSteps);
-            }
+            if (Interlocked.CompareExchange(ref _reason, (int)reason, (int)StopReason.None) == (int)StopReason.None) source.Cancel();
         }
+
+        public void Dispose() => source.Dispose();
     }
 }

@@ -32,8 +32,9 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
         await poison.CreateIfNotExistsAsync(cancellationToken: ct);
     }
 
-    public async Task SendAsync(string jobId, CancellationToken ct) =>
-        await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId), JobJson.Options), ct);
+    /// <summary>Queues the job's message, visible at once or after <paramref name="delay"/>.</summary>
+    public async Task SendAsync(string jobId, CancellationToken ct, TimeSpan? delay = null) =>
+        await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId), JobJson.Options), delay, cancellationToken: ct);
 
     /// <summary>Moves a message that can never succeed straight to the poison queue (no pointless retries).</summary>
     public async Task SendToPoisonAsync(string text, CancellationToken ct) => await poison.SendMessageAsync(text, ct);
@@ -42,5 +43,6 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
 public static class JobIds
 {
     public static string New() => Guid.NewGuid().ToString("N");
-    public static bool IsWellFormed(string id) => Guid.TryParseExact(id, "N", out _);
+    /// <summary>The one id grammar: exactly 32 lower-case hexadecimal digits (a GUID without dashes), nothing around them.</summary>
+    public static bool IsWellFormed(string id) => id.Length == 32 && id.All(c => char.IsAsciiDigit(c) || c is >= 'a' and <= 'f');
 }

@@ -21,8 +21,11 @@ public sealed record GenerationInput
     public int Height { get; init; }
 }
 
-/// <summary>Progress in UNet steps: <see cref="Total"/> is the scheduler's step count (PNDM runs one more than asked, as diffusers does).</summary>
-public sealed record JobProgress(int Step, int? Total);
+/// <summary>
+/// Progress in denoising iterations: <see cref="Total"/> is how many the scheduler runs, <see cref="Steps"/> the steps asked for
+/// (or the model's default). They differ for PNDM, which runs steps + 1 (its first step evaluates the UNet twice, as in diffusers).
+/// </summary>
+public sealed record JobProgress(int Step, int? Total, int? Steps = null);
 
 /// <summary>Seconds spent in each stage of a finished job.</summary>
 public sealed record JobTimings
@@ -73,7 +76,16 @@ public sealed record JobRecord
     public JobOutput? Output { get; init; }
     public Problem? Error { get; init; }
     public bool CancelRequested { get; init; }
+
+    /// <summary>The latest failure between retries, with its internal detail (never shown to clients; its correlation id is).</summary>
     public Problem? LastError { get; init; }
+
+    /// <summary>
+    /// Which delivery of the job's message runs it now (a fresh token per delivery), and when that run last showed it is alive.
+    /// Only the owner writes progress and the outcome; another delivery waits while the heartbeat is fresh and takes over once it is stale.
+    /// </summary>
+    public string? RunOwner { get; init; }
+    public DateTimeOffset? HeartbeatAt { get; init; }
 
     [JsonIgnore]
     public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled;

@@ -10,7 +10,8 @@ namespace SdFunctions.Jobs;
 /// <summary>
 /// Job records as private blob JSON (jobs/{id}.json), changed only by read-modify-write with the blob's ETag,
 /// so a worker's progress write and a client's cancel never overwrite each other. Idempotency keys live
-/// beside them (idempotency/{sha256(key)}.json), claimed with If-None-Match.
+/// beside them (idempotency/{sha256(scope, key)}.json), claimed with If-None-Match, and so do the markers of submissions
+/// whose message is not known to be sent yet (pending/{id}), which the sweep lists.
 /// </summary>
 public sealed class JobStore(BlobContainerClient container)
 {
@@ -71,6 +72,27 @@ public sealed class JobStore(BlobContainerClient container)
     }
 
     public async Task DeleteAsync(string id, CancellationToken ct) => await JobBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
+
+    private BlobClient PendingBlob(string id) => container.GetBlobClient($"pending/{id}");
+
+    /// <summary>Notes that job <paramref name="id"/>'s message is about to be sent: until cleared, the job may be one no worker will see.</summary>
+    public async Task MarkPendingAsync(string id, CancellationToken ct) => await PendingBlob(id).UploadAsync(BinaryData.Empty, overwrite: true, ct);
+
+    public async Task ClearPendingAsync(string id, CancellationToken ct) => await PendingBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
+
+    /// <summary>When the job's pending mark was made, or null when it has none (its message was sent).</summary>
+    public async Task<DateTimeOffset?> PendingSinceAsync(string id, CancellationToken ct)
+    {
+        try { return (await PendingBlob(id).GetPropertiesAsync(cancellationToken: ct)).Value.CreatedOn; }
+        catch (RequestFailedException e) when (e.Status == 404) { return null; }
+    }
+
+    /// <summary>Every pending mark: the job id and when it was made.</summary>
+    public async IAsyncEnumerable<(string Id, DateTimeOffset Since)> ListPendingAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    {
+        await foreach (var item in container.GetBlobsAsync(BlobTraits.None, BlobStates.None, "pending/", ct))
+            yield return (item.Name["pending/".Length..], item.Properties.CreatedOn ?? DateTimeOffset.MinValue);
+    }
 
     /// <summary>An idempotency key's claim: which job it made and a hash of the request that made it.</summary>
     public sealed record IdempotencyClaim(string JobId, string RequestHash);

@@ -28,6 +28,32 @@ public sealed class JobsOptions
     public int Height { get; set; } = 512;
 
     public int MaxPromptLength { get; set; } = 1000;
+
+    /// <summary>
+    /// How often a running job's record is touched even when its progress has not moved (during the model load, a slow step):
+    /// the heartbeat that shows its run is alive.
+    /// </summary>
+    public TimeSpan HeartbeatInterval { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>A run whose heartbeat is older than this is dead (its instance crashed): another delivery takes the job over.</summary>
+    public TimeSpan OwnerTimeout { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// How long a submission may still be sending its message. An idempotent replay of a job that is older than this and was
+    /// never queued (its submitter died between the record and the queue) queues it.
+    /// </summary>
+    public TimeSpan SubmitGracePeriod { get; set; } = TimeSpan.FromSeconds(10);
+
+    /// <summary>The sweep (every minute) queues a job left unqueued for longer than this, so no job waits more than this plus a minute.</summary>
+    public TimeSpan RequeueAfter { get; set; } = TimeSpan.FromMinutes(2);
+
+    /// <summary>A job that could not be queued for this long is failed instead: its client has long stopped waiting.</summary>
+    public TimeSpan MaxQueueWait { get; set; } = TimeSpan.FromHours(1);
+
+    /// <summary>Storage calls: retries after the first try, the delay before the first retry (it doubles), and each try's network timeout.</summary>
+    public int StorageMaxRetries { get; set; } = 3;
+    public TimeSpan StorageRetryDelay { get; set; } = TimeSpan.FromSeconds(0.8);
+    public TimeSpan StorageNetworkTimeout { get; set; } = TimeSpan.FromSeconds(30);
 }
 
 /// <summary>Where the model bundle comes from, bound from the "Model" configuration section.</summary>

@@ -14,18 +14,29 @@ namespace SdFunctions.Jobs;
 /// <summary>Registers the generation service, the worker and what they need, from configuration.</summary>
 public static class JobsServiceCollectionExtensions
 {
-    /// <summary>The setting that names the storage account, as the Functions host reads it.</summary>
-    public const string StorageSetting = "AzureWebJobsStorage";
+    /// <summary>
+    /// The setting that names the data storage account (the generations queue, job records, images, the model), as the
+    /// queue trigger and the app read it. In Azure it is a different account from the Functions host's own
+    /// (<see cref="HostStorageSetting"/>: leases, keys, timers), so the app holds no rights on the host's secrets.
+    /// </summary>
+    public const string StorageSetting = "JobsStorage";
+
+    /// <summary>The Functions host's storage; the app's data falls back to it when <see cref="StorageSetting"/> is absent (one Azurite locally).</summary>
+    public const string HostStorageSetting = "AzureWebJobsStorage";
 
     public static IServiceCollection AddGenerationJobs(this IServiceCollection services, IConfiguration configuration)
     {
         services.AddOptions<JobsOptions>().Bind(configuration.GetSection(JobsOptions.Section))
             .Validate(o => o.Width > 0 && o.Height > 0 && o.MaxDequeueCount > 0 && o.ProgressInterval > TimeSpan.Zero, "Jobs settings out of range")
+            .Validate(o => o.HeartbeatInterval > TimeSpan.Zero && o.OwnerTimeout >= 2 * o.HeartbeatInterval && o.OwnerTimeout >= 2 * o.ProgressInterval,
+                "Jobs:OwnerTimeout must be at least twice Jobs:HeartbeatInterval and Jobs:ProgressInterval, or live runs would be taken over")
             .ValidateOnStart();
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section));
         services.AddSingleton(TimeProvider.System);
 
-        var (blobs, queues) = StorageClients.Create(configuration, StorageSetting);
+        string storage = configuration.GetSection(StorageSetting).Exists() ? StorageSetting : HostStorageSetting;
+        var (blobs, queues) = StorageClients.Create(configuration, storage,
+            configuration.GetSection(JobsOptions.Section).Get<JobsOptions>() ?? new JobsOptions());
         services.AddSingleton(blobs);
         services.AddSingleton(queues);
         services.AddSingleton(sp => new JobStore(blobs.GetBlobContainerClient(Jobs(sp).JobsContainer)));
@@ -33,6 +44,7 @@ public static class JobsServiceCollectionExtensions
         services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
+        services.AddSingleton<QueuedJobSweeper>();
         services.AddHostedService<StorageInitializer>();
         // One pipeline per instance, loaded on first use (the first job), shared by every invocation after it.
         services.AddSingleton(sp => new PipelineHolder(async ct =>
@@ -54,16 +66,25 @@ public static class JobsServiceCollectionExtensions
 
 /// <summary>
 /// Storage clients from the same setting the Functions host uses: a connection string (local, Azurite), or
-/// identity-based settings <c>AzureWebJobsStorage__accountName</c> (or <c>__blobServiceUri</c> / <c>__queueServiceUri</c>)
+/// identity-based settings <c>JobsStorage__accountName</c> (or <c>__blobServiceUri</c> / <c>__queueServiceUri</c>)
 /// with the app's managed identity (<c>__credential=managedidentity</c>, optional <c>__clientId</c>).
 /// </summary>
 public static class StorageClients
 {
-    public static (BlobServiceClient Blobs, QueueServiceClient Queues) Create(IConfiguration configuration, string name)
+    public static (BlobServiceClient Blobs, QueueServiceClient Queues) Create(IConfiguration configuration, string name, JobsOptions? jobs = null)
     {
+        jobs ??= new JobsOptions();
+        var blobOptions = new BlobClientOptions();
+        var queueOptions = JobQueue.ClientOptions();
+        foreach (var retry in new[] { blobOptions.Retry, queueOptions.Retry })
+        {
+            retry.MaxRetries = jobs.StorageMaxRetries;
+            retry.Delay = jobs.StorageRetryDelay;
+            retry.NetworkTimeout = jobs.StorageNetworkTimeout;
+        }
         var section = configuration.GetSection(name);
         if (section.Value is { Length: > 0 } connectionString)
-            return (new BlobServiceClient(connectionString), new QueueServiceClient(connectionString, JobQueue.ClientOptions()));
+            return (new BlobServiceClient(connectionString, blobOptions), new QueueServiceClient(connectionString, queueOptions));
 
         string? account = section["accountName"];
         Uri? blobUri = section["blobServiceUri"] is { Length: > 0 } b ? new Uri(b) : account is null ? null : new Uri($"https://{account}.blob.core.windows.net");
@@ -73,6 +94,6 @@ public static class StorageClients
         TokenCredential credential = section["credential"] == "managedidentity"
             ? new ManagedIdentityCredential(section["clientId"] is { Length: > 0 } id ? ManagedIdentityId.FromUserAssignedClientId(id) : ManagedIdentityId.SystemAssigned)
             : new DefaultAzureCredential();
-        return (new BlobServiceClient(blobUri, credential), new QueueServiceClient(queueUri, credential, JobQueue.ClientOptions()));
+        return (new BlobServiceClient(blobUri, credential, blobOptions), new QueueServiceClient(queueUri, credential, queueOptions));
     }
 }

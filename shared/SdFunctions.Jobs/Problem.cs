@@ -20,6 +20,10 @@ public sealed record Problem
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public IReadOnlyList<string>? Allowed { get; init; }
 
+    /// <summary>For server-side failures: the id under which the logs hold the details (which clients never see).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? CorrelationId { get; init; }
+
     public const string ContentType = "application/problem+json";
 }
 
@@ -36,6 +40,33 @@ public static class ProblemTypes
     public const string AlreadyFinished = "/problems/job-finished";
     public const string GenerationFailed = "/problems/generation-failed";
     public const string ServiceUnavailable = "/problems/service-unavailable";
+    public const string RequestTooLarge = "/problems/request-too-large";
+    public const string InternalError = "/problems/internal-error";
+}
+
+/// <summary>Problems for failures on our side: a stable, safe text and a correlation id; what went wrong goes to the logs.</summary>
+public static class ServerProblems
+{
+    /// <summary>A short id to quote in a support request; the logs carry it beside the exception.</summary>
+    public static string NewCorrelationId() => System.Diagnostics.Activity.Current?.TraceId.ToString() is { } trace && trace != "00000000000000000000000000000000"
+        ? trace : Guid.NewGuid().ToString("N");
+
+    public static Problem GenerationFailed(string correlationId) => new()
+    {
+        Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, CorrelationId = correlationId,
+        Detail = $"The image could not be generated because of an error on our side. Quote {correlationId} when reporting it.",
+    };
+
+    public static Problem Internal(string correlationId) => new()
+    {
+        Type = ProblemTypes.InternalError, Title = "Internal error", Status = 500, CorrelationId = correlationId,
+        Detail = $"The request failed because of an error on our side. Quote {correlationId} when reporting it.",
+    };
+
+    public static Problem Unavailable(string detail) => new()
+    {
+        Type = ProblemTypes.ServiceUnavailable, Title = "Service unavailable", Status = 503, Detail = detail,
+    };
 }
 
 /// <summary>A request the service refuses, carried up to the HTTP adapter as its problem.</summary>
@@ -47,7 +78,16 @@ public sealed class ProblemException(Problem problem) : Exception(problem.Detail
 /// <summary>Recognizes storage that cannot be reached, however the Azure SDK reports it.</summary>
 public static class StorageErrors
 {
-    /// <summary>A failed storage request, or the SDK's "retry failed" AggregateException of them.</summary>
-    public static bool IsOutage(Exception e) =>
-        e is Azure.RequestFailedException || (e is AggregateException a && a.InnerExceptions.All(IsOutage));
+    /// <summary>
+    /// A failed storage request, a timeout, or the SDK's "retry failed" AggregateException of them. Inside that aggregate
+    /// a TaskCanceledException is the SDK's network timeout (a canceled caller token is thrown as itself, never aggregated)
+    /// and a socket or I/O error is a try whose connection broke before the SDK could wrap it.
+    /// </summary>
+    public static bool IsOutage(Exception e) => e switch
+    {
+        Azure.RequestFailedException or TimeoutException or System.Net.Http.HttpRequestException => true,
+        AggregateException a => a.InnerExceptions.Count > 0 && a.InnerExceptions.All(i =>
+            i is TaskCanceledException or IOException or System.Net.Sockets.SocketException || IsOutage(i)),
+        _ => false,
+    };
 }

@@ -20,24 +20,42 @@ public sealed record SubmitRequest
     public int? Width { get; init; }
     public int? Height { get; init; }
 
-    /// <summary>Parses a body; malformed JSON, a wrong type or an unknown field is a 400 problem naming the field.</summary>
+    // Stricter than the API's output settings: numbers must be JSON numbers ("steps": "1" is refused), and a field may
+    // appear once (in any letter case: "prompt" and "Prompt" are the same field), so no value silently wins over another.
+    private static readonly JsonSerializerOptions ParseOptions = new(JobJson.Options)
+    {
+        NumberHandling = JsonNumberHandling.Strict, AllowDuplicateProperties = false,
+    };
+
+    /// <summary>Parses a body; malformed JSON, a wrong type, a repeated or an unknown field is a 400 problem naming the field.</summary>
     public static SubmitRequest Parse(ReadOnlySpan<byte> body)
     {
         try
         {
-            return JsonSerializer.Deserialize<SubmitRequest>(body, JobJson.Options)
+            return JsonSerializer.Deserialize<SubmitRequest>(body, ParseOptions)
                 ?? throw Invalid(ProblemTypes.MalformedJson, "The body must be a JSON object.", null);
         }
         catch (JsonException e)
         {
-            string? field = e.Path is { Length: > 2 } p && p.StartsWith("$.", StringComparison.Ordinal) ? p[2..] : null;
-            bool unknown = e.Message.Contains("could not be mapped", StringComparison.Ordinal);
+            string? field = e.Path is { Length: > 2 } p && p.StartsWith("$.", StringComparison.Ordinal) ? p[2..Math.Min(p.Length, 102)] : null;
+            string? problem = e.Message.Contains("could not be mapped", StringComparison.Ordinal) ? "Unknown field."
+                : e.Message.Contains("Duplicate", StringComparison.OrdinalIgnoreCase) ? "This field appears more than once."
+                : e.Message.StartsWith("The JSON value could not be converted", StringComparison.Ordinal)
+                  && e.InnerException is not System.Text.DecoderFallbackException
+                  && e.InnerException?.Message.Contains("UTF-8", StringComparison.OrdinalIgnoreCase) != true ? "Wrong type for this field."
+                : null; // anything else is the JSON itself being broken (bad syntax, invalid UTF-8), wherever it is
+            if (field is not null && problem is not null)
+                throw Invalid(ProblemTypes.Validation, "The request has invalid fields.", new Dictionary<string, string[]> { [field] = [problem] });
             if (field is not null)
-                throw Invalid(ProblemTypes.Validation, "The request has invalid fields.",
-                    new Dictionary<string, string[]> { [field] = [unknown ? "Unknown field." : "Wrong type for this field."] });
+                throw Invalid(ProblemTypes.MalformedJson, $"The body is not valid JSON (at '{field}').", null);
             throw Invalid(ProblemTypes.MalformedJson, "The body is not valid JSON.", null);
         }
     }
+
+    // What is left of a prompt once control and formatting characters (NUL, escapes, zero-width marks) and blanks are removed.
+    private static bool HasVisibleText(string text) =>
+        text.Any(c => !char.IsWhiteSpace(c) && char.GetUnicodeCategory(c) is not (System.Globalization.UnicodeCategory.Control
+            or System.Globalization.UnicodeCategory.Format));
 
     /// <summary>LCM's step bound for the usual original_inference_steps (50); the loaded model may set another, checked by the worker.</summary>
     public const int MaxLcmSteps = 50;
@@ -49,7 +67,7 @@ public sealed record SubmitRequest
     public GenerationInput Validate(JobsOptions options)
     {
         var errors = new Dictionary<string, string[]>();
-        if (string.IsNullOrWhiteSpace(Prompt)) errors["prompt"] = ["A non-empty prompt is required."];
+        if (Prompt is null || !HasVisibleText(Prompt)) errors["prompt"] = ["A prompt with visible text is required."];
         else if (Prompt.Length > options.MaxPromptLength) errors["prompt"] = [$"At most {options.MaxPromptLength} characters."];
         if (NegativePrompt is { } n && n.Length > options.MaxPromptLength) errors["negativePrompt"] = [$"At most {options.MaxPromptLength} characters."];
         if (Steps is { } s && s is < GenerationRequest.MinSteps or > GenerationRequest.MaxSteps)

@@ -86,6 +86,7 @@ public class ConfigurationTests
         string path = Path.Combine(AzuriteFixture.RepoRoot(), "local.settings.json.example");
         var values = System.Text.Json.JsonDocument.Parse(File.ReadAllText(path)).RootElement.GetProperty("Values");
         Assert.Equal("UseDevelopmentStorage=true", values.GetProperty("AzureWebJobsStorage").GetString());
+        Assert.Equal("UseDevelopmentStorage=true", values.GetProperty(JobsServiceCollectionExtensions.StorageSetting).GetString()); // the queue trigger's connection
         Assert.Equal("dotnet-isolated", values.GetProperty("FUNCTIONS_WORKER_RUNTIME").GetString());
         // The model path is relative to the app's build output (functions/SdFunctions.Functions/bin/<cfg>/<tfm>).
         var testDir = new DirectoryInfo(AppContext.BaseDirectory);

@@ -101,7 +101,9 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         AssertProblem(await app.GetAsync(unknown), 404, ProblemTypes.NotFound);
         AssertProblem((ContentResult)await app.Api.GetImage(TestApp.Request("GET", "/x"), unknown, default), 404, ProblemTypes.NotFound);
         AssertProblem(await app.CancelAsync(unknown), 404, ProblemTypes.NotFound);
-        foreach (string bad in new[] { "not-an-id", "1234", "../jobs/x", Guid.NewGuid().ToString() /* dashed form */ })
+        // One grammar: 32 lower-case hex digits. Upper case and padding are malformed (400), not unknown (404).
+        foreach (string bad in new[] { "not-an-id", "1234", "../jobs/x", Guid.NewGuid().ToString() /* dashed form */,
+            unknown.ToUpperInvariant(), $" {unknown}", $"{unknown} ", $"{{{unknown}}}" })
         {
             AssertProblem(await app.GetAsync(bad), 400, ProblemTypes.MalformedId);
             AssertProblem((ContentResult)await app.Api.GetImage(TestApp.Request("GET", "/x"), bad, default), 400, ProblemTypes.MalformedId);
@@ -130,6 +132,18 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(["full"], after.GetProperty("decoders").EnumerateArray().Select(e => e.GetString()));
         Assert.Equal(50, after.GetProperty("defaults").GetProperty("steps").GetInt32());
         Assert.Equal(2, after.GetProperty("uNetBatch").GetInt32());
+    }
+
+    [Fact]
+    public async Task PndmProgressCountsItsExtraIterationAndShowsTheStepsAsked()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2, "scheduler": "pndm"}""");
+        string id = Body(submitted).GetProperty("id").GetString()!;
+        await app.RunNextMessageAsync();
+        var progress = Body(await app.GetAsync(id)).GetProperty("progress");
+        // diffusers' PNDM runs steps + 1 iterations (its first PLMS step evaluates the UNet twice): total counts them, steps is what was asked.
+        Assert.Equal((3, 3, 2), (progress.GetProperty("step").GetInt32(), progress.GetProperty("total").GetInt32(), progress.GetProperty("steps").GetInt32()));
     }
 
     internal static JsonElement AssertProblem(ContentResult result, int status, string type)

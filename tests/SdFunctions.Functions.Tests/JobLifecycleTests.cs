@@ -28,6 +28,7 @@ public class JobLifecycleTests
 
         var (other, _) = await app.SubmitAsync("""{"prompt": "a wolf", "steps": 2}""", Key("order-17"));
         FlowTests.AssertProblem(other, 422, ProblemTypes.IdempotencyConflict);
+        Assert.DoesNotContain(Id(first), other.Content); // another caller's job id is never shown
 
         var (unrelated, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("order-18"));
         Assert.NotEqual(Id(first), Id(unrelated));
@@ -35,6 +36,24 @@ public class JobLifecycleTests
 
         var (tooLong, _) = await app.SubmitAsync("""{"prompt": "a fox"}""", Key(new string('k', 201)));
         FlowTests.AssertProblem(tooLong, 400, ProblemTypes.Validation);
+    }
+
+    [Fact]
+    public async Task IdempotencyKeysAreScopedByTheCallersFunctionKey()
+    {
+        await using var app = await TestApp.StartAsync();
+        Dictionary<string, string> As(string functionKey) => new() { ["Idempotency-Key"] = "order-1", ["x-functions-key"] = functionKey };
+        var (alice, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", As("key-of-alice"));
+        var (bob, _) = await app.SubmitAsync("""{"prompt": "a wolf", "steps": 2}""", As("key-of-bob")); // same key, other caller: no 422
+        Assert.Equal(202, bob.StatusCode);
+        Assert.NotEqual(Id(alice), Id(bob));
+        var (aliceAgain, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", As("key-of-alice"));
+        Assert.Equal(Id(alice), Id(aliceAgain));
+        // The key may also come as ?code=, as the host accepts it.
+        var req = TestApp.Request("POST", "/api/generations", """{"prompt": "a fox", "steps": 2}""", headers: Key("order-1"));
+        req.QueryString = new Microsoft.AspNetCore.Http.QueryString("?code=key-of-alice");
+        Assert.Equal(Id(alice), Id((ContentResult)await app.Api.Submit(req, default)));
+        Assert.Equal(2, await QueueLength(app));
     }
 
     [Fact]
@@ -123,7 +142,7 @@ public class JobLifecycleTests
         await shutdown.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
         var interrupted = Body(await app.GetAsync(id));
-        Assert.Equal("running", interrupted.GetProperty("status").GetString());
+        Assert.Equal("queued", interrupted.GetProperty("status").GetString()); // given back, so the redelivery need not wait for a stale heartbeat
         Assert.Equal(1, interrupted.GetProperty("attempt").GetInt32());
 
         // The message comes back (dequeue count 2) and the job runs to the end.
@@ -169,7 +188,24 @@ public class JobLifecycleTests
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         var error = failed.GetProperty("error");
         Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());
-        Assert.Contains(BrokenModel, error.GetProperty("detail").GetString());
+        AssertSafe(failed, (await app.Store.GetAsync(id, default))!);
+    }
+
+    /// <summary>
+    /// Clients see a stable text and a correlation id, never the exception (paths, Azure request ids); the record keeps
+    /// the detail internally under the same correlation id.
+    /// </summary>
+    private static void AssertSafe(JsonElement job, JobRecord record)
+    {
+        var error = job.GetProperty("error");
+        string detail = error.GetProperty("detail").GetString()!;
+        string correlationId = error.GetProperty("correlationId").GetString()!;
+        Assert.DoesNotContain(BrokenModel, job.GetRawText());
+        Assert.DoesNotContain("Exception", detail);
+        Assert.Contains(correlationId, detail);
+        Assert.False(job.TryGetProperty("lastError", out _));
+        Assert.Equal(correlationId, record.LastError!.CorrelationId);
+        Assert.Contains(BrokenModel, record.LastError.Detail);
     }
 
     [Fact]
@@ -181,6 +217,7 @@ public class JobLifecycleTests
         var failed = Body(await app.GetAsync(id));
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());
+        AssertSafe(failed, (await app.Store.GetAsync(id, default))!);
     }
 
     // A model folder that cannot load: every attempt fails, as a broken deployment would.

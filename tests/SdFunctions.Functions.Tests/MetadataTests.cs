@@ -43,13 +43,21 @@ public class MetadataTests
         var trigger = Trigger(name);
         Assert.Equal("queueTrigger", trigger.GetProperty("type").GetString());
         Assert.Equal(queue, trigger.GetProperty("queueName").GetString());
-        Assert.Equal("AzureWebJobsStorage", trigger.GetProperty("connection").GetString());
+        Assert.Equal("JobsStorage", trigger.GetProperty("connection").GetString());
     }
 
     [Fact]
-    public void ThereAreExactlyTheseSevenFunctions() =>
-        Assert.Equal(["CancelGeneration", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration", "SubmitGeneration"],
-            Functions.Keys.Order());
+    public void TheSweepRunsEveryMinute()
+    {
+        var trigger = Trigger("RequeueInterruptedSubmissions");
+        Assert.Equal("timerTrigger", trigger.GetProperty("type").GetString());
+        Assert.Equal("0 */1 * * * *", trigger.GetProperty("schedule").GetString());
+    }
+
+    [Fact]
+    public void ThereAreExactlyTheseEightFunctions() =>
+        Assert.Equal(["CancelGeneration", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration",
+            "RequeueInterruptedSubmissions", "SubmitGeneration"], Functions.Keys.Order());
 
     [Fact]
     public void HostJsonIsInTheOutputAndRunsOneMessageAtATime()

@@ -1,20 +1,142 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Mvc;
+using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
 
 namespace SdFunctions.Functions.Tests;
 
-/// <summary>When storage cannot be reached, clients get a 503 problem, not a bare error page.</summary>
-public class OutageTests
+/// <summary>
+/// Storage that goes away, or stops answering, while the service works: through <see cref="FaultProxy"/> in front of
+/// Azurite, with the real pipeline. Clients get 503 problems with Retry-After; a run outlives an outage; nothing is lost.
+/// </summary>
+[Collection(AzuriteCollection.Name)]
+public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     // Nothing listens on port 1; the SAS is a dummy (the connection is refused before it matters).
     private const string Unreachable =
         "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;SharedAccessSignature=sv=2021-08-06&sig=dummy";
 
+    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
+
     [Fact]
-    public async Task AStorageOutageIsA503Problem()
+    public async Task AStorageOutageIsA503ProblemWithRetryAfter()
     {
-        var app = new TestApp(configure: s => s["AzureWebJobsStorage"] = Unreachable);
-        var result = await app.GetAsync(Guid.NewGuid().ToString("N"));
+        var app = new TestApp(configure: s => { s["AzureWebJobsStorage"] = Unreachable; s["Jobs:StorageMaxRetries"] = "1"; s["Jobs:StorageRetryDelay"] = "00:00:00.050"; });
+        var req = TestApp.Request("GET", "/api/generations/" + JobIds.New());
+        var result = (ContentResult)await app.Api.Get(req, req.Path.Value!.Split('/')[^1], default);
         FlowTests.AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
+        Assert.Equal(HttpResults.RetryAfterOutageSeconds, req.HttpContext.Response.Headers.RetryAfter.ToString());
         await app.Services.DisposeAsync();
+    }
+
+    /// <summary>Defect: the progress monitor died on the SDK's AggregateException and the finished generation counted as failed.</summary>
+    [Fact]
+    public async Task ABlobOutageDuringARunKeepsTheFinishedImage()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: storage.Configure);
+        var (id, worker) = await RunThroughABlobOutageAsync(app, storage);
+        int seenAfter = await WaitForProgressAsync(app, id, above: StepNow(await app.GetAsync(id)));
+        output.WriteLine($"progress resumed at step {seenAfter} after a 0.6 s blob outage");
+
+        await worker; // does not throw
+        var done = Body(await app.GetAsync(id));
+        Assert.Equal("succeeded", done.GetProperty("status").GetString());
+        Assert.Equal(1, done.GetProperty("attempt").GetInt32());
+        Assert.True(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
+    }
+
+    /// <summary>Defect: while the monitor was dead a cancel went unseen and the job ran to the end.</summary>
+    [Fact]
+    public async Task ACancelAfterAnOutageStillStopsTheRun()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: storage.Configure);
+        var (id, worker) = await RunThroughABlobOutageAsync(app, storage);
+        Assert.Equal(202, (await app.CancelAsync(id)).StatusCode);
+        await worker;
+
+        var job = Body(await app.GetAsync(id));
+        Assert.Equal("canceled", job.GetProperty("status").GetString());
+        Assert.True(StepNow(job) < 40, "the run stopped before its last step");
+        Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
+    }
+
+    /// <summary>Defect: an SDK timeout (AggregateException of TaskCanceledException) was a bare 500 that left a never-queued record.</summary>
+    [Fact]
+    public async Task AQueueThatTimesOutAtSubmitIsA503AndLeavesNothing()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: storage.Configure);
+        storage.Queues.Current = FaultProxy.Mode.Hang;
+        var (result, response) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""", new Dictionary<string, string> { ["Idempotency-Key"] = "timeout-1" });
+        FlowTests.AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
+        Assert.Equal(HttpResults.RetryAfterOutageSeconds, response.Headers.RetryAfter.ToString());
+        storage.Queues.Current = FaultProxy.Mode.Up;
+
+        Assert.Empty(await ListAsync(app, "jobs/"));
+        Assert.Empty(await ListAsync(app, "pending/"));
+        Assert.Empty(await ListAsync(app, "idempotency/")); // released: the retry makes the job afresh
+        var (retried, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""", new Dictionary<string, string> { ["Idempotency-Key"] = "timeout-1" });
+        Assert.Equal(202, retried.StatusCode);
+        Assert.NotNull((await app.Messages.PeekMessageAsync()).Value);
+    }
+
+    [Fact]
+    public async Task ReadsAndCancelsThatTimeOutAre503Problems()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: storage.Configure);
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        string id = Body(submitted).GetProperty("id").GetString()!;
+        storage.Blobs.Current = FaultProxy.Mode.Hang;
+        FlowTests.AssertProblem(await app.GetAsync(id), 503, ProblemTypes.ServiceUnavailable);
+        FlowTests.AssertProblem(await app.CancelAsync(id), 503, ProblemTypes.ServiceUnavailable);
+        var image = (ContentResult)await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id}/image"), id, default);
+        FlowTests.AssertProblem(image, 503, ProblemTypes.ServiceUnavailable);
+        storage.Blobs.Current = FaultProxy.Mode.Up;
+        Assert.Equal("queued", Body(await app.GetAsync(id)).GetProperty("status").GetString());
+    }
+
+    /// <summary>Starts a long job and, once it has made progress, takes blob storage away for 0.6 s: every progress write and its retries fail.</summary>
+    private static async Task<(string Id, Task Worker)> RunThroughABlobOutageAsync(TestApp app, FaultyStorage storage)
+    {
+        await app.Pipelines.GetAsync();
+        string id = await SubmitLongJobAsync(app);
+        var worker = app.RunNextMessageAsync();
+        await WaitForProgressAsync(app, id);
+        storage.Blobs.Current = FaultProxy.Mode.Refuse;
+        await Task.Delay(600);
+        storage.Blobs.Current = FaultProxy.Mode.Up;
+        return (id, worker);
+    }
+
+    internal static async Task<string> SubmitLongJobAsync(TestApp app)
+    {
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 40, "seed": 3, "scheduler": "ddim"}""");
+        return Body(submitted).GetProperty("id").GetString()!;
+    }
+
+    private static int StepNow(ContentResult r) => StepNow(Body(r));
+    private static int StepNow(JsonElement job) => job.GetProperty("progress").GetProperty("step").GetInt32();
+
+    internal static async Task<int> WaitForProgressAsync(TestApp app, string id, int above = 0)
+    {
+        for (int i = 0; i < 1200; i++)
+        {
+            var r = await app.GetAsync(id);
+            if (r.StatusCode == 200 && StepNow(r) > above) return StepNow(r);
+            await Task.Delay(25);
+        }
+        throw new TimeoutException($"job {id} made no progress past step {above}");
+    }
+
+    internal static async Task<List<string>> ListAsync(TestApp app, string prefix)
+    {
+        var names = new List<string>();
+        var container = app.Services.GetRequiredService<Azure.Storage.Blobs.BlobServiceClient>().GetBlobContainerClient(app.Options.JobsContainer);
+        await foreach (var b in container.GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, prefix, default))
+            names.Add(b.Name);
+        return names;
     }
 }

@@ -23,6 +23,7 @@ public sealed class TestApp : IAsyncDisposable
     public GenerationsApi Api { get; }
     public GenerationQueueFunctions Queue { get; }
     public HealthApi Health { get; }
+    public MaintenanceFunctions Maintenance { get; }
     public JobStore Store => Services.GetRequiredService<JobStore>();
     public QueueClient Messages { get; }
     public QueueClient Poison { get; }
@@ -54,6 +55,7 @@ public sealed class TestApp : IAsyncDisposable
         Api = ActivatorUtilities.CreateInstance<GenerationsApi>(Services);
         Queue = ActivatorUtilities.CreateInstance<GenerationQueueFunctions>(Services);
         Health = ActivatorUtilities.CreateInstance<HealthApi>(Services);
+        Maintenance = ActivatorUtilities.CreateInstance<MaintenanceFunctions>(Services);
         var queues = Services.GetRequiredService<QueueServiceClient>();
         Messages = queues.GetQueueClient($"gen-{suffix}");
         Poison = queues.GetQueueClient($"gen-{suffix}-poison");
@@ -117,10 +119,13 @@ public sealed class TestApp : IAsyncDisposable
 
     public async ValueTask DisposeAsync()
     {
-        await Messages.DeleteIfExistsAsync();
-        await Poison.DeleteIfExistsAsync();
-        await Images.DeleteIfExistsAsync();
-        await Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient(Options.JobsContainer).DeleteIfExistsAsync();
+        // Straight to Azurite, not through whatever proxy the test put in front of it.
+        var queues = new QueueServiceClient(AzuriteFixture.ConnectionString);
+        var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);
+        await queues.GetQueueClient(Messages.Name).DeleteIfExistsAsync();
+        await queues.GetQueueClient(Poison.Name).DeleteIfExistsAsync();
+        await blobs.GetBlobContainerClient(Images.Name).DeleteIfExistsAsync();
+        await blobs.GetBlobContainerClient(Options.JobsContainer).DeleteIfExistsAsync();
         await Services.DisposeAsync();
     }
 }

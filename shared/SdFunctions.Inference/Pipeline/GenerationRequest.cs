@@ -59,6 +59,10 @@ public sealed record GenerationRequest
             throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {g}.");
         if (Scheduler is { } s && !SchedulerFactory.IsKnown(s))
             throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerFactory.Names)}.");
+        if (Seed is { } seed && seed is < 0 or > MaxSeed)
+            throw new InvalidGenerationRequestException("seed", $"The seed must be between 0 and {MaxSeed}; got {seed}.");
+        if (InitialLatents is { } latents && !latents.All(float.IsFinite))
+            throw new InvalidGenerationRequestException("initialLatents", "The initial latents hold NaN or infinite values.");
         if (Decoder is { } d && !Bundle.DecoderComponent.Names.Contains(d))
             throw new InvalidGenerationRequestException("decoder", $"Unknown decoder '{d}'. Choose one of: {string.Join(", ", Bundle.DecoderComponent.Names)}.");
     }

@@ -4,8 +4,14 @@ using SixLabors.ImageSharp.PixelFormats;
 
 namespace SdFunctions.Inference.Pipeline;
 
-/// <summary>Progress after each denoising step.</summary>
-public readonly record struct GenerationProgress(int Step, int Total, TimeSpan Elapsed);
+/// <summary>
+/// Progress after each denoising step. <see cref="Total"/> counts denoising iterations, which can exceed the
+/// <see cref="Steps"/> asked for: PNDM runs steps + 1 (its first PLMS step takes two UNet evaluations, as in diffusers).
+/// </summary>
+public readonly record struct GenerationProgress(int Step, int Total, TimeSpan Elapsed)
+{
+    public int Steps { get; init; }
+}
 
 /// <summary>
 /// Where a generation's time went: the phases (encode, each step, decode, total) and, inside them, the models' own

@@ -22,4 +22,21 @@ public sealed record PipelineOptions
     /// arena growth); paying that at load keeps it off the first user's request.
     /// </summary>
     public bool WarmUp { get; init; } = true;
+
+    /// <summary>
+    /// Null when a <paramref name="width"/>×<paramref name="height"/> image fits in this machine's memory, else why not. The
+    /// bound is SD 1.x's largest tensor: the first self-attention's scores, batch 2 × 8 heads × (latent pixels)² floats
+    /// (1.1 GB at 512², 17 GB at 1024²), which grows with the fourth power of the side and must fit in the available memory.
+    /// </summary>
+    public static string? MemoryNeededFor(int? width, int? height, long? availableBytes = null)
+    {
+        if (width is not > 0 || height is not > 0) return null; // the model's native size, or a size the pipeline refuses itself
+        long available = availableBytes ?? GC.GetGCMemoryInfo().TotalAvailableMemoryBytes;
+        double tokens = (double)(width.Value / 8) * (height.Value / 8);
+        double needed = 2 * 8 * tokens * tokens * sizeof(float);
+        if (needed <= available) return null;
+        int side = (int)(Math.Sqrt(Math.Sqrt(available / (2.0 * 8 * sizeof(float)))) * 8) / 64 * 64;
+        return $"{width}×{height} needs about {needed / 1e9:N0} GB for its first attention layer (batch 2 × 8 heads × ({width}/8 · {height}/8)² floats); " +
+            $"this machine has {available / 1e9:N0} GB, enough for about {side}×{side} at most.";
+    }
 }

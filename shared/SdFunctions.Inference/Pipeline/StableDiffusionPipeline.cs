@@ -78,6 +78,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         int multiple = Bundle.VaeScaleFactor * 8; // the UNet halves the latents three times
         if (Width <= 0 || Height <= 0 || Width % multiple != 0 || Height % multiple != 0)
             throw new InvalidGenerationRequestException("size", $"Width and height must be positive multiples of {multiple}; got {Width}×{Height}.");
+        if (PipelineOptions.MemoryNeededFor(Width, Height) is { } tooBig) throw new InvalidGenerationRequestException("size", tooBig);
 
         _factory = new OnnxSessionFactory(options.Session, logger);
         try
@@ -139,6 +140,9 @@ public sealed class StableDiffusionPipeline : IDisposable
             throw new InvalidGenerationRequestException("scheduler",
                 $"This model's scheduler config cannot configure '{scheduler}' ({why}). Choose one of: {string.Join(", ", SupportedSchedulers)}.");
         }
+        if (request.KarrasSigmas == true && !SchedulerFactory.WithKarrasSigmas.Contains(scheduler))
+            throw new InvalidGenerationRequestException("karrasSigmas",
+                $"{scheduler} has no Karras sigmas; they exist for {string.Join(", ", SchedulerFactory.WithKarrasSigmas)}.");
         var defaults = DefaultsFor(scheduler);
         if (request.Steps > defaults.MaxSteps)
             throw new InvalidGenerationRequestException("steps",
@@ -241,7 +245,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             unetTimes.Add(modelWatch.Elapsed);
             scheduler.Step(noisePrediction, t, latents, stepNoise);
             stepTimes.Add(stepWatch.Elapsed);
-            progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed));
+            progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed) { Steps = steps });
         }
 
         ct.ThrowIfCancellationRequested();

@@ -20,6 +20,9 @@ public static class SchedulerFactory
 
     public static bool IsKnown(string name) => Names.Contains(name);
 
+    /// <summary>The schedulers that have Karras sigmas (diffusers' use_karras_sigmas); the others would ignore the option.</summary>
+    public static readonly IReadOnlyList<string> WithKarrasSigmas = ["euler", "lms", "dpmpp-2m"];
+
     /// <summary>Whether <paramref name="name"/> can be configured from <paramref name="config"/>; if not, why.</summary>
     public static bool TryCreate(string name, SchedulerConfig config, out string? whyNot)
     {

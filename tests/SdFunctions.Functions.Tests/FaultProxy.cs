@@ -1,0 +1,149 @@
+using System.Net;
+using System.Net.Sockets;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>
+/// A TCP proxy in front of one Azurite port that a test can break: <see cref="Mode.Refuse"/> drops every open connection
+/// and resets new ones (storage unreachable), <see cref="Mode.Hang"/> accepts and never answers (the SDK's network
+/// timeout), <see cref="Mode.Up"/> forwards. <see cref="OnConnect"/> runs when a client connects (to break things at
+/// an exact point of a request sequence).
+/// </summary>
+public sealed class FaultProxy : IAsyncDisposable
+{
+    public enum Mode { Up, Refuse, Hang }
+
+    private readonly TcpListener _listener = new(IPAddress.Loopback, 0);
+    private readonly int _target;
+    private readonly CancellationTokenSource _stop = new();
+    private readonly List<TcpClient> _open = [];
+    private readonly Lock _lock = new();
+    private readonly Task _accepting;
+    private volatile Mode _mode = Mode.Up;
+
+    public FaultProxy(int targetPort)
+    {
+        _target = targetPort;
+        _listener.Start();
+        _accepting = AcceptAsync();
+    }
+
+    public int Port => ((IPEndPoint)_listener.LocalEndpoint).Port;
+    public Action? OnConnect { get; set; }
+    public int Connections { get; private set; }
+
+    public Mode Current
+    {
+        get => _mode;
+        set
+        {
+            _mode = value;
+            if (value != Mode.Up) CloseOpen();
+        }
+    }
+
+    private async Task AcceptAsync()
+    {
+        while (!_stop.IsCancellationRequested)
+        {
+            TcpClient client;
+            try { client = await _listener.AcceptTcpClientAsync(_stop.Token); }
+            catch (Exception) when (_stop.IsCancellationRequested) { return; }
+            Connections++;
+            OnConnect?.Invoke();
+            switch (_mode)
+            {
+                case Mode.Refuse:
+                    client.Client.LingerState = new LingerOption(true, 0); // a reset, as a dead server's host sends
+                    client.Dispose();
+                    break;
+                case Mode.Hang:
+                    Track(client);
+                    break;
+                default:
+                    _ = ForwardAsync(client);
+                    break;
+            }
+        }
+    }
+
+    private async Task ForwardAsync(TcpClient client)
+    {
+        using var server = new TcpClient();
+        Track(client);
+        try
+        {
+            await server.ConnectAsync(IPAddress.Loopback, _target, _stop.Token);
+            Track(server);
+            using var both = CancellationTokenSource.CreateLinkedTokenSource(_stop.Token);
+            var up = client.GetStream().CopyToAsync(server.GetStream(), both.Token);
+            var down = server.GetStream().CopyToAsync(client.GetStream(), both.Token);
+            await Task.WhenAny(up, down);
+            await both.CancelAsync();
+        }
+        catch (Exception) { } // a connection the test broke, or the end of one
+        finally
+        {
+            client.Dispose();
+        }
+    }
+
+    private void Track(TcpClient client)
+    {
+        lock (_lock) { _open.RemoveAll(c => c.Client is null || !c.Connected); _open.Add(client); }
+    }
+
+    private void CloseOpen()
+    {
+        lock (_lock)
+        {
+            foreach (var c in _open)
+            {
+                try { c.Client.LingerState = new LingerOption(true, 0); } catch (Exception) { }
+                c.Dispose();
+            }
+            _open.Clear();
+        }
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await _stop.CancelAsync();
+        _listener.Stop();
+        CloseOpen();
+        try { await _accepting; } catch (Exception) { }
+        _stop.Dispose();
+    }
+}
+
+/// <summary>Azurite behind two fault proxies (blob and queue), and the connection string that goes through them.</summary>
+public sealed class FaultyStorage : IAsyncDisposable
+{
+    // Azurite's published development account key (not a secret).
+    private const string DevKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+
+    public FaultProxy Blobs { get; } = new(10000);
+    public FaultProxy Queues { get; } = new(10001);
+
+    public string ConnectionString =>
+        $"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DevKey};" +
+        $"BlobEndpoint=http://127.0.0.1:{Blobs.Port}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{Queues.Port}/devstoreaccount1;";
+
+    /// <summary>
+    /// Test app settings: storage through the proxies, two quick retries (a pooled connection that Azurite closed when idle
+    /// costs one) and short timeouts, so an outage shows within a second.
+    /// </summary>
+    public void Configure(Dictionary<string, string?> settings)
+    {
+        settings["AzureWebJobsStorage"] = ConnectionString;
+        settings["Jobs:StorageMaxRetries"] = "2";
+        settings["Jobs:StorageRetryDelay"] = "00:00:00.050";
+        settings["Jobs:StorageNetworkTimeout"] = "00:00:01";
+    }
+
+    public async ValueTask DisposeAsync()
+    {
+        await Blobs.DisposeAsync();
+        await Queues.DisposeAsync();
+    }
+}
