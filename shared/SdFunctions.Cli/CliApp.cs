@@ -2,6 +2,7 @@ using System.CommandLine;
 using System.Runtime.InteropServices;
 using System.Text.Json;
 using Microsoft.Extensions.Logging;
+using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Cli.Bench;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
@@ -21,8 +22,27 @@ public static class CliApp
 {
     public const int Ok = 0, Failed = 1, BadInput = 2, Canceled = 130;
 
-    /// <summary>The model used when --model is not given: $SDF_MODEL, else the tiny test bundle beside the checkout.</summary>
-    public static string DefaultModel => Environment.GetEnvironmentVariable("SDF_MODEL") is { Length: > 0 } m ? m : Path.Combine("..", "shared", "fixtures", "tiny-sd");
+    /// <summary>
+    /// The model used when --model is not given: $SDF_MODEL, else the tiny test bundle beside the checkout the tool was built
+    /// in (found from the tool's own location, so it works from any working directory).
+    /// </summary>
+    public static string DefaultModel => Environment.GetEnvironmentVariable("SDF_MODEL") is { Length: > 0 } m ? m : TinyBundleBesideCheckout();
+
+    private static string TinyBundleBesideCheckout()
+    {
+        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
+            if (File.Exists(Path.Combine(dir.FullName, "SdFunctions.sln")))
+                return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "fixtures", "tiny-sd"));
+        return Path.GetFullPath(Path.Combine("..", "shared", "fixtures", "tiny-sd"));
+    }
+
+    // The option a user typed for each request parameter the pipeline names in its refusals.
+    private static readonly Dictionary<string, string> OptionOf = new()
+    {
+        ["prompt"] = "--prompt", ["negativePrompt"] = "--negative-prompt", ["steps"] = "--steps", ["guidanceScale"] = "--guidance",
+        ["seed"] = "--seed", ["scheduler"] = "--scheduler", ["decoder"] = "--decoder", ["size"] = "--width/--height",
+        ["initialLatents"] = "--latents", ["karrasSigmas"] = "--karras", ["stepNoise"] = "--step-noise",
+    };
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken = default)
     {
@@ -36,7 +56,7 @@ public static class CliApp
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            stderr.WriteLine($"sdf: {string.Join("; ", parsed.Errors.Select(e => e.Message))} (see sdf --help)");
+            stderr.WriteLine($"sdf: {string.Join("; ", parsed.Errors.Select(e => InUserWords(e.Message)))} (see sdf --help)");
             return BadInput;
         }
         try
@@ -44,19 +64,55 @@ public static class CliApp
             return await parsed.InvokeAsync(new InvocationConfiguration { Output = stdout, Error = stderr, EnableDefaultExceptionHandler = false },
                 cancellationToken);
         }
-        catch (InvalidGenerationRequestException e) { return Fail(stderr, e.Message, BadInput); }
+        catch (InvalidGenerationRequestException e)
+        {
+            string option = e.ParamName is { } p && OptionOf.TryGetValue(p, out string? o) ? o : e.ParamName ?? "request";
+            return Fail(stderr, $"{option}: {WithoutParameter(e)}", BadInput);
+        }
         catch (CliUsageException e) { return Fail(stderr, e.Message, BadInput); }
-        catch (ArgumentException e) { return Fail(stderr, e.Message, BadInput); }
+        catch (ArgumentException e) { return Fail(stderr, WithoutParameter(e), BadInput); }
         catch (ModelBundleException e) { return Fail(stderr, e.Message, Failed); }
-        catch (InvalidOperationException e) { return Fail(stderr, e.Message, Failed); }
+        catch (OnnxRuntimeException e) when (!cancellationToken.IsCancellationRequested)
+        {
+            // ORT's text starts with its status code in brackets; the first line says what failed.
+            return Fail(stderr, $"ONNX Runtime could not run the model: {e.Message.Split('\n')[0].Trim()}", Failed);
+        }
         catch (OperationCanceledException) { return Fail(stderr, "canceled", Canceled); }
-        catch (Exception e) when (e is IOException or UnauthorizedAccessException) { return Fail(stderr, e.Message, Failed); }
+        catch (OutOfMemoryException) { return Fail(stderr, "out of memory: try a smaller --width/--height or fewer --threads", Failed); }
+        catch (Exception e) when (e is InvalidOperationException or IOException or UnauthorizedAccessException or InvalidDataException)
+        {
+            return Fail(stderr, e.Message, Failed);
+        }
     }
 
     private static int Fail(TextWriter stderr, string message, int code)
     {
-        stderr.WriteLine($"sdf: {message.ReplaceLineEndings(" ")}");
+        stderr.WriteLine($"sdf: {message.ReplaceLineEndings(" ").Replace('\t', ' ')}");
         return code;
+    }
+
+    // ArgumentException appends " (Parameter 'x')" to its text: a .NET detail, not the user's.
+    private static string WithoutParameter(ArgumentException e) =>
+        e.ParamName is { } p ? e.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal) : e.Message;
+
+    /// <summary>System.CommandLine names .NET types in its parse errors ("System.Nullable`1[System.Int64]"); say what is expected instead.</summary>
+    internal static string InUserWords(string message) =>
+        System.Text.RegularExpressions.Regex.Replace(message.ReplaceLineEndings(" ").Replace('\t', ' '), @"as expected type '([^']+)'", m =>
+            m.Groups[1].Value switch
+            {
+                var t when t.Contains("Int32") || t.Contains("Int64") => "as a whole number",
+                var t when t.Contains("Double") || t.Contains("Single") => "as a number",
+                var t when t.Contains("Boolean") => "as true or false",
+                _ => "as a valid value",
+            });
+
+    /// <summary>The model folder, checked to exist, with a message that says which path was tried and how to choose another.</summary>
+    private static string RequireModel(string path)
+    {
+        string full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) return full;
+        string which = path == DefaultModel ? " (the default: the tiny test bundle beside the checkout, or $SDF_MODEL)" : "";
+        throw new CliUsageException($"--model: there is no model folder at {full}{which}. Pass --model DIR, a diffusers ONNX bundle (optimum-cli export onnx).");
     }
 
     private static Option<string> ModelOption() => new("--model", "-m")
@@ -108,11 +164,12 @@ public static class CliApp
                 KarrasSigmas = parse.GetValue(karras) ? true : null,
                 Decoder = parse.GetValue(decoder),
             };
-            request.ValidateParameters(); // fail before spending time on loading
+            // Everything that can be checked without the model is checked before spending time on loading it.
+            request.ValidateParameters();
             if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
-            string outPath = parse.GetValue(output)!;
-            if (Path.GetDirectoryName(Path.GetFullPath(outPath)) is { } outDir && !Directory.Exists(outDir))
-                throw new CliUsageException($"The output folder '{outDir}' does not exist.");
+            string modelDir = RequireModel(parse.GetValue(model)!);
+            if (PipelineOptions.MemoryNeededFor(parse.GetValue(width), parse.GetValue(height)) is { } tooBig) throw new CliUsageException($"--width/--height: {tooBig}");
+            string outPath = RequireWritableFile("--out", parse.GetValue(output)!);
 
             using var loggerFactory = LoggerFactory.Create(b => b.AddSimpleConsole(o => { o.SingleLine = true; })
                 .AddFilter((category, level) => level >= LogLevel.Warning).SetMinimumLevel(LogLevel.Warning));
@@ -123,9 +180,10 @@ public static class CliApp
                 WarmUp = false, // one generation per process: warming up would only add a run
                 Session = new SessionSettings { IntraOpThreads = parse.GetValue(threads), OptimizedModelCacheDirectory = parse.GetValue(cache) },
             };
-            using var pipeline = await StableDiffusionPipeline.LoadAsync(parse.GetValue(model)!, options, loggerFactory.CreateLogger("sdf"), ct);
+            float[]? initialLatents = parse.GetValue(latents) is { } latentsPath ? ReadFloats("--latents", latentsPath) : null;
+            using var pipeline = await StableDiffusionPipeline.LoadAsync(modelDir, options, loggerFactory.CreateLogger("sdf"), ct);
 
-            if (parse.GetValue(latents) is { } latentsPath) request = request with { InitialLatents = ReadFloats("--latents", latentsPath) };
+            if (initialLatents is not null) request = request with { InitialLatents = initialLatents };
             if (parse.GetValue(stepNoise) is { } noisePath)
             {
                 float[] values = ReadFloats("--step-noise", noisePath);
@@ -134,7 +192,7 @@ public static class CliApp
                     throw new CliUsageException($"--step-noise: {noisePath} holds {values.Length} floats, not a whole number of latents of {latentSize} (1×{pipeline.LatentChannels}×{pipeline.LatentHeight}×{pipeline.LatentWidth}).");
                 request = request with { StepNoise = new RecordedGaussianNoise(values) };
             }
-            var bar = new ProgressBar(stderr);
+            var bar = new ProgressBar(stderr, interactive: ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
             var result = await pipeline.GenerateAsync(request, bar, ct);
             bar.Finish();
 
@@ -142,11 +200,14 @@ public static class CliApp
             var t = result.Timings;
             var sorted = t.Steps.Order().ToArray();
             var median = sorted.Length == 0 ? TimeSpan.Zero : sorted[sorted.Length / 2];
+            // PNDM runs one iteration more than the steps asked (its first PLMS step evaluates the UNet twice, as in diffusers).
+            string iterations = t.Steps.Count == result.Steps ? "" : $", {t.Steps.Count} iterations: its first step evaluates the UNet twice";
             stderr.WriteLine(
                 $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
-                $"{result.Steps} steps ({result.Scheduler}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
+                $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
                 $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
-            stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, seed {result.Seed}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
+            string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
+            stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
             return Ok;
         });
         return command;
@@ -159,7 +220,7 @@ public static class CliApp
         var command = new Command("tokenize", "Print the 77 CLIP token ids of a prompt as a JSON array.") { model, text };
         command.SetAction(parse =>
         {
-            var tokenizer = ModelBundle.OpenTokenizer(parse.GetValue(model)!);
+            var tokenizer = ModelBundle.OpenTokenizer(RequireModel(parse.GetValue(model)!));
             stdout.WriteLine(JsonSerializer.Serialize(tokenizer.Encode(parse.GetValue(text)!).Ids));
             return Ok;
         });
@@ -212,7 +273,7 @@ public static class CliApp
             var progress = new SynchronousProgress(message => stderr.WriteLine($"optimize: {message}"));
             var manifest = await BundleOptimizer.OptimizeAsync(new OptimizeOptions
             {
-                ModelDirectory = parse.GetValue(model)!, OutputDirectory = parse.GetValue(output)!, TomeRatio = parse.GetValue(tome),
+                ModelDirectory = RequireModel(parse.GetValue(model)!), OutputDirectory = parse.GetValue(output)!, TomeRatio = parse.GetValue(tome),
                 TomeSx = parse.GetValue(sx), TomeSy = parse.GetValue(sy), TomeMaxDownsample = parse.GetValue(maxDownsample),
                 TomeMerge = parse.GetValue(merge)!, TomeSeed = parse.GetValue(tomeSeed),
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
@@ -291,24 +352,61 @@ public static class CliApp
         if (!File.Exists(path)) throw new CliUsageException($"{option}: {path} does not exist.");
         byte[] bytes = File.ReadAllBytes(path);
         if (bytes.Length % 4 != 0) throw new CliUsageException($"{option}: {path} is {bytes.Length} bytes, not a whole number of float32 values.");
-        return MemoryMarshal.Cast<byte, float>(bytes).ToArray();
+        float[] values = MemoryMarshal.Cast<byte, float>(bytes).ToArray();
+        int bad = Array.FindIndex(values, v => !float.IsFinite(v));
+        if (bad >= 0) throw new CliUsageException($"{option}: {path} holds a non-finite value ({values[bad]}) at float {bad}; the image would be black.");
+        return values;
+    }
+
+    /// <summary>A file path that can be written, checked now rather than after a whole generation.</summary>
+    private static string RequireWritableFile(string option, string path)
+    {
+        string full = Path.GetFullPath(path);
+        if (Directory.Exists(full)) throw new CliUsageException($"{option}: {full} is a folder; name the file to write, e.g. {Path.Combine(full, "image.png")}.");
+        if (Path.GetDirectoryName(full) is { } dir && !Directory.Exists(dir)) throw new CliUsageException($"{option}: the folder {dir} does not exist.");
+        bool existed = File.Exists(full);
+        try
+        {
+            using (File.Open(full, FileMode.OpenOrCreate, FileAccess.Write)) { }
+            if (!existed) File.Delete(full);
+        }
+        catch (Exception e) when (e is UnauthorizedAccessException or IOException)
+        {
+            throw new CliUsageException($"{option}: {full} cannot be written ({e.Message.TrimEnd('.')}).");
+        }
+        return full;
     }
 }
 
 /// <summary>A command-line mistake found after parsing (a missing file, a value out of range).</summary>
 public sealed class CliUsageException(string message) : Exception(message);
 
-/// <summary>A one-line progress bar on stderr, redrawn after each step.</summary>
-internal sealed class ProgressBar(TextWriter writer) : IProgress<GenerationProgress>
+/// <summary>
+/// Progress on stderr: a bar redrawn in place on a terminal; when stderr is a file or a pipe, a plain line every tenth of
+/// the run (a log gets lines, not one line of carriage returns).
+/// </summary>
+internal sealed class ProgressBar(TextWriter writer, bool interactive) : IProgress<GenerationProgress>
 {
     private const int Width = 30;
+    private bool _drawn;
 
     public void Report(GenerationProgress p)
     {
-        int filled = p.Total == 0 ? Width : p.Step * Width / p.Total;
-        writer.Write($"\r[{new string('#', filled)}{new string('.', Width - filled)}] step {p.Step}/{p.Total} {p.Elapsed.TotalSeconds:F1} s");
+        // Iterations, with the steps asked for when they differ (PNDM's extra one).
+        string count = p.Steps is > 0 && p.Steps != p.Total ? $"iteration {p.Step}/{p.Total} ({p.Steps} steps)" : $"step {p.Step}/{p.Total}";
+        if (interactive)
+        {
+            int filled = p.Total == 0 ? Width : p.Step * Width / p.Total;
+            writer.Write($"\r[{new string('#', filled)}{new string('.', Width - filled)}] {count} {p.Elapsed.TotalSeconds:F1} s");
+            _drawn = true;
+        }
+        else if (p.Step == p.Total || p.Step * 10 / Math.Max(1, p.Total) != (p.Step - 1) * 10 / Math.Max(1, p.Total))
+            writer.WriteLine($"{count} {p.Elapsed.TotalSeconds:F1} s");
         writer.Flush();
     }
 
-    public void Finish() => writer.WriteLine();
+    public void Finish()
+    {
+        if (_drawn) writer.WriteLine();
+    }
 }

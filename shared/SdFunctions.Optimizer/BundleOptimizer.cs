@@ -114,113 +114,124 @@ public static class BundleOptimizer
         int multiple = bundle.VaeScaleFactor * 8;
         if (width <= 0 || height <= 0 || width % multiple != 0 || height % multiple != 0)
             throw new ArgumentException($"Width and height must be positive multiples of {multiple}; got {width}×{height}.");
-        string output = Path.GetFullPath(options.OutputDirectory);
-        if (Directory.Exists(output) && Directory.EnumerateFileSystemEntries(output).Any())
-            throw new IOException($"{output} exists and is not empty; choose a new folder for the optimized bundle.");
-        if (output.StartsWith(bundle.Directory + Path.DirectorySeparatorChar, StringComparison.Ordinal) || output == bundle.Directory)
-            throw new IOException($"{output} is inside the source bundle; choose a folder outside it.");
+        string destination = Path.GetFullPath(options.OutputDirectory);
+        if (Directory.Exists(destination) && Directory.EnumerateFileSystemEntries(destination).Any())
+            throw new IOException($"{destination} exists and is not empty; choose a new folder for the optimized bundle.");
+        if (destination.StartsWith(bundle.Directory + Path.DirectorySeparatorChar, StringComparison.Ordinal) || destination == bundle.Directory)
+            throw new IOException($"{destination} is inside the source bundle; choose a folder outside it.");
 
-        string sourceUnetDir = Path.GetDirectoryName(bundle.Unet.Path)!;
-        progress?.Report("copying the other components");
-        foreach (string file in Directory.EnumerateFiles(bundle.Directory, "*", SearchOption.AllDirectories))
+        // Written beside the destination and moved into place at the end: a canceled or failed run leaves no half-written bundle.
+        string output = $"{destination}.partial-{Guid.NewGuid().ToString("N")[..8]}";
+        try
         {
-            ct.ThrowIfCancellationRequested();
-            string relative = Path.GetRelativePath(bundle.Directory, file);
-            if (relative.StartsWith("unet" + Path.DirectorySeparatorChar, StringComparison.Ordinal) || relative == OptimizeManifest.FileName
-                || relative.StartsWith(OnnxSessionFactory.CompiledFolder + Path.DirectorySeparatorChar, StringComparison.Ordinal)) continue; // rebuilt, not copied
-            string target = Path.Combine(output, relative);
-            Directory.CreateDirectory(Path.GetDirectoryName(target)!);
-            File.Copy(file, target);
-        }
-
-        progress?.Report("hashing the source UNet");
-        var hashes = new Dictionary<string, string>();
-        foreach (string file in Directory.EnumerateFiles(sourceUnetDir).Order(StringComparer.Ordinal))
-        {
-            await using var stream = File.OpenRead(file);
-            hashes[Path.GetFileName(file)] = Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, ct));
-        }
-
-        progress?.Report("rewriting the UNet graph");
-        var model = await ModelFiles.ReadAsync(bundle.Unet.Path, ct);
-        long weightBytesBefore = ModelFiles.InitializerBytes(model);
-        int latentH = height / bundle.VaeScaleFactor, latentW = width / bundle.VaeScaleFactor;
-        var blocks = new List<OptimizeManifest.TomeBlock>();
-        if (options.TomeRatio > 0)
-        {
-            var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions
+            string sourceUnetDir = Path.GetDirectoryName(bundle.Unet.Path)!;
+            progress?.Report("copying the other components");
+            foreach (string file in Directory.EnumerateFiles(bundle.Directory, "*", SearchOption.AllDirectories))
             {
-                Ratio = options.TomeRatio, Batch = batch, LatentHeight = latentH, LatentWidth = latentW,
-                Sx = options.TomeSx, Sy = options.TomeSy, MaxDownsample = options.TomeMaxDownsample, RandomDstSeed = options.TomeSeed,
-                MergeAttn = options.TomeMerge.Contains("attn"), MergeCrossAttn = options.TomeMerge.Contains("crossattn"), MergeMlp = options.TomeMerge.Contains("mlp"),
-            });
-            blocks.AddRange(result.Blocks.Select(b => new OptimizeManifest.TomeBlock(b.Block, b.Tokens, b.Merged)));
-            progress?.Report($"token merging: {blocks.Count} blocks, {blocks.Sum(b => b.Merged)} tokens merged per step");
+                ct.ThrowIfCancellationRequested();
+                string relative = Path.GetRelativePath(bundle.Directory, file);
+                if (relative.StartsWith("unet" + Path.DirectorySeparatorChar, StringComparison.Ordinal) || relative == OptimizeManifest.FileName
+                    || relative.StartsWith(OnnxSessionFactory.CompiledFolder + Path.DirectorySeparatorChar, StringComparison.Ordinal)) continue; // rebuilt, not copied
+                string target = Path.Combine(output, relative);
+                Directory.CreateDirectory(Path.GetDirectoryName(target)!);
+                File.Copy(file, target);
+            }
+
+            progress?.Report("hashing the source UNet");
+            var hashes = new Dictionary<string, string>();
+            foreach (string file in Directory.EnumerateFiles(sourceUnetDir).Order(StringComparer.Ordinal))
+            {
+                await using var stream = File.OpenRead(file);
+                hashes[Path.GetFileName(file)] = Convert.ToHexStringLower(await SHA256.HashDataAsync(stream, ct));
+            }
+
+            progress?.Report("rewriting the UNet graph");
+            var model = await ModelFiles.ReadAsync(bundle.Unet.Path, ct);
+            long weightBytesBefore = ModelFiles.InitializerBytes(model);
+            int latentH = height / bundle.VaeScaleFactor, latentW = width / bundle.VaeScaleFactor;
+            var blocks = new List<OptimizeManifest.TomeBlock>();
+            if (options.TomeRatio > 0)
+            {
+                var result = TokenMergingRewriter.Apply(model, new TokenMergingOptions
+                {
+                    Ratio = options.TomeRatio, Batch = batch, LatentHeight = latentH, LatentWidth = latentW,
+                    Sx = options.TomeSx, Sy = options.TomeSy, MaxDownsample = options.TomeMaxDownsample, RandomDstSeed = options.TomeSeed,
+                    MergeAttn = options.TomeMerge.Contains("attn"), MergeCrossAttn = options.TomeMerge.Contains("crossattn"), MergeMlp = options.TomeMerge.Contains("mlp"),
+                });
+                blocks.AddRange(result.Blocks.Select(b => new OptimizeManifest.TomeBlock(b.Block, b.Tokens, b.Merged)));
+                progress?.Report($"token merging: {blocks.Count} blocks, {blocks.Sum(b => b.Merged)} tokens merged per step");
+            }
+            int zeroAdds = ZeroAddRemoval.Apply(model.Graph);
+            progress?.Report($"attention: removed {zeroAdds} additions of constant zeros (baddbmm beta=0)");
+            int fusedAttentions = options.FuseAttention ? AttentionFusion.Apply(model) : 0;
+            if (options.FuseAttention)
+                progress?.Report($"attention: {fusedAttentions} attentions fused into MultiHeadAttention");
+            var dims = StaticDims.ForUnet(model.Graph, batch, latentH, latentW, bundle.Tokenizer.MaxLength);
+            StaticDims.Apply(model.Graph, dims);
+
+            string unetOut = Path.Combine(output, "unet");
+            var weightFiles = ModelFiles.ExternalFiles(model);
+            Directory.CreateDirectory(unetOut);
+            foreach (string file in Directory.EnumerateFiles(sourceUnetDir))
+                if (Path.GetFileName(file) is var name && name != "model.onnx" && !weightFiles.Contains(name))
+                    File.Copy(file, Path.Combine(unetOut, name)); // config.json and the like
+            await ModelFiles.WriteAsync(model, sourceUnetDir, unetOut, ct);
+
+            OptimizeManifest.QuantizationReport? quantization = null;
+            IReadOnlyDictionary<string, int>? vaeQuantized = null;
+            if (options.Quantization is { } q)
+            {
+                var session = new SessionSettings();
+                var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, batch, session, progress, ct);
+                quantization = await QuantizeUNetAsync(model, unetOut, options, q, prompts, inputs.UNet, session, progress, ct);
+                if (options.QuantizeVaeDecoder)
+                    vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
+            }
+
+            OptimizeManifest.CompiledGraphs? compiled = null;
+            if (options.Compile)
+            {
+                progress?.Report("compiling the models for this machine (ONNX Runtime graph optimization)");
+                string cache = Path.Combine(output, OnnxSessionFactory.CompiledFolder);
+                // Once per decoder (a pipeline loads its default one); the other models come from the cache the first load filled.
+                foreach (var decoder in bundle.Decoders)
+                    using (await StableDiffusionPipeline.LoadAsync(output, new PipelineOptions
+                           { WarmUp = false, DefaultDecoder = decoder.Name, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } }, cancellationToken: ct)) { }
+                compiled = new OptimizeManifest.CompiledGraphs(OnnxSessionFactory.OrtVersion, CpuInfo.FeatureSummary,
+                    Directory.GetDirectories(cache).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!);
+            }
+
+            var manifest = new OptimizeManifest
+            {
+                Tool = "sdf optimize",
+                ToolVersion = typeof(BundleOptimizer).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown",
+                CreatedAt = DateTimeOffset.UtcNow,
+                Source = bundle.Directory,
+                SourceUnetSha256 = hashes,
+                Options = options with { Width = width, Height = height, Batch = batch },
+                StaticDims = dims,
+                TokenMerging = blocks,
+                ZeroAttentionAddsRemoved = zeroAdds,
+                FusedAttentions = fusedAttentions,
+                UnetBytesBefore = DirectorySize(sourceUnetDir),
+                UnetBytesAfter = DirectorySize(unetOut),
+                UnetWeightBytesBefore = weightBytesBefore,
+                UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
+                Quantization = quantization,
+                VaeDecoderQuantizedNodes = vaeQuantized,
+                Compiled = compiled,
+            };
+            await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
+                JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);
+            if (Directory.Exists(destination)) Directory.Delete(destination); // empty: checked above
+            Directory.Move(output, destination);
+            progress?.Report($"wrote {destination}");
+            return manifest;
         }
-        int zeroAdds = ZeroAddRemoval.Apply(model.Graph);
-        progress?.Report($"attention: removed {zeroAdds} additions of constant zeros (baddbmm beta=0)");
-        int fusedAttentions = options.FuseAttention ? AttentionFusion.Apply(model) : 0;
-        if (options.FuseAttention)
-            progress?.Report($"attention: {fusedAttentions} attentions fused into MultiHeadAttention");
-        var dims = StaticDims.ForUnet(model.Graph, batch, latentH, latentW, bundle.Tokenizer.MaxLength);
-        StaticDims.Apply(model.Graph, dims);
-
-        string unetOut = Path.Combine(output, "unet");
-        var weightFiles = ModelFiles.ExternalFiles(model);
-        Directory.CreateDirectory(unetOut);
-        foreach (string file in Directory.EnumerateFiles(sourceUnetDir))
-            if (Path.GetFileName(file) is var name && name != "model.onnx" && !weightFiles.Contains(name))
-                File.Copy(file, Path.Combine(unetOut, name)); // config.json and the like
-        await ModelFiles.WriteAsync(model, sourceUnetDir, unetOut, ct);
-
-        OptimizeManifest.QuantizationReport? quantization = null;
-        IReadOnlyDictionary<string, int>? vaeQuantized = null;
-        if (options.Quantization is { } q)
+        finally
         {
-            var session = new SessionSettings();
-            var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, batch, session, progress, ct);
-            quantization = await QuantizeUNetAsync(model, unetOut, options, q, prompts, inputs.UNet, session, progress, ct);
-            if (options.QuantizeVaeDecoder)
-                vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
+            if (Directory.Exists(output)) Directory.Delete(output, recursive: true);
         }
-
-        OptimizeManifest.CompiledGraphs? compiled = null;
-        if (options.Compile)
-        {
-            progress?.Report("compiling the models for this machine (ONNX Runtime graph optimization)");
-            string cache = Path.Combine(output, OnnxSessionFactory.CompiledFolder);
-            // Once per decoder (a pipeline loads its default one); the other models come from the cache the first load filled.
-            foreach (var decoder in bundle.Decoders)
-                using (await StableDiffusionPipeline.LoadAsync(output, new PipelineOptions
-                       { WarmUp = false, DefaultDecoder = decoder.Name, Session = new SessionSettings { OptimizedModelCacheDirectory = cache } }, cancellationToken: ct)) { }
-            compiled = new OptimizeManifest.CompiledGraphs(OnnxSessionFactory.OrtVersion, CpuInfo.FeatureSummary,
-                Directory.GetDirectories(cache).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!);
-        }
-
-        var manifest = new OptimizeManifest
-        {
-            Tool = "sdf optimize",
-            ToolVersion = typeof(BundleOptimizer).Assembly.GetCustomAttribute<AssemblyInformationalVersionAttribute>()?.InformationalVersion ?? "unknown",
-            CreatedAt = DateTimeOffset.UtcNow,
-            Source = bundle.Directory,
-            SourceUnetSha256 = hashes,
-            Options = options with { Width = width, Height = height, Batch = batch },
-            StaticDims = dims,
-            TokenMerging = blocks,
-            ZeroAttentionAddsRemoved = zeroAdds,
-            FusedAttentions = fusedAttentions,
-            UnetBytesBefore = DirectorySize(sourceUnetDir),
-            UnetBytesAfter = DirectorySize(unetOut),
-            UnetWeightBytesBefore = weightBytesBefore,
-            UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
-            Quantization = quantization,
-            VaeDecoderQuantizedNodes = vaeQuantized,
-            Compiled = compiled,
-        };
-        await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
-            JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);
-        progress?.Report($"wrote {output}");
-        return manifest;
     }
 
     /// <summary>

@@ -123,6 +123,138 @@ public class CliTests
         Assert.StartsWith("sdf: ", err);
     }
 
+    public static TheoryData<string, string[], int, string> MistakesInTheUsersWords()
+    {
+        string folder = Directory.CreateDirectory(Fixtures.TempDirectory("out-folder")).FullName;
+        string nanLatents = Fixtures.TempDirectory("nan") + ".bin";
+        var values = new float[4 * 32 * 32];
+        values[7] = float.NaN;
+        File.WriteAllBytes(nanLatents, MemoryMarshal.AsBytes(values.AsSpan()).ToArray());
+        string[] Generate(params string[] more) => ["generate", "--prompt", "x", "--model", Fixtures.TinySd, "--cache", TinyPipelineFixture.SharedCache, .. more];
+        return new()
+        {
+            { "huge size is bounded before any work", Generate("--width", "4096", "--height", "4096", "--out", TempPng()), CliApp.BadInput, "--width/--height: 4096×4096 needs about" },
+            { "negative seed", Generate("--seed", "-1", "--out", TempPng()), CliApp.BadInput, "--seed: The seed must be between 0 and" },
+            { "seed not a number", Generate("--seed", "abc", "--out", TempPng()), CliApp.BadInput, "as a whole number" },
+            { "guidance out of range", Generate("--guidance", "31", "--out", TempPng()), CliApp.BadInput, "--guidance: Guidance scale must be between 0 and 30; got 31." },
+            { "karras with ddim", Generate("--karras", "--scheduler", "ddim", "--out", TempPng()), CliApp.BadInput, "--karras: ddim has no Karras sigmas" },
+            { "karras with pndm", Generate("--karras", "--out", TempPng()), CliApp.BadInput, "--karras: pndm has no Karras sigmas" },
+            { "karras with lcm", Generate("--karras", "--scheduler", "lcm", "--out", TempPng()), CliApp.BadInput, "--karras: lcm has no Karras sigmas" },
+            { "out is a folder", Generate("--out", folder), CliApp.BadInput, "is a folder" },
+            { "out cannot be written", Generate("--out", "/proc/sdf-test.png"), CliApp.BadInput, "--out: /proc/sdf-test.png cannot be written" },
+            { "non-finite latents", Generate("--latents", nanLatents, "--out", TempPng()), CliApp.BadInput, "holds a non-finite value (NaN) at float 7" },
+            { "unknown quantization", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--quantize", "int4"], CliApp.BadInput, "'int4'" },
+        };
+    }
+
+    [Theory, MemberData(nameof(MistakesInTheUsersWords))]
+    public async Task MistakesAreOneLineInTheUsersWords(string mistake, string[] args, int exitCode, string expected)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var (code, _, err) = await Run(args);
+        Assert.True(code == exitCode, $"{mistake}: exit {code}, {err}");
+        Assert.Contains(expected, err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+        foreach (string internals in new[] { "(Parameter", "System.", "`1", "`2", "\t", "   at " }) Assert.DoesNotContain(internals, err);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(30), $"{mistake}: refused only after {watch.Elapsed}");
+    }
+
+    [Fact]
+    public async Task AnOnnxRuntimeFailureWhileRunningIsOneLineAndExitCode1()
+    {
+        // A VAE decoder whose last node reshapes its image to 7 values: the graph loads (its sizes are symbolic), and
+        // ONNX Runtime fails inside Run, as an allocation it cannot make does.
+        string bundle = Fixtures.CopyTinySd();
+        string path = Path.Combine(bundle, "vae_decoder", "model.onnx");
+        var vae = await SdFunctions.Optimizer.ModelFiles.ReadAsync(path, default);
+        string output = vae.Graph.Output[0].Name;
+        foreach (var node in vae.Graph.Node)
+            for (int i = 0; i < node.Output.Count; i++)
+                if (node.Output[i] == output) node.Output[i] = output + "_before";
+        vae.Graph.Initializer.Add(new global::Onnx.TensorProto { Name = "seven", DataType = (int)global::Onnx.TensorProto.Types.DataType.Int64, Dims = { 1 }, Int64Data = { 7 } });
+        vae.Graph.Node.Add(new global::Onnx.NodeProto { OpType = "Reshape", Input = { output + "_before", "seven" }, Output = { output }, Name = "broken_reshape" });
+        File.Delete(path);
+        await File.WriteAllBytesAsync(path, Google.Protobuf.MessageExtensions.ToByteArray(vae));
+
+        var (code, _, err) = await Run("generate", "--prompt", "x", "--steps", "1", "--model", bundle, "--out", TempPng());
+        Assert.True(code == CliApp.Failed, err);
+        string error = Assert.Single(err.TrimEnd().Split('\n'), l => l.StartsWith("sdf:")); // after the progress lines
+        Assert.StartsWith("sdf: ONNX Runtime could not run the model: ", error);
+        Assert.DoesNotContain("   at ", err);
+    }
+
+    [Fact]
+    public async Task ABrokenVocabularyIsNamedWithoutDotNetTypes()
+    {
+        string bundle = Fixtures.CopyTinySd();
+        await File.WriteAllTextAsync(Path.Combine(bundle, "tokenizer", "vocab.json"), """["not", "a", "vocabulary"]""");
+        var (code, _, err) = await Run("tokenize", "--model", bundle, "hello");
+        Assert.True(code == CliApp.Failed, err);
+        Assert.Contains("not a CLIP vocabulary (a JSON object of token → whole-number id)", err);
+        Assert.DoesNotContain("Dictionary", err);
+    }
+
+    [Fact]
+    public async Task TheDefaultModelIsFoundFromAnyWorkingDirectory()
+    {
+        string before = Environment.CurrentDirectory;
+        try
+        {
+            Environment.CurrentDirectory = Path.GetTempPath();
+            Assert.Equal(Path.GetFullPath(Fixtures.TinySd), CliApp.DefaultModel);
+            var (code, stdout, err) = await Run("tokenize", "hello");
+            Assert.True(code == 0, err);
+            Assert.StartsWith("[49406,", stdout);
+        }
+        finally { Environment.CurrentDirectory = before; }
+    }
+
+    [Fact]
+    public async Task RedirectedProgressIsPlainLinesAndPndmShowsTheStepsAsked()
+    {
+        string png = TempPng();
+        var (code, _, err) = await Run("generate", "--prompt", "x", "--model", Fixtures.TinySd, "--steps", "10", "--seed", "1", "--out", png,
+            "--cache", TinyPipelineFixture.SharedCache);
+        Assert.True(code == 0, err);
+        Assert.DoesNotContain("\r", err);
+        var lines = err.TrimEnd().Split('\n');
+        Assert.StartsWith("iteration 11/11 (10 steps) ", lines[^3]);
+        Assert.Contains("10 steps (pndm, 11 iterations: its first step evaluates the UNet twice", lines[^2]);
+        Assert.StartsWith($"wrote {png} (", lines[^1]);
+        Assert.True(lines.Length <= 13, $"one line per tenth of the run, not per step: {lines.Length} lines");
+    }
+
+    [Fact]
+    public async Task ACanceledOptimizeLeavesNothingAndCanBeRerun()
+    {
+        string output = Fixtures.TempDirectory("opt-canceled");
+        Directory.CreateDirectory(Path.GetDirectoryName(output)!);
+        string[] args = ["optimize", "--model", Fixtures.TinySd, "--out", output, "--quantize", "int8", "--calibration-steps", "20"];
+        using var cancel = new CancellationTokenSource();
+        var stderr = new StringWriter();
+        var run = CliApp.RunAsync(args, new StringWriter(), stderr, cancel.Token);
+        while (!stderr.ToString().Contains("calibrat") && !run.IsCompleted) await Task.Delay(20); // well into the run
+        await cancel.CancelAsync();
+        Assert.Equal(CliApp.Canceled, await run);
+        Assert.False(Directory.Exists(output));
+        Assert.Empty(Directory.GetDirectories(Path.GetDirectoryName(output)!, Path.GetFileName(output) + "*"));
+
+        var (code, _, err) = await Run(args);
+        Assert.True(code == 0, err);
+        Assert.True(File.Exists(Path.Combine(output, "sdfunctions-optimize.json")));
+    }
+
+    [Fact]
+    public async Task GivenLatentsNoSeedIsPrinted()
+    {
+        string latents = Path.Combine(Fixtures.Reference, "pipeline", "ddim__initial_latents.bin");
+        var (code, _, err) = await Run("generate", "--prompt", "x", "--model", Fixtures.TinySd, "--scheduler", "ddim", "--steps", "2", "--latents", latents,
+            "--out", TempPng(), "--cache", TinyPipelineFixture.SharedCache);
+        Assert.True(code == 0, err);
+        Assert.Contains($"latents from {latents}", err);
+        Assert.DoesNotContain("seed", err.TrimEnd().Split('\n')[^1]);
+    }
+
     [Fact]
     public async Task LatentsOfTheWrongSizeAreRejected()
     {

@@ -52,8 +52,8 @@ public static class Fixtures
     public static long[] Longs(string group, string name) => MemoryMarshal.Cast<byte, long>(File.ReadAllBytes(FileOf(group, name))).ToArray();
     public static byte[] Bytes(string group, string name) => File.ReadAllBytes(FileOf(group, name));
 
-    // Test runs end by having their process torn down, so nothing can be cleaned at exit reliably: each run
-    // works under tmp/sdf-tests/<pid> and removes the folders of earlier runs whose process is gone.
+    // Each run works under tmp/sdf-tests/<pid>: deleted at the end of a run that passed (TempCleanupFramework), kept when
+    // a test failed; a run that was killed leaves it, and the next run removes the folders of runs whose process is gone.
     private static readonly Lazy<string> RunRoot = new(() =>
     {
         string root = Path.Combine(Path.GetTempPath(), "sdf-tests");
@@ -68,6 +68,18 @@ public static class Fixtures
     {
         try { using var p = System.Diagnostics.Process.GetProcessById(pid); return !p.HasExited; }
         catch (ArgumentException) { return false; }
+    }
+
+    /// <summary>At the end of the run: delete this run's temp folder if every test passed, else keep it and say where.</summary>
+    internal static void EndOfRun(bool allPassed)
+    {
+        if (!RunRoot.IsValueCreated) return;
+        if (!allPassed)
+        {
+            Console.Error.WriteLine($"A test failed: its files are kept in {RunRoot.Value}");
+            return;
+        }
+        try { Directory.Delete(RunRoot.Value, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
 
     /// <summary>A new folder path under this test run's temp root.</summary>

@@ -51,8 +51,14 @@ public sealed class ClipTokenizer
         string mergesPath = Path.Combine(directory, "merges.txt");
         string configPath = Path.Combine(directory, "tokenizer_config.json");
 
-        var vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath))
-            ?? throw new InvalidDataException($"{vocabPath}: expected a JSON object of token → id.");
+        Dictionary<string, int>? vocab;
+        try { vocab = JsonSerializer.Deserialize<Dictionary<string, int>>(File.ReadAllText(vocabPath)); }
+        catch (JsonException e)
+        {
+            // The serializer's own text names .NET types; say what the file should hold instead.
+            throw new InvalidDataException($"{vocabPath}: not a CLIP vocabulary (a JSON object of token → whole-number id); the problem is at line {e.LineNumber + 1}, byte {e.BytePositionInLine + 1}.", e);
+        }
+        if (vocab is null) throw new InvalidDataException($"{vocabPath}: expected a JSON object of token → id.");
 
         var ranks = new Dictionary<(string, string), int>();
         foreach (string line in File.ReadLines(mergesPath))
