@@ -1,5 +1,6 @@
 // SdFunctions on Azure: an Elastic Premium (Linux, CPU) Function App running the .NET 10 isolated worker, its data
-// storage reached with the app's managed identity only, and monitoring. Deploy into an existing resource group:
+// storage reached with the app's managed identity only (least privilege: each container and queue its own grant; the
+// Functions host's leases and keys in an account of their own), a retention policy, and monitoring. Deploy into an existing resource group:
 //   az deployment group create -g <group> -f infra/main.bicep -p infra/main.bicepparam
 targetScope = 'resourceGroup'
 
@@ -54,6 +55,11 @@ param imageUrlLifetime string = '00:15:00'
 @description('Object ID of the user or group that uploads the model bundle (gets Storage Blob Data Contributor on the model container). Empty: none.')
 param uploaderPrincipalId string = ''
 
+@description('Days job records, idempotency keys and images are kept after their last change; a Storage lifecycle policy deletes them.')
+@minValue(1)
+@maxValue(3650)
+param retentionDays int = 7
+
 @description('Log Analytics retention in days.')
 @minValue(30)
 @maxValue(730)
@@ -61,6 +67,7 @@ param logRetentionDays int = 30
 
 var suffix = uniqueString(resourceGroup().id, namePrefix)
 var dataAccountName = take('${namePrefix}data${suffix}', 24)
+var hostAccountName = take('${namePrefix}host${suffix}', 24)
 var contentAccountName = take('${namePrefix}app${suffix}', 24)
 var appName = '${namePrefix}-${suffix}'
 var queueName = 'generations'
@@ -72,6 +79,9 @@ var roles = {
   // The Functions host keeps its leases and keys in blobs of AzureWebJobsStorage; it needs Owner there.
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+  // generateUserDelegationKey only (account scope), for the read-only image links.
+  storageBlobDelegator: 'db58b8e5-c6ad-4a2a-8342-4190687cbf4a'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   monitoringMetricsPublisher: '3913510d-42f4-4e42-8a64-420c390055eb'
 }
@@ -127,6 +137,62 @@ resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-
     name: name
   }
 ]
+
+// Job records, idempotency claims, pending marks and images expire: nothing is kept forever.
+resource retention 'Microsoft.Storage/storageAccounts/managementPolicies@2023-05-01' = {
+  parent: dataAccount
+  name: 'default'
+  properties: {
+    policy: {
+      rules: [
+        {
+          name: 'expire-jobs-and-images'
+          enabled: true
+          type: 'Lifecycle'
+          definition: {
+            filters: {
+              blobTypes: [
+                'blockBlob'
+              ]
+              prefixMatch: [
+                'jobs/'
+                'images/'
+              ]
+            }
+            actions: {
+              baseBlob: {
+                delete: {
+                  daysAfterModificationGreaterThan: retentionDays
+                }
+              }
+            }
+          }
+        }
+      ]
+    }
+  }
+  dependsOn: [
+    containers
+  ]
+}
+
+// The Functions host's own storage (leases, function keys, timer schedules): identity only, and nothing of the app's.
+resource hostAccount 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: hostAccountName
+  location: location
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+    defaultToOAuthAuthentication: true
+    accessTier: 'Hot'
+  }
+}
 
 // The app's own files: Elastic Premium keeps them on an Azure Files share, which only takes account keys.
 // A separate account, so the data account can refuse keys altogether.
@@ -229,13 +295,22 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           name: 'APPLICATIONINSIGHTS_AUTHENTICATION_STRING'
           value: 'Authorization=AAD'
         }
-        // Storage for the host, the queue trigger and the app: identity-based (the app's system-assigned identity)
+        // Storage, identity-based (the app's system-assigned identity): the host's own account, and the data account
+        // that the queue trigger and the app use (JobsStorage)
         {
           name: 'AzureWebJobsStorage__accountName'
-          value: dataAccount.name
+          value: hostAccount.name
         }
         {
           name: 'AzureWebJobsStorage__credential'
+          value: 'managedidentity'
+        }
+        {
+          name: 'JobsStorage__accountName'
+          value: dataAccount.name
+        }
+        {
+          name: 'JobsStorage__credential'
           value: 'managedidentity'
         }
         // The app (shared/SdFunctions.Jobs: ModelOptions, JobsOptions)
@@ -301,11 +376,10 @@ resource scmPolicy 'Microsoft.Web/sites/basicPublishingCredentialsPolicies@2024-
   }
 }
 
-// The app's identity on the data account: blobs (host leases and keys, jobs, images, the model; Owner includes
-// generateUserDelegationKey for the image links) and queues (the trigger, the submit path, the poison queue).
-resource appBlobRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(dataAccount.id, app.id, roles.storageBlobDataOwner)
-  scope: dataAccount
+// The host's identity needs Owner on its own account (leases, keys); nothing there belongs to the app's data.
+resource hostBlobRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(hostAccount.id, app.id, roles.storageBlobDataOwner)
+  scope: hostAccount
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
     principalId: app.identity.principalId
@@ -313,15 +387,51 @@ resource appBlobRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-resource appQueueRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(dataAccount.id, app.id, roles.storageQueueDataContributor)
-  scope: dataAccount
+// On the data account, each grant as narrow as its use: read and write jobs and images, read the model (the app cannot
+// rewrite it), delegate a key for the image links, and use the two queues.
+resource appJobsImagesRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, 2): {
+    name: guid(containers[i].id, app.id, roles.storageBlobDataContributor)
+    scope: containers[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+      principalId: app.identity.principalId
+      principalType: 'ServicePrincipal'
+    }
+  }
+]
+
+resource appModelRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(containers[2].id, app.id, roles.storageBlobDataReader)
+  scope: containers[2]
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
     principalId: app.identity.principalId
     principalType: 'ServicePrincipal'
   }
 }
+
+resource appDelegatorRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(dataAccount.id, app.id, roles.storageBlobDelegator)
+  scope: dataAccount
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDelegator)
+    principalId: app.identity.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource appQueueRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
+  for i in range(0, 2): {
+    name: guid(queues[i].id, app.id, roles.storageQueueDataContributor)
+    scope: queues[i]
+    properties: {
+      roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+      principalId: app.identity.principalId
+      principalType: 'ServicePrincipal'
+    }
+  }
+]
 
 resource appTelemetryRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(appInsights.id, app.id, roles.monitoringMetricsPublisher)

@@ -11,4 +11,5 @@ param modelBlobPrefix = 'sd15-fast'
 param imageSize = 512
 param imageUrlLifetime = '00:15:00'
 param uploaderPrincipalId = ''
+param retentionDays = 7
 param logRetentionDays = 30

@@ -48,13 +48,16 @@ public class InfraTests
         var settings = AppSettings();
         var readable = Bindable(typeof(JobsOptions)).Select(p => $"{JobsOptions.Section}__{p}")
             .Concat(Bindable(typeof(ModelOptions)).Select(p => $"{ModelOptions.Section}__{p}"))
-            .Concat(["AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential"]) // StorageClients, and the host's identity-based connection
+            .Concat(["AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", // the host's identity-based connection
+                $"{JobsServiceCollectionExtensions.StorageSetting}__accountName", $"{JobsServiceCollectionExtensions.StorageSetting}__credential"]) // the trigger's and StorageClients
             .Concat(PlatformSettings).ToHashSet();
         Assert.All(settings.Keys, k => Assert.True(readable.Contains(k), $"{k} is set by the infra but read by nobody"));
 
         // What the app needs in Azure: identity-based storage (no connection string, no key), a model location, the compiled size.
         Assert.DoesNotContain("AzureWebJobsStorage", settings.Keys);
         Assert.Equal("managedidentity", settings["AzureWebJobsStorage__credential"]);
+        Assert.Equal("managedidentity", settings["JobsStorage__credential"]);
+        Assert.NotEqual(settings["AzureWebJobsStorage__accountName"], settings["JobsStorage__accountName"]); // the host's account is not the data's
         Assert.Contains("Model__BlobContainer", settings.Keys);
         Assert.Contains("Model__BlobPrefix", settings.Keys);
         Assert.Subset(settings.Keys.ToHashSet(), PlatformSettings.ToHashSet());
@@ -91,7 +94,7 @@ public class InfraTests
     {
         var accounts = Template.Value.GetProperty("resources").EnumerateArray()
             .Where(r => r.GetProperty("type").GetString() == "Microsoft.Storage/storageAccounts").ToList();
-        Assert.Equal(2, accounts.Count);
+        Assert.Equal(3, accounts.Count); // data, the host's own, and the content share's
         foreach (var account in accounts)
         {
             var p = account.GetProperty("properties");
@@ -99,11 +102,48 @@ public class InfraTests
             Assert.False(p.GetProperty("allowBlobPublicAccess").GetBoolean());
             Assert.True(p.GetProperty("supportsHttpsTrafficOnly").GetBoolean());
         }
-        // The data account (jobs, images, models, queues) refuses shared keys; only the content share's account takes them.
-        Assert.Single(accounts, a => !a.GetProperty("properties").GetProperty("allowSharedKeyAccess").GetBoolean());
+        // The data account (jobs, images, models, queues) and the host's refuse shared keys; only the content share's account takes them.
+        Assert.Single(accounts, a => a.GetProperty("properties").GetProperty("allowSharedKeyAccess").GetBoolean());
         var site = Resource("Microsoft.Web/sites").GetProperty("properties");
         Assert.True(site.GetProperty("httpsOnly").GetBoolean());
         Assert.Equal("Disabled", site.GetProperty("siteConfig").GetProperty("ftpsState").GetString());
         Assert.Equal("DOTNET-ISOLATED|10.0", site.GetProperty("siteConfig").GetProperty("linuxFxVersion").GetString());
+    }
+
+    private static IEnumerable<(string Scope, string Role)> AppRoleAssignments() =>
+        Template.Value.GetProperty("resources").EnumerateArray()
+            .Where(r => r.GetProperty("type").GetString() == "Microsoft.Authorization/roleAssignments"
+                && r.GetProperty("properties").GetProperty("principalId").GetString()!.Contains("'Microsoft.Web/sites'"))
+            .Select(r => (r.GetProperty("scope").GetString()!, r.GetProperty("properties").GetProperty("roleDefinitionId").GetString()!.Split("roles').")[1].TrimEnd(')', ']')));
+
+    [Fact]
+    public void TheAppHoldsLeastPrivilege()
+    {
+        var grants = AppRoleAssignments().ToList();
+        // Owner only on the host's own account; never on the data account.
+        var owner = Assert.Single(grants, g => g.Role == "storageBlobDataOwner");
+        Assert.Contains("variables('hostAccountName')", owner.Scope);
+        // Data: contributor on jobs and images only (the container loop stops before the model container), reader on the model.
+        var contributor = Assert.Single(grants, g => g.Role == "storageBlobDataContributor");
+        Assert.Contains("containers", contributor.Scope);
+        Assert.Contains("[range(0, 2)[copyIndex()]]", contributor.Scope);
+        var reader = Assert.Single(grants, g => g.Role == "storageBlobDataReader");
+        Assert.EndsWith("parameters('modelContainerName'))[2])]", reader.Scope);
+        // Queues one by one, and at account scope only the delegation key for image links.
+        Assert.Contains("queueServices/queues", Assert.Single(grants, g => g.Role == "storageQueueDataContributor").Scope);
+        var accountWide = grants.Where(g => g.Scope.StartsWith("[resourceId('Microsoft.Storage/storageAccounts', variables('dataAccountName'))")).Select(g => g.Role);
+        Assert.Equal(["storageBlobDelegator"], accountWide);
+    }
+
+    [Fact]
+    public void JobsAndImagesExpireAfterTheRetentionPeriod()
+    {
+        var rule = Assert.Single(Resource("Microsoft.Storage/storageAccounts/managementPolicies").GetProperty("properties").GetProperty("policy").GetProperty("rules").EnumerateArray());
+        var defaults = new JobsOptions();
+        Assert.Equal([$"{defaults.JobsContainer}/", $"{defaults.ImagesContainer}/"],
+            rule.GetProperty("definition").GetProperty("filters").GetProperty("prefixMatch").EnumerateArray().Select(p => p.GetString()));
+        Assert.Equal("[parameters('retentionDays')]",
+            rule.GetProperty("definition").GetProperty("actions").GetProperty("baseBlob").GetProperty("delete").GetProperty("daysAfterModificationGreaterThan").GetString());
+        Assert.Equal(7, Template.Value.GetProperty("parameters").GetProperty("retentionDays").GetProperty("defaultValue").GetInt32());
     }
 }
