@@ -127,9 +127,13 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
-            // The host is stopping: give the job back so the redelivered message runs it at once (no wait for a stale heartbeat).
-            logger.LogWarning("Job {JobId} interrupted by shutdown; it will run again", id);
+            // The host is stopping: give the job back and queue it afresh, so another instance (or this one restarted) runs it
+            // at once. The interrupted message stays invisible for as long as the host's lease on it (minutes); when it comes
+            // back the job is finished or running, and it is ignored or backs off.
+            logger.LogWarning("Job {JobId} interrupted by shutdown; queued to run again", id);
             await ReleaseQuietlyAsync(id, owner, lastError: null);
+            try { await queue.SendAsync(id, CancellationToken.None); }
+            catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not queue job {JobId} again; its own message comes back later", id); }
             throw;
         }
         catch (InvalidGenerationRequestException e)

@@ -1,0 +1,177 @@
+using System.Net;
+using System.Net.Http.Json;
+using System.Text;
+using System.Text.Json;
+using Azure.Storage.Queues;
+using SixLabors.ImageSharp;
+
+namespace SdFunctions.EndToEnd.Tests;
+
+/// <summary>
+/// The app as Azure runs it: under the real Functions host, over real HTTP, with function keys enforced, the queue
+/// trigger and the poison queue handled by the host's own code.
+/// </summary>
+[Collection(HostCollection.Name), Trait("Category", "EndToEnd")]
+public class HostEndToEndTests(FunctionsHostFixture host, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<FunctionsHostFixture>
+{
+    private string Api(string path, bool key = true) => $"{host.BaseUrl}/api/{path}{(key ? (path.Contains('?') ? "&" : "?") + "code=" + FunctionsHostFixture.FunctionKey : "")}";
+
+    private async Task<HttpResponseMessage> SubmitAsync(string json, string? idempotencyKey = null)
+    {
+        var request = new HttpRequestMessage(HttpMethod.Post, Api("generations")) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
+        if (idempotencyKey is not null) request.Headers.Add("Idempotency-Key", idempotencyKey);
+        return await host.Http.SendAsync(request);
+    }
+
+    private static async Task<JsonElement> JsonAsync(HttpResponseMessage response) =>
+        JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
+
+    private async Task<string> SubmitIdAsync(string json)
+    {
+        var response = await SubmitAsync(json);
+        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
+        return (await JsonAsync(response)).GetProperty("id").GetString()!;
+    }
+
+    private async Task<JsonElement> WaitAsync(string id, Func<JsonElement, bool> until, int seconds = 120)
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        while (watch.Elapsed < TimeSpan.FromSeconds(seconds))
+        {
+            var job = await JsonAsync(await host.Http.GetAsync(Api($"generations/{id}")));
+            if (until(job)) return job;
+            await Task.Delay(200);
+        }
+        throw new TimeoutException($"job {id} did not get there in {seconds} s; host log:\n{host.RecentLog}");
+    }
+
+    private static string Status(JsonElement job) => job.GetProperty("status").GetString()!;
+    private static bool Finished(JsonElement job) => Status(job) is "succeeded" or "failed" or "canceled";
+
+    [Fact]
+    public async Task HealthIsAnonymousAndEveryOtherRouteNeedsAKey()
+    {
+        Assert.Equal(HttpStatusCode.OK, (await host.Http.GetAsync(Api("health", key: false))).StatusCode);
+        string id = Guid.NewGuid().ToString("N");
+        foreach (var (method, path) in new[] { (HttpMethod.Post, "generations"), (HttpMethod.Get, $"generations/{id}"), (HttpMethod.Get, $"generations/{id}/image"), (HttpMethod.Post, $"generations/{id}/cancel") })
+        {
+            var noKey = await host.Http.SendAsync(new HttpRequestMessage(method, Api(path, key: false)));
+            Assert.True(noKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} without a key: {noKey.StatusCode}");
+            var wrongKey = await host.Http.SendAsync(new HttpRequestMessage(method, Api(path, key: false) + "?code=wrong"));
+            Assert.Equal(HttpStatusCode.Unauthorized, wrongKey.StatusCode);
+        }
+        Assert.Equal(HttpStatusCode.NotFound, (await host.Http.GetAsync(Api($"generations/{id}"))).StatusCode); // ?code=
+        var header = new HttpRequestMessage(HttpMethod.Get, Api($"generations/{id}", key: false));
+        header.Headers.Add("x-functions-key", FunctionsHostFixture.FunctionKey);
+        Assert.Equal(HttpStatusCode.NotFound, (await host.Http.SendAsync(header)).StatusCode);
+    }
+
+    [Fact]
+    public async Task SubmitPollDownloadAndTheSameSeedGivesTheSamePng()
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var submitted = await SubmitAsync("""{"prompt": "a lighthouse", "steps": 3, "seed": 7, "scheduler": "ddim"}""");
+        Assert.Equal(HttpStatusCode.Accepted, submitted.StatusCode);
+        string id = (await JsonAsync(submitted)).GetProperty("id").GetString()!;
+        Assert.EndsWith($"/api/generations/{id}", submitted.Headers.Location!.ToString());
+
+        var done = await WaitAsync(id, Finished);
+        Assert.Equal("succeeded", Status(done));
+        Assert.Equal((3, 3), (done.GetProperty("progress").GetProperty("step").GetInt32(), done.GetProperty("progress").GetProperty("total").GetInt32()));
+        var image = await host.Http.GetAsync(Api($"generations/{id}/image"));
+        Assert.Equal("image/png", image.Content.Headers.ContentType!.MediaType);
+        byte[] png = await image.Content.ReadAsByteArrayAsync();
+        using (var decoded = Image.Load(png)) Assert.Equal((256, 256), (decoded.Width, decoded.Height));
+        byte[] viaUrl = await host.Http.GetByteArrayAsync(done.GetProperty("output").GetProperty("imageUrl").GetString());
+        Assert.Equal(png, viaUrl);
+
+        string again = await SubmitIdAsync("""{"prompt": "a lighthouse", "steps": 3, "seed": 7, "scheduler": "ddim"}""");
+        Assert.Equal("succeeded", Status(await WaitAsync(again, Finished)));
+        Assert.Equal(png, await host.Http.GetByteArrayAsync(Api($"generations/{again}/image")));
+        output.WriteLine($"two jobs submitted, run and downloaded in {watch.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Fact]
+    public async Task AnIdempotentReplayIsTheSameJobAndAnotherBodyIs422()
+    {
+        string key = Guid.NewGuid().ToString("N");
+        var first = await JsonAsync(await SubmitAsync("""{"prompt": "a fox", "steps": 1}""", key));
+        var replay = await SubmitAsync("""{"steps": 1, "prompt": "a fox"}""", key);
+        Assert.Equal(HttpStatusCode.Accepted, replay.StatusCode);
+        Assert.Equal(first.GetProperty("id").GetString(), (await JsonAsync(replay)).GetProperty("id").GetString());
+        var other = await SubmitAsync("""{"prompt": "a wolf", "steps": 1}""", key);
+        Assert.Equal((HttpStatusCode)422, other.StatusCode);
+        Assert.Equal("application/problem+json", other.Content.Headers.ContentType!.MediaType);
+        await WaitAsync(first.GetProperty("id").GetString()!, Finished);
+    }
+
+    [Fact]
+    public async Task CancelingARunningJobStopsItAndAFinishedOneIs409()
+    {
+        string id = await SubmitIdAsync("""{"prompt": "x", "steps": 60, "scheduler": "ddim"}""");
+        await WaitAsync(id, j => Status(j) == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        Assert.Equal(HttpStatusCode.Accepted, (await host.Http.PostAsync(Api($"generations/{id}/cancel"), null)).StatusCode);
+        var job = await WaitAsync(id, Finished);
+        Assert.Equal("canceled", Status(job));
+        Assert.True(job.GetProperty("progress").GetProperty("step").GetInt32() < 60);
+        Assert.Equal(HttpStatusCode.Conflict, (await host.Http.GetAsync(Api($"generations/{id}/image"))).StatusCode);
+        Assert.Equal(HttpStatusCode.Conflict, (await host.Http.PostAsync(Api($"generations/{id}/cancel"), null)).StatusCode);
+    }
+
+    [Fact]
+    public async Task AMalformedMessageGoesToThePoisonQueueAndThePoisonFunctionTakesIt()
+    {
+        var queues = new QueueServiceClient(host.StorageConnectionString);
+        var generations = queues.GetQueueClient("generations");
+        var poison = queues.GetQueueClient("generations-poison");
+        await generations.SendMessageAsync(Convert.ToBase64String("""{"jobId": "../etc"}"""u8));
+        await generations.SendMessageAsync(Convert.ToBase64String(Encoding.UTF8.GetBytes($$"""{"jobId": "{{Guid.NewGuid():N}}"}"""))); // no such job: ignored
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        async Task<int> Count(QueueClient q) => (await q.GetPropertiesAsync()).Value.ApproximateMessagesCount;
+        while ((await Count(generations) > 0 || await Count(poison) > 0) && watch.Elapsed < TimeSpan.FromSeconds(60)) await Task.Delay(250);
+        Assert.Equal((0, 0), (await Count(generations), await Count(poison)));
+        Assert.Contains(host.Log, line => line.Contains("Unreadable message in the poison queue, dropped"));
+        output.WriteLine($"both messages handled in {watch.Elapsed.TotalSeconds:F1} s");
+        Assert.Equal(HttpStatusCode.OK, (await host.Http.GetAsync(Api("health", key: false))).StatusCode);
+    }
+
+    [Fact]
+    public async Task AJobInterruptedBySigtermFinishesAfterTheRestartWithOneImage()
+    {
+        string id = await SubmitIdAsync("""{"prompt": "x", "steps": 40, "seed": 2, "scheduler": "ddim"}""");
+        await WaitAsync(id, j => Status(j) == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        await host.StopHostAsync(); // SIGTERM, as a scale-in sends it: the run gives its job back
+        var jobs = new Azure.Storage.Blobs.BlobServiceClient(host.StorageConnectionString).GetBlobContainerClient("jobs");
+        var record = JsonDocument.Parse((await jobs.GetBlobClient($"jobs/{id}.json").DownloadContentAsync()).Value.Content.ToString()).RootElement;
+        Assert.Equal(("queued", 1), (record.GetProperty("status").GetString()!, record.GetProperty("attempt").GetInt32()));
+
+        await host.StartHostAsync();
+        var done = await WaitAsync(id, Finished);
+        Assert.Equal(("succeeded", 2), (Status(done), done.GetProperty("attempt").GetInt32()));
+        var images = new Azure.Storage.Blobs.BlobServiceClient(host.StorageConnectionString).GetBlobContainerClient("images");
+        var names = new List<string>();
+        await foreach (var blob in images.GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, id, default)) names.Add(blob.Name);
+        Assert.Equal([$"{id}.png"], names);
+        output.WriteLine($"stop, restart and the second attempt took {watch.Elapsed.TotalSeconds:F1} s");
+    }
+
+    [Fact]
+    public async Task TwentyJobsAtOnceAllSucceedWithOneImageEach()
+    {
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var ids = await Task.WhenAll(Enumerable.Range(0, 20).Select(i => SubmitIdAsync($$"""{"prompt": "job {{i}}", "steps": 1, "seed": {{i}}}""")));
+        Assert.Equal(20, ids.Distinct().Count());
+        foreach (string id in ids)
+        {
+            var job = await WaitAsync(id, Finished, seconds: 300);
+            Assert.Equal(("succeeded", 1), (Status(job), job.GetProperty("attempt").GetInt32()));
+        }
+        var queues = new QueueServiceClient(host.StorageConnectionString);
+        Assert.Equal(0, (await queues.GetQueueClient("generations").GetPropertiesAsync()).Value.ApproximateMessagesCount);
+        Assert.Equal(0, (await queues.GetQueueClient("generations-poison").GetPropertiesAsync()).Value.ApproximateMessagesCount);
+        var images = new Azure.Storage.Blobs.BlobServiceClient(host.StorageConnectionString).GetBlobContainerClient("images");
+        foreach (string id in ids) Assert.True(await images.GetBlobClient($"{id}.png").ExistsAsync());
+        output.WriteLine($"20 one-step jobs through the host in {watch.Elapsed.TotalSeconds:F1} s");
+    }
+}
