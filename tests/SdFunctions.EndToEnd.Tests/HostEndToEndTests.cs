@@ -136,27 +136,6 @@ public class HostEndToEndTests(FunctionsHostFixture host, Xunit.Abstractions.ITe
     }
 
     [Fact]
-    public async Task AJobInterruptedBySigtermFinishesAfterTheRestartWithOneImage()
-    {
-        string id = await SubmitIdAsync("""{"prompt": "x", "steps": 40, "seed": 2, "scheduler": "ddim"}""");
-        await WaitAsync(id, j => Status(j) == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
-        var watch = System.Diagnostics.Stopwatch.StartNew();
-        await host.StopHostAsync(); // SIGTERM, as a scale-in sends it: the run gives its job back
-        var jobs = new Azure.Storage.Blobs.BlobServiceClient(host.StorageConnectionString).GetBlobContainerClient("jobs");
-        var record = JsonDocument.Parse((await jobs.GetBlobClient($"jobs/{id}.json").DownloadContentAsync()).Value.Content.ToString()).RootElement;
-        Assert.Equal(("queued", 1), (record.GetProperty("status").GetString()!, record.GetProperty("attempt").GetInt32()));
-
-        await host.StartHostAsync();
-        var done = await WaitAsync(id, Finished);
-        Assert.Equal(("succeeded", 2), (Status(done), done.GetProperty("attempt").GetInt32()));
-        var images = new Azure.Storage.Blobs.BlobServiceClient(host.StorageConnectionString).GetBlobContainerClient("images");
-        var names = new List<string>();
-        await foreach (var blob in images.GetBlobsAsync(Azure.Storage.Blobs.Models.BlobTraits.None, Azure.Storage.Blobs.Models.BlobStates.None, id, default)) names.Add(blob.Name);
-        Assert.Equal([$"{id}.png"], names);
-        output.WriteLine($"stop, restart and the second attempt took {watch.Elapsed.TotalSeconds:F1} s");
-    }
-
-    [Fact]
     public async Task TwentyJobsAtOnceAllSucceedWithOneImageEach()
     {
         var watch = System.Diagnostics.Stopwatch.StartNew();
