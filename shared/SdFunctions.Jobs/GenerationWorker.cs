@@ -63,16 +63,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             var pipeline = await pipelines.GetAsync(run.Token);
             double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
 
-            GenerationResult result;
-            try
-            {
-                result = await pipeline.GenerateAsync(ToRequest(job.Input), reporter, run.Token);
-            }
-            finally
-            {
-                await stopMonitor.CancelAsync();
-                await monitor; // never throws: an outage only pauses it
-            }
+            var result = await pipeline.GenerateAsync(ToRequest(job.Input), reporter, run.Token);
+            await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
             run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
 
             byte[] png = await result.ToPngAsync(ct);
@@ -160,9 +152,14 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
         finally
         {
-            await stopMonitor.CancelAsync();
-            await monitor;
+            await StopMonitorAsync();
             run.Dispose();
+        }
+
+        async Task StopMonitorAsync()
+        {
+            await stopMonitor.CancelAsync();
+            await monitor; // never throws: an outage only pauses it
         }
     }
 
