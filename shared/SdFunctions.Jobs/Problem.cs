@@ -79,15 +79,17 @@ public sealed class ProblemException(Problem problem) : Exception(problem.Detail
 public static class StorageErrors
 {
     /// <summary>
-    /// A failed storage request, a timeout, or the SDK's "retry failed" AggregateException of them. Inside that aggregate
-    /// a TaskCanceledException is the SDK's network timeout (a canceled caller token is thrown as itself, never aggregated)
-    /// and a socket or I/O error is a try whose connection broke before the SDK could wrap it.
+    /// A failed storage request, a timeout, a broken connection, or the SDK's "retry failed" AggregateException of them.
+    /// Inside that aggregate a TaskCanceledException is the SDK's network timeout (a canceled caller token is thrown as
+    /// itself, never aggregated). A socket or I/O error is a connection that broke before the SDK could wrap it; it also
+    /// comes bare when the socket dies while the connection is being set up (seen as "Transport endpoint is not connected").
     /// </summary>
     public static bool IsOutage(Exception e) => e switch
     {
-        Azure.RequestFailedException or TimeoutException or System.Net.Http.HttpRequestException => true,
+        Azure.RequestFailedException or TimeoutException or System.Net.Http.HttpRequestException
+            or System.Net.Sockets.SocketException or IOException => true,
         AggregateException a => a.InnerExceptions.Count > 0 && a.InnerExceptions.All(i =>
-            i is TaskCanceledException or IOException or System.Net.Sockets.SocketException || IsOutage(i)),
+            i is TaskCanceledException || IsOutage(i)),
         _ => false,
     };
 }

@@ -18,6 +18,19 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
 
     private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
+    /// <summary>How the SDK reports storage it cannot reach, each seen in these tests, and what it must not swallow.</summary>
+    [Fact]
+    public void OutagesAreRecognizedHoweverTheSdkReportsThem()
+    {
+        var notConnected = new System.Net.Sockets.SocketException(107); // bare, from a connection being set up
+        Assert.True(StorageErrors.IsOutage(notConnected));
+        Assert.True(StorageErrors.IsOutage(new IOException("Unable to read data from the transport connection")));
+        Assert.True(StorageErrors.IsOutage(new AggregateException(new TaskCanceledException(), new Azure.RequestFailedException(503, "busy"))));
+        Assert.False(StorageErrors.IsOutage(new OperationCanceledException())); // the caller's own cancellation
+        Assert.False(StorageErrors.IsOutage(new AggregateException(new InvalidOperationException())));
+        Assert.False(StorageErrors.IsOutage(new AggregateException()));
+    }
+
     [Fact]
     public async Task AStorageOutageIsA503ProblemWithRetryAfter()
     {
