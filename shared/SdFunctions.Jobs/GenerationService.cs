@@ -9,8 +9,8 @@ namespace SdFunctions.Jobs;
 /// What the HTTP API does, without HTTP: submit a job (validated, idempotent, queued), read it, cancel it,
 /// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
 /// </summary>
-public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, IOptions<JobsOptions> options,
-    TimeProvider time, ILogger<GenerationService> logger)
+public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, JobsTelemetry telemetry,
+    IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationService> logger)
 {
     private JobsOptions Options => options.Value;
     public const int MaxIdempotencyKeyLength = 200;
@@ -58,17 +58,20 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
 
     private async Task<JobRecord> CreateAndQueueAsync(string id, GenerationInput input, string? scopedKey, CancellationToken ct)
     {
-        var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow() };
+        using var span = JobsTelemetry.StartSend(id, queue.QueueName);
+        using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
+        var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow(), TraceParent = JobsTelemetry.CurrentTraceParent() };
         // Marked before the record exists, cleared once the message is sent: a crash in between leaves the mark, and the
-        // job is queued by a replay or the sweep (QueuedJobSweeper) instead of waiting forever.
-        await store.MarkPendingAsync(id, ct);
+        // job is queued by a replay or the sweep (InterruptedJobSweeper) instead of waiting forever.
+        await store.MarkAsync(JobMark.Pending, id, ct);
         if (!await store.TryCreateAsync(job, ct)) return (await store.GetAsync(id, ct))!; // a concurrent replay made it first
         try
         {
-            await queue.SendAsync(id, ct);
+            await queue.SendAsync(id, job.TraceParent, ct);
         }
         catch (Exception e) when (StorageErrors.IsOutage(e) || e is OperationCanceledException)
         {
+            span?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, "not queued");
             // Never leave a job that no worker will ever see: undo, and let the client try again.
             logger.LogError(e, "Could not queue job {JobId}; removing it", id);
             await UndoAsync(id, scopedKey);
@@ -86,14 +89,14 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         {
             await store.DeleteAsync(id, CancellationToken.None);
             if (scopedKey is not null) await store.ReleaseIdempotencyKeyAsync(scopedKey, CancellationToken.None);
-            await store.ClearPendingAsync(id, CancellationToken.None);
+            await store.ClearMarkAsync(JobMark.Pending, id, CancellationToken.None);
         }
         catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogError(e, "Could not undo job {JobId}; the sweep will queue it", id); }
     }
 
     private async Task ClearPendingAsync(string id)
     {
-        try { await store.ClearPendingAsync(id, CancellationToken.None); }
+        try { await store.ClearMarkAsync(JobMark.Pending, id, CancellationToken.None); }
         catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the pending mark of job {JobId}; the sweep may queue it twice (harmless)", id); }
     }
 
@@ -104,9 +107,9 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     private async Task<JobRecord> QueueIfNeverQueuedAsync(JobRecord job, CancellationToken ct)
     {
         if (job.Status != JobStatus.Queued || job.Attempt > 0 || job.CancelRequested) return job;
-        if (await store.PendingSinceAsync(job.Id, ct) is not { } since || time.GetUtcNow() - since < Options.SubmitGracePeriod) return job;
+        if (await store.MarkedAtAsync(JobMark.Pending, job.Id, ct) is not { } since || time.GetUtcNow() - since < Options.SubmitGracePeriod) return job;
         logger.LogWarning("Job {JobId} was never queued (its submission was interrupted); queuing it on replay", job.Id);
-        await queue.SendAsync(job.Id, ct);
+        await queue.SendAsync(job.Id, job.TraceParent, ct);
         await ClearPendingAsync(job.Id);
         return job;
     }
@@ -140,14 +143,16 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     {
         RequireWellFormed(id);
         JobStatus? finishedAs = null;
-        var job = await store.UpdateAsync(id, r =>
+        var (job, written) = await store.ChangeAsync(id, r =>
         {
             if (r.IsFinished) { finishedAs = r.Status; return null; }
             finishedAs = null;
             return r.Status == JobStatus.Queued
                 ? r with { Status = JobStatus.Canceled, CancelRequested = true, CompletedAt = time.GetUtcNow() }
-                : r with { CancelRequested = true };
-        }, ct) ?? throw NotFound(id);
+                : r with { CancelRequested = true }; // the run stops at its next progress check, and ends the job
+        }, ct);
+        if (job is null) throw NotFound(id);
+        if (written && job.Status == JobStatus.Canceled) telemetry.RecordEnded(JobStatus.Canceled);
         if (finishedAs is { } status)
             throw new ProblemException(new Problem
             {

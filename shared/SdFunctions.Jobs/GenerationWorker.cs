@@ -10,10 +10,12 @@ namespace SdFunctions.Jobs;
 /// What the queue function does: run a job once its message arrives. Delivery is at least once, and a message can be
 /// held by two instances at once (a lease that expired under a live instance), so every run has an owner: a fresh token
 /// per delivery, recorded when it starts, kept alive by a heartbeat. Only the owner writes progress and the outcome; a
-/// delivery that finds a live owner backs off, one that finds a dead owner (stale heartbeat) takes over (attempt + 1).
-/// A finished or canceled job is left alone; a malformed message goes straight to the poison queue.
+/// delivery that finds a live owner backs off, one that finds a dead owner (stale heartbeat) takes over (attempt + 1), or
+/// fails the job once its runs died <see cref="JobsOptions.MaxDequeueCount"/> times (a job that kills its instance must not
+/// do so forever). A run keeps a running mark (<see cref="JobMark.Running"/>) so that the sweep queues the job again when
+/// the instance dies with it. A finished or canceled job is left alone; a malformed message goes straight to the poison queue.
 /// </summary>
-public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines,
+public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, JobsTelemetry telemetry,
     IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationWorker> logger)
 {
     private JobsOptions Options => options.Value;
@@ -27,29 +29,52 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             return;
         }
         string id = message.JobId;
+        using var span = JobsTelemetry.StartProcess(id, message.TraceParent, queue.QueueName);
         using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
         var job = await store.GetAsync(id, ct);
-        if (job is null) { logger.LogWarning("Message for unknown job {JobId} ignored", id); return; }
-        if (job.IsFinished) { logger.LogInformation("Job {JobId} already {Status}; redelivered message ignored", id, job.Status); return; }
-        if (job.CancelRequested && !HasLiveOwner(job)) { await FinishCanceledAsync(id, ct); return; }
+        if (job is null) { logger.LogWarning("Message for unknown job {JobId} ignored", id); Outcome(span, "unknown_job"); return; }
+        if (job.IsFinished) { logger.LogInformation("Job {JobId} already {Status}; redelivered message ignored", id, job.Status); Outcome(span, "already_ended"); return; }
+        if (job.CancelRequested && !HasLiveOwner(job)) { await FinishCanceledAsync(id, ct); Outcome(span, "canceled"); return; }
 
         string owner = Guid.NewGuid().ToString("N");
         var started = time.GetUtcNow();
-        job = await store.UpdateAsync(id, r => r.IsFinished || HasLiveOwner(r) ? null : r with
+        bool abandoned = false;
+        job = await store.UpdateAsync(id, r =>
         {
-            Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null), Error = null,
-            RunOwner = owner, HeartbeatAt = started,
+            abandoned = false; // the change may run again after a conflicting write
+            if (r.IsFinished || HasLiveOwner(r)) return null;
+            if (r.Status == JobStatus.Running && r.Attempt >= Options.MaxDequeueCount) { abandoned = true; return Abandoned(r); }
+            return r with
+            {
+                Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null), Error = null,
+                RunOwner = owner, HeartbeatAt = started,
+            };
         }, ct);
-        if (job is null || job.IsFinished) return;
+        if (job is null) return;
+        if (job.IsFinished)
+        {
+            if (abandoned)
+            {
+                logger.LogError("Job {JobId} failed: its run stopped {Attempts} times without finishing", id, job.Attempt);
+                telemetry.RecordEnded(JobStatus.Failed);
+            }
+            Outcome(span, abandoned ? "failed" : "already_ended", error: abandoned);
+            await ClearMarkQuietlyAsync(JobMark.Running, id);
+            return;
+        }
         if (job.RunOwner != owner)
         {
             // Another delivery runs it and is alive. Come back once its heartbeat could have gone stale: it may still die.
             logger.LogWarning("Job {JobId} is running under another live delivery; this one backs off for {Delay}", id, Options.OwnerTimeout);
-            await queue.SendAsync(id, ct, Options.OwnerTimeout);
+            await queue.SendAsync(id, job.TraceParent, ct, Options.OwnerTimeout);
+            Outcome(span, "backed_off");
             return;
         }
+        span?.SetTag("sdf.job.attempt", job.Attempt);
+        if (job.Attempt == 1) telemetry.RecordQueueWait(started - job.CreatedAt);
         logger.LogInformation("Job {JobId} attempt {Attempt} started", id, job.Attempt);
-        await ClearPendingQuietlyAsync(id); // it was delivered: the sweep need not queue it
+        await MarkQuietlyAsync(JobMark.Running, id); // first: should this instance die from here on, the sweep queues the job again
+        await ClearMarkQuietlyAsync(JobMark.Pending, id); // it was delivered: the sweep need not queue it
 
         var total = Stopwatch.StartNew();
         var run = new RunControl(CancellationTokenSource.CreateLinkedTokenSource(ct));
@@ -64,6 +89,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
 
             var result = await pipeline.GenerateAsync(ToRequest(job.Input), reporter, run.Token);
+            telemetry.RecordGeneration(result);
             await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
             run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
 
@@ -72,17 +98,21 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             if (await store.GetAsync(id, ct) is not { IsFinished: false } current || current.RunOwner != owner)
             {
                 logger.LogWarning("Job {JobId} was finished or taken over during this run; its image is not written", id);
+                Outcome(span, "lost_ownership");
                 return;
             }
             var uploadWatch = Stopwatch.StartNew();
-            await images.UploadAsync(id, png, new Dictionary<string, string>
+            using (JobsTelemetry.StartUpload()?.SetTag("sdf.image.bytes", png.Length))
             {
-                ["seed"] = result.Seed.ToString(CultureInfo.InvariantCulture),
-                ["steps"] = result.Steps.ToString(CultureInfo.InvariantCulture),
-                ["scheduler"] = result.Scheduler,
-                ["decoder"] = result.Decoder,
-                ["model"] = Uri.EscapeDataString(pipeline.Bundle.Name), // metadata must be ASCII
-            }, ct);
+                await images.UploadAsync(id, png, new Dictionary<string, string>
+                {
+                    ["seed"] = result.Seed.ToString(CultureInfo.InvariantCulture),
+                    ["steps"] = result.Steps.ToString(CultureInfo.InvariantCulture),
+                    ["scheduler"] = result.Scheduler,
+                    ["decoder"] = result.Decoder,
+                    ["model"] = Uri.EscapeDataString(pipeline.Bundle.Name), // metadata must be ASCII
+                }, ct);
+            }
             var t = result.Timings;
             var timings = new JobTimings
             {
@@ -96,7 +126,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 TotalSeconds = total.Elapsed.TotalSeconds,
             };
             int iterations = t.Steps.Count;
-            await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+            var (_, succeeded) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
             {
                 Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(iterations, iterations, result.Steps),
                 Output = new JobOutput
@@ -107,30 +137,39 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 },
                 LastError = null, RunOwner = null,
             }, ct);
+            if (!succeeded) { Outcome(span, "lost_ownership"); return; }
+            telemetry.RecordEnded(JobStatus.Succeeded);
+            Outcome(span, "succeeded");
+            await ClearMarkQuietlyAsync(JobMark.Running, id);
             logger.LogInformation("Job {JobId} succeeded in {Seconds:F1} s", id, total.Elapsed.TotalSeconds);
         }
         catch (OperationCanceledException) when (run.Reason == StopReason.CancelRequested && !ct.IsCancellationRequested)
         {
             await FinishCanceledAsync(id, CancellationToken.None);
+            Outcome(span, "canceled");
         }
         catch (OperationCanceledException) when (run.Reason == StopReason.LostOwnership && !ct.IsCancellationRequested)
         {
             logger.LogWarning("Job {JobId} was finished or taken over by another delivery; this run stopped", id);
+            Outcome(span, "lost_ownership");
         }
         catch (OperationCanceledException) when (ct.IsCancellationRequested)
         {
             // The host is stopping: give the job back and queue it afresh, so another instance (or this one restarted) runs it
             // at once. The interrupted message stays invisible for as long as the host's lease on it (minutes); when it comes
-            // back the job is finished or running, and it is ignored or backs off.
+            // back the job is finished or running, and it is ignored or backs off. The running mark stays: should the send fail,
+            // the sweep queues the job. (The host may also stop the worker before this runs: the mark covers that too.)
             logger.LogWarning("Job {JobId} interrupted by shutdown; queued to run again", id);
+            Outcome(span, "interrupted");
             await ReleaseQuietlyAsync(id, owner, lastError: null);
-            try { await queue.SendAsync(id, CancellationToken.None); }
+            try { await queue.SendAsync(id, job.TraceParent, CancellationToken.None); }
             catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not queue job {JobId} again; its own message comes back later", id); }
             throw;
         }
         catch (InvalidGenerationRequestException e)
         {
             await FailAsync(id, owner, GenerationService.Refusal(e), CancellationToken.None); // the same input would fail again: no retry
+            Outcome(span, "failed", error: true);
         }
         catch (Exception e)
         {
@@ -144,9 +183,14 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             {
                 logger.LogError(e, "Job {JobId} failed on its last attempt (correlation id {CorrelationId})", id, correlationId);
                 await FailAsync(id, owner, internalError, CancellationToken.None);
+                Outcome(span, "failed", error: true);
                 return;
             }
             logger.LogWarning(e, "Job {JobId} attempt failed; it will be retried (correlation id {CorrelationId})", id, correlationId);
+            Outcome(span, "retry", error: true);
+            // The host puts this message back for the retry, so the sweep need not; cleared before the release, which lets
+            // another delivery start (and set its own mark).
+            await ClearMarkQuietlyAsync(JobMark.Running, id);
             await ReleaseQuietlyAsync(id, owner, internalError);
             throw;
         }
@@ -172,7 +216,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             return;
         }
         // A live run is left to finish: a duplicate delivery's failures are not the job's.
-        var job = await store.UpdateAsync(message.JobId, r => r.IsFinished || HasLiveOwner(r) ? null : r with
+        var (job, failed) = await store.ChangeAsync(message.JobId, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null,
             Error = r.LastError is { CorrelationId: { } correlationId } ? ServerProblems.GenerationFailed(correlationId)
@@ -181,11 +225,30 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                     Detail = $"The job could not be processed after {Options.MaxDequeueCount} attempts.",
                 },
         }, ct);
-        if (job is not null) logger.LogError("Job {JobId} ended in the poison queue: {Status}", message.JobId, job.Status);
+        if (job is null) return;
+        logger.LogError("Job {JobId} ended in the poison queue: {Status}", message.JobId, job.Status);
+        if (failed) telemetry.RecordEnded(JobStatus.Failed);
+        if (job.IsFinished) await ClearMarkQuietlyAsync(JobMark.Running, message.JobId);
     }
 
-    private bool HasLiveOwner(JobRecord r) =>
-        r.Status == JobStatus.Running && r.RunOwner is not null && r.HeartbeatAt is { } beat && time.GetUtcNow() - beat < Options.OwnerTimeout;
+    /// <summary>How the run span ended, as a tag (and an error status for a failure).</summary>
+    private static void Outcome(System.Diagnostics.Activity? span, string outcome, bool error = false)
+    {
+        span?.SetTag("sdf.job.outcome", outcome);
+        if (error) span?.SetStatus(System.Diagnostics.ActivityStatusCode.Error, outcome);
+    }
+
+    private bool HasLiveOwner(JobRecord r) => r.HasLiveOwner(time.GetUtcNow(), Options.OwnerTimeout);
+
+    /// <summary>A job whose every run died mid-generation (its instance crashed or was killed): failed, not run again.</summary>
+    private JobRecord Abandoned(JobRecord r) => r with
+    {
+        Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null,
+        Error = ServerProblems.GenerationFailed(ServerProblems.NewCorrelationId()) with
+        {
+            Detail = $"The job's run stopped {r.Attempt} times before it finished (its worker was stopped or crashed).",
+        },
+    };
 
     private static bool IsOwnedBy(JobRecord r, string owner) => !r.IsFinished && r.Status == JobStatus.Running && r.RunOwner == owner;
 
@@ -221,7 +284,9 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
 
     private async Task FinishCanceledAsync(string id, CancellationToken ct)
     {
-        await store.UpdateAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null }, ct);
+        var (_, canceled) = await store.ChangeAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null }, ct);
+        if (canceled) telemetry.RecordEnded(JobStatus.Canceled);
+        await ClearMarkQuietlyAsync(JobMark.Running, id);
         logger.LogInformation("Job {JobId} canceled", id);
     }
 
@@ -229,10 +294,12 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     private async Task FailAsync(string id, string owner, Problem problem, CancellationToken ct)
     {
         var shown = problem.CorrelationId is { } correlationId ? ServerProblems.GenerationFailed(correlationId) : problem;
-        await store.UpdateAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+        var (_, failed) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null,
         }, ct);
+        if (failed) telemetry.RecordEnded(JobStatus.Failed);
+        await ClearMarkQuietlyAsync(JobMark.Running, id);
     }
 
     // Back to queued for the next delivery; best effort (storage may be the reason we are here): a stale heartbeat frees it anyway.
@@ -246,10 +313,17 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not release job {JobId}; it is taken over once its heartbeat is stale", id); }
     }
 
-    private async Task ClearPendingQuietlyAsync(string id)
+    // Marks are a safety net: without storage the run goes on, and the sweep clears what is left over.
+    private async Task MarkQuietlyAsync(JobMark mark, string id)
     {
-        try { await store.ClearPendingAsync(id, CancellationToken.None); }
-        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the pending mark of job {JobId}", id); }
+        try { await store.MarkAsync(mark, id, CancellationToken.None); }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not set the {Mark} mark of job {JobId}", mark, id); }
+    }
+
+    private async Task ClearMarkQuietlyAsync(JobMark mark, string id)
+    {
+        try { await store.ClearMarkAsync(mark, id, CancellationToken.None); }
+        catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the {Mark} mark of job {JobId}", mark, id); }
     }
 
     internal static GenerationRequest ToRequest(GenerationInput input) => new()

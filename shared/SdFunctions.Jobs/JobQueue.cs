@@ -1,10 +1,15 @@
 using System.Text.Json;
+using System.Text.Json.Serialization;
 using Azure.Storage.Queues;
 
 namespace SdFunctions.Jobs;
 
-/// <summary>The message that asks a worker to run a job: just its id; everything else is in the job record.</summary>
-public sealed record JobMessage(string JobId)
+/// <summary>
+/// The message that asks a worker to run a job: its id, and the W3C traceparent of the job's trace (so the run is traced
+/// as part of the request that submitted it); everything else is in the job record.
+/// </summary>
+public sealed record JobMessage(string JobId,
+    [property: JsonPropertyName("traceparent"), JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] string? TraceParent = null)
 {
     /// <summary>Reads a message; null when it is not a JSON object with a well-formed job id.</summary>
     public static JobMessage? TryParse(string text)
@@ -32,9 +37,11 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
         await poison.CreateIfNotExistsAsync(cancellationToken: ct);
     }
 
-    /// <summary>Queues the job's message, visible at once or after <paramref name="delay"/>.</summary>
-    public async Task SendAsync(string jobId, CancellationToken ct, TimeSpan? delay = null) =>
-        await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId), JobJson.Options), delay, cancellationToken: ct);
+    public string QueueName => queue.Name;
+
+    /// <summary>Queues the job's message, in the job's trace (<see cref="JobRecord.TraceParent"/>), visible at once or after <paramref name="delay"/>.</summary>
+    public async Task SendAsync(string jobId, string? traceParent, CancellationToken ct, TimeSpan? delay = null) =>
+        await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId, traceParent), JobJson.Options), delay, cancellationToken: ct);
 
     /// <summary>Moves a message that can never succeed straight to the poison queue (no pointless retries).</summary>
     public async Task SendToPoisonAsync(string text, CancellationToken ct) => await poison.SendMessageAsync(text, ct);

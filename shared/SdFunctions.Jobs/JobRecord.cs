@@ -87,8 +87,15 @@ public sealed record JobRecord
     public string? RunOwner { get; init; }
     public DateTimeOffset? HeartbeatAt { get; init; }
 
+    /// <summary>The W3C traceparent of the submit's span: every message of the job carries it, so all its runs share its trace.</summary>
+    public string? TraceParent { get; init; }
+
     [JsonIgnore]
     public bool IsFinished => Status is JobStatus.Succeeded or JobStatus.Failed or JobStatus.Canceled;
+
+    /// <summary>A run holds the job and showed within <paramref name="ownerTimeout"/> that it is alive.</summary>
+    public bool HasLiveOwner(DateTimeOffset now, TimeSpan ownerTimeout) =>
+        Status == JobStatus.Running && RunOwner is not null && HeartbeatAt is { } beat && now - beat < ownerTimeout;
 }
 
 /// <summary>The job as clients see it (GET /api/generations/{id}).</summary>

@@ -10,8 +10,8 @@ namespace SdFunctions.Jobs;
 /// <summary>
 /// Job records as private blob JSON (jobs/{id}.json), changed only by read-modify-write with the blob's ETag,
 /// so a worker's progress write and a client's cancel never overwrite each other. Idempotency keys live
-/// beside them (idempotency/{sha256(scope, key)}.json), claimed with If-None-Match, and so do the markers of submissions
-/// whose message is not known to be sent yet (pending/{id}), which the sweep lists.
+/// beside them (idempotency/{sha256(scope, key)}.json), claimed with If-None-Match, and so do the empty marks the sweep
+/// lists (<see cref="JobMark"/>): jobs that might otherwise wait for a message that never comes, or comes only much later.
 /// </summary>
 public sealed class JobStore(BlobContainerClient container)
 {
@@ -50,14 +50,18 @@ public sealed class JobStore(BlobContainerClient container)
     /// Applies <paramref name="change"/> to the current record and writes it if nobody wrote in between, retrying
     /// on conflict. The change returns null to leave the record as it is. Returns the record as it ends up (null: no job).
     /// </summary>
-    public async Task<JobRecord?> UpdateAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct)
+    public async Task<JobRecord?> UpdateAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct) =>
+        (await ChangeAsync(id, change, ct)).Job;
+
+    /// <summary>As <see cref="UpdateAsync"/>, and whether this call wrote the change (false: no job, or the change declined).</summary>
+    public async Task<(JobRecord? Job, bool Written)> ChangeAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct)
     {
         for (int attempt = 0; ; attempt++)
         {
             var (current, etag) = await GetWithETagAsync(id, ct);
-            if (current is null) return null;
+            if (current is null) return (null, false);
             var updated = change(current);
-            if (updated is null) return current;
+            if (updated is null) return (current, false);
             try
             {
                 await JobBlob(id).UploadAsync(Serialize(updated), new BlobUploadOptions
@@ -65,7 +69,7 @@ public sealed class JobStore(BlobContainerClient container)
                     Conditions = new BlobRequestConditions { IfMatch = etag },
                     HttpHeaders = new BlobHttpHeaders { ContentType = "application/json" },
                 }, ct);
-                return updated;
+                return (updated, true);
             }
             catch (RequestFailedException e) when (e.Status == 412 && attempt < 20) { } // someone else wrote: re-read and re-apply
         }
@@ -73,25 +77,28 @@ public sealed class JobStore(BlobContainerClient container)
 
     public async Task DeleteAsync(string id, CancellationToken ct) => await JobBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
 
-    private BlobClient PendingBlob(string id) => container.GetBlobClient($"pending/{id}");
+    private BlobClient MarkBlob(JobMark mark, string id) => container.GetBlobClient($"{MarkPrefix(mark)}{id}");
 
-    /// <summary>Notes that job <paramref name="id"/>'s message is about to be sent: until cleared, the job may be one no worker will see.</summary>
-    public async Task MarkPendingAsync(string id, CancellationToken ct) => await PendingBlob(id).UploadAsync(BinaryData.Empty, overwrite: true, ct);
+    private static string MarkPrefix(JobMark mark) => mark == JobMark.Pending ? "pending/" : "running/";
 
-    public async Task ClearPendingAsync(string id, CancellationToken ct) => await PendingBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
+    /// <summary>Sets (or touches: its time becomes now) job <paramref name="id"/>'s mark of this kind.</summary>
+    public async Task MarkAsync(JobMark mark, string id, CancellationToken ct) => await MarkBlob(mark, id).UploadAsync(BinaryData.Empty, overwrite: true, ct);
 
-    /// <summary>When the job's pending mark was made, or null when it has none (its message was sent).</summary>
-    public async Task<DateTimeOffset?> PendingSinceAsync(string id, CancellationToken ct)
+    public async Task ClearMarkAsync(JobMark mark, string id, CancellationToken ct) => await MarkBlob(mark, id).DeleteIfExistsAsync(cancellationToken: ct);
+
+    /// <summary>When job <paramref name="id"/>'s mark was last set, or null when it has none.</summary>
+    public async Task<DateTimeOffset?> MarkedAtAsync(JobMark mark, string id, CancellationToken ct)
     {
-        try { return (await PendingBlob(id).GetPropertiesAsync(cancellationToken: ct)).Value.CreatedOn; }
+        try { return (await MarkBlob(mark, id).GetPropertiesAsync(cancellationToken: ct)).Value.LastModified; }
         catch (RequestFailedException e) when (e.Status == 404) { return null; }
     }
 
-    /// <summary>Every pending mark: the job id and when it was made.</summary>
-    public async IAsyncEnumerable<(string Id, DateTimeOffset Since)> ListPendingAsync([System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
+    /// <summary>Every mark of this kind: the job id and when it was last set.</summary>
+    public async IAsyncEnumerable<(string Id, DateTimeOffset MarkedAt)> ListMarksAsync(JobMark mark, [System.Runtime.CompilerServices.EnumeratorCancellation] CancellationToken ct)
     {
-        await foreach (var item in container.GetBlobsAsync(BlobTraits.None, BlobStates.None, "pending/", ct))
-            yield return (item.Name["pending/".Length..], item.Properties.CreatedOn ?? DateTimeOffset.MinValue);
+        string prefix = MarkPrefix(mark);
+        await foreach (var item in container.GetBlobsAsync(BlobTraits.None, BlobStates.None, prefix, ct))
+            yield return (item.Name[prefix.Length..], item.Properties.LastModified ?? DateTimeOffset.MinValue);
     }
 
     /// <summary>An idempotency key's claim: which job it made and a hash of the request that made it.</summary>
@@ -120,4 +127,17 @@ public sealed class JobStore(BlobContainerClient container)
     public static string Hash(string text) => Convert.ToHexStringLower(SHA256.HashData(Encoding.UTF8.GetBytes(text)));
 
     private static BinaryData Serialize(JobRecord job) => BinaryData.FromObjectAsJson(job, JobJson.Options);
+}
+
+/// <summary>What the sweep (<see cref="InterruptedJobSweeper"/>) watches a job for.</summary>
+public enum JobMark
+{
+    /// <summary>pending/{id}: set before the record is made, cleared once its message is sent. Left behind by a submitter that died in between.</summary>
+    Pending,
+
+    /// <summary>
+    /// running/{id}: set when a run starts, cleared when the job finishes or its message is known to be back on the queue. Left
+    /// behind by an instance that died mid-run, whose message the queue keeps invisible for as long as the host's lease (minutes).
+    /// </summary>
+    Running,
 }

@@ -44,19 +44,25 @@ public static class JobsServiceCollectionExtensions
         services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
-        services.AddSingleton<QueuedJobSweeper>();
+        services.AddSingleton<InterruptedJobSweeper>();
+        services.AddMetrics(); // the host adds it too; a bare service collection (tests, tools) needs it for JobsTelemetry
+        services.AddSingleton<JobsTelemetry>();
         services.AddHostedService<StorageInitializer>();
         // One pipeline per instance, loaded on first use (the first job), shared by every invocation after it.
         services.AddSingleton(sp => new PipelineHolder(async ct =>
         {
             var model = sp.GetRequiredService<IOptions<ModelOptions>>().Value;
             var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("SdFunctions.Pipeline");
+            using var span = JobsTelemetry.StartModelLoad();
+            var watch = System.Diagnostics.Stopwatch.StartNew();
             string dir = await new ModelLocator(model, blobs, logger).ResolveAsync(ct);
-            return await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
+            var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
             {
                 Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder,
                 Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
             }, logger, ct);
+            sp.GetRequiredService<JobsTelemetry>().RecordModelLoad(watch.Elapsed);
+            return pipeline;
         }));
         return services;
     }

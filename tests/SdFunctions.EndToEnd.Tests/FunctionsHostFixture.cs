@@ -83,11 +83,18 @@ public class FunctionsHostFixture : IAsyncLifetime
         env["languageWorkers__dotnet-isolated__workerDirectory"] = app;
         // Retries a second apart instead of host.json's 30 s, so a failing job uses its three attempts quickly.
         env["AzureFunctionsJobHost__extensions__queues__visibilityTimeout"] = "00:00:01";
+        // A killed host holds the timer's singleton lock until its lease runs out (60 s by default, 15 s at least), and the
+        // restarted host tries again for it every minute (15 s at least): the sweep that recovers the killed run waits for both.
+        env["AzureFunctionsJobHost__singleton__listenerLockPeriod"] = "00:00:15";
+        env["AzureFunctionsJobHost__singleton__listenerLockRecoveryPollingInterval"] = "00:00:15";
         env["Model__Directory"] = ModelDirectory;
         env["Model__CacheDirectory"] = Path.Combine(_work, "cache");
         env["Jobs__Width"] = "256";
         env["Jobs__Height"] = "256";
         env["Jobs__ProgressInterval"] = "00:00:00.250";
+        // A run that died is seen as dead after 5 s (not a minute), so the sweep picks it up at the next host start.
+        env["Jobs__HeartbeatInterval"] = "00:00:00.500";
+        env["Jobs__OwnerTimeout"] = "00:00:05";
         _host = Process.Start(start)!;
         _host.OutputDataReceived += (_, e) => { if (e.Data is not null) _log.Enqueue(e.Data); };
         _host.ErrorDataReceived += (_, e) => { if (e.Data is not null) _log.Enqueue(e.Data); };
@@ -125,10 +132,24 @@ public class FunctionsHostFixture : IAsyncLifetime
         _host = null;
     }
 
+    /// <summary>SIGKILL to the host and its worker, as a crash or an out-of-memory kill ends an instance: nothing runs after it.</summary>
+    public async Task KillHostAsync()
+    {
+        if (_host is null) return;
+        RememberWorkers();
+        foreach (int pid in _workers) kill(pid, SigKill);
+        kill(_host.Id, SigKill);
+        await _host.WaitForExitAsync();
+        foreach (int pid in _workers) await TerminateAsync(pid); // reaped by now; gone either way
+        _workers.Clear();
+        _host.Dispose();
+        _host = null;
+    }
+
     public virtual async Task DisposeAsync()
     {
         await StopHostAsync();
-        if (_azurite is not null) { await TerminateAsync(_azurite); _azurite.Dispose(); }
+        if (_azurite is not null) { await TerminateAsync(_azurite); _azurite.Dispose(); _azurite = null; } // disposed twice when its start failed
         Http.Dispose();
         try { Directory.Delete(_work, recursive: true); } catch (IOException) { } catch (UnauthorizedAccessException) { }
     }
@@ -171,6 +192,7 @@ public class FunctionsHostFixture : IAsyncLifetime
     private static extern int kill(int pid, int signal);
 
     private const int SigTerm = 15;
+    private const int SigKill = 9;
 
     private static async Task TerminateAsync(Process process)
     {

@@ -12,41 +12,9 @@ namespace SdFunctions.EndToEnd.Tests;
 /// trigger and the poison queue handled by the host's own code.
 /// </summary>
 [Collection(HostCollection.Name), Trait("Category", "EndToEnd")]
-public class HostEndToEndTests(FunctionsHostFixture host, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<FunctionsHostFixture>
+public class HostEndToEndTests(FunctionsHostFixture host, Xunit.Abstractions.ITestOutputHelper output) : HostClient(host), IClassFixture<FunctionsHostFixture>
 {
-    private string Api(string path, bool key = true) => $"{host.BaseUrl}/api/{path}{(key ? (path.Contains('?') ? "&" : "?") + "code=" + FunctionsHostFixture.FunctionKey : "")}";
-
-    private async Task<HttpResponseMessage> SubmitAsync(string json, string? idempotencyKey = null)
-    {
-        var request = new HttpRequestMessage(HttpMethod.Post, Api("generations")) { Content = new StringContent(json, Encoding.UTF8, "application/json") };
-        if (idempotencyKey is not null) request.Headers.Add("Idempotency-Key", idempotencyKey);
-        return await host.Http.SendAsync(request);
-    }
-
-    private static async Task<JsonElement> JsonAsync(HttpResponseMessage response) =>
-        JsonDocument.Parse(await response.Content.ReadAsStringAsync()).RootElement;
-
-    private async Task<string> SubmitIdAsync(string json)
-    {
-        var response = await SubmitAsync(json);
-        Assert.Equal(HttpStatusCode.Accepted, response.StatusCode);
-        return (await JsonAsync(response)).GetProperty("id").GetString()!;
-    }
-
-    private async Task<JsonElement> WaitAsync(string id, Func<JsonElement, bool> until, int seconds = 120)
-    {
-        var watch = System.Diagnostics.Stopwatch.StartNew();
-        while (watch.Elapsed < TimeSpan.FromSeconds(seconds))
-        {
-            var job = await JsonAsync(await host.Http.GetAsync(Api($"generations/{id}")));
-            if (until(job)) return job;
-            await Task.Delay(200);
-        }
-        throw new TimeoutException($"job {id} did not get there in {seconds} s; host log:\n{host.RecentLog}");
-    }
-
-    private static string Status(JsonElement job) => job.GetProperty("status").GetString()!;
-    private static bool Finished(JsonElement job) => Status(job) is "succeeded" or "failed" or "canceled";
+    private readonly FunctionsHostFixture host = host;
 
     [Fact]
     public async Task HealthIsAnonymousAndEveryOtherRouteNeedsAKey()

@@ -181,6 +181,7 @@ public class JobLifecycleTests
             var retrying = Body(await app.GetAsync(id));
             Assert.Equal("queued", retrying.GetProperty("status").GetString()); // waiting for its retry
             Assert.Equal(attempt, retrying.GetProperty("attempt").GetInt32());
+            Assert.Empty(await OutageTests.ListAsync(app, "running/")); // the host brings the message back: the sweep need not
         }
         // The host moves the message to the poison queue after the last dequeue; the poison function fails the job.
         await app.Queue.Poison(message.Body.ToString(), default);

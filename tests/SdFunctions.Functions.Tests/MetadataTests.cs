@@ -47,17 +47,18 @@ public class MetadataTests
     }
 
     [Fact]
-    public void TheSweepRunsEveryMinute()
+    public void TheSweepRunsEveryMinuteAndOnStartup()
     {
-        var trigger = Trigger("RequeueInterruptedSubmissions");
+        var trigger = Trigger("RequeueInterruptedJobs");
         Assert.Equal("timerTrigger", trigger.GetProperty("type").GetString());
         Assert.Equal("0 */1 * * * *", trigger.GetProperty("schedule").GetString());
+        Assert.True(trigger.GetProperty("runOnStartup").GetBoolean());
     }
 
     [Fact]
     public void ThereAreExactlyTheseEightFunctions() =>
         Assert.Equal(["CancelGeneration", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration",
-            "RequeueInterruptedSubmissions", "SubmitGeneration"], Functions.Keys.Order());
+            "RequeueInterruptedJobs", "SubmitGeneration"], Functions.Keys.Order());
 
     [Fact]
     public void HostJsonIsInTheOutputAndRunsOneMessageAtATime()

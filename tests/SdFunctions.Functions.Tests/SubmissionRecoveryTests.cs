@@ -67,7 +67,7 @@ public class SubmissionRecoveryTests
         await app.RunNextMessageAsync();
         string id = await SubmitInterruptedAsync(app, storage, "order-2");
 
-        var tooSoon = await app.Services.GetRequiredService<QueuedJobSweeper>().SweepAsync(default);
+        var tooSoon = await app.Services.GetRequiredService<InterruptedJobSweeper>().SweepAsync(default);
         Assert.Equal(0, tooSoon.Requeued);
         await Task.Delay(2100);
         await app.Maintenance.Sweep(new Microsoft.Azure.Functions.Worker.TimerInfo(), default);
@@ -92,7 +92,7 @@ public class SubmissionRecoveryTests
         });
         string id = await SubmitInterruptedAsync(app, storage, "order-3");
         await Task.Delay(300);
-        var swept = await app.Services.GetRequiredService<QueuedJobSweeper>().SweepAsync(default);
+        var swept = await app.Services.GetRequiredService<InterruptedJobSweeper>().SweepAsync(default);
         Assert.Equal((0, 1), (swept.Requeued, swept.Failed));
         var job = Body(await app.GetAsync(id));
         Assert.Equal("failed", job.GetProperty("status").GetString());

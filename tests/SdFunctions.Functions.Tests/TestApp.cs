@@ -30,7 +30,9 @@ public sealed class TestApp : IAsyncDisposable
     public BlobContainerClient Images { get; }
     public string CacheDirectory { get; }
 
-    public TestApp(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null)
+    /// <param name="addServices">Adds to the app's services, as Program.cs does (e.g. its telemetry), with the app's configuration.</param>
+    public TestApp(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null,
+        Action<IServiceCollection, IConfiguration>? addServices = null)
     {
         string suffix = Guid.NewGuid().ToString("N")[..10];
         // Shared by every test app and kept between runs: optimized graphs and downloaded bundles are reusable.
@@ -51,6 +53,7 @@ public sealed class TestApp : IAsyncDisposable
         var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
         var services = new ServiceCollection().AddLogging(b => b.SetMinimumLevel(LogLevel.Warning));
         services.AddGenerationJobs(configuration);
+        addServices?.Invoke(services, configuration);
         Services = services.BuildServiceProvider();
         Api = ActivatorUtilities.CreateInstance<GenerationsApi>(Services);
         Queue = ActivatorUtilities.CreateInstance<GenerationQueueFunctions>(Services);
@@ -68,9 +71,10 @@ public sealed class TestApp : IAsyncDisposable
         foreach (var service in Services.GetServices<Microsoft.Extensions.Hosting.IHostedService>()) await service.StartAsync(default);
     }
 
-    public static async Task<TestApp> StartAsync(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null)
+    public static async Task<TestApp> StartAsync(string? modelDirectory = null, Action<Dictionary<string, string?>>? configure = null,
+        Action<IServiceCollection, IConfiguration>? addServices = null)
     {
-        var app = new TestApp(modelDirectory, configure);
+        var app = new TestApp(modelDirectory, configure, addServices);
         await app.InitializeAsync();
         return app;
     }

@@ -204,23 +204,28 @@ public sealed class StableDiffusionPipeline : IDisposable
         // Text conditioning: the prompt, and for classifier-free guidance the negative prompt too.
         var encodeWatch = Stopwatch.StartNew();
         var modelWatch = new Stopwatch();
-        var prompt = Tokenizer.Encode(request.Prompt);
-        if (prompt.Truncated)
-            _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
-        modelWatch.Start();
-        float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, runOptions);
-        modelWatch.Stop();
+        TokenizedPrompt prompt;
         UNetConditioning conditioning;
-        if (Bundle.GuidanceDistilled)
-            conditioning = new EmbeddedGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, guidanceScale, unetObserver);
-        else if (guidanceScale > 1.0)
+        using (var span = PipelineTelemetry.Source.StartActivity("encode text"))
         {
+            prompt = Tokenizer.Encode(request.Prompt);
+            span?.SetTag("sdf.prompt.truncated", prompt.Truncated);
+            if (prompt.Truncated)
+                _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
             modelWatch.Start();
-            float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
+            float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, runOptions);
             modelWatch.Stop();
-            conditioning = new ClassifierFreeGuidance(Unet(Bundle.FixedUnetBatch ?? 2), negative, promptEmbedding, guidanceScale, unetObserver);
+            if (Bundle.GuidanceDistilled)
+                conditioning = new EmbeddedGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, guidanceScale, unetObserver);
+            else if (guidanceScale > 1.0)
+            {
+                modelWatch.Start();
+                float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
+                modelWatch.Stop();
+                conditioning = new ClassifierFreeGuidance(Unet(Bundle.FixedUnetBatch ?? 2), negative, promptEmbedding, guidanceScale, unetObserver);
+            }
+            else conditioning = new NoGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, unetObserver);
         }
-        else conditioning = new NoGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, unetObserver);
         var encodeTime = encodeWatch.Elapsed;
         var textEncoderTime = modelWatch.Elapsed;
         var decoder = Decoder(request.Decoder ?? DefaultDecoder);
@@ -234,23 +239,30 @@ public sealed class StableDiffusionPipeline : IDisposable
         float[] modelInput = new float[n], noisePrediction = new float[n];
         var stepTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         var unetTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
-        for (int i = 0; i < scheduler.Timesteps.Count; i++)
+        using (PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", scheduler.Timesteps.Count)
+            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch))
         {
-            ct.ThrowIfCancellationRequested();
-            var stepWatch = Stopwatch.StartNew();
-            double t = scheduler.Timesteps[i];
-            scheduler.ScaleModelInput(latents, t, modelInput);
-            modelWatch.Restart();
-            conditioning.Predict(modelInput, t, noisePrediction, runOptions);
-            unetTimes.Add(modelWatch.Elapsed);
-            scheduler.Step(noisePrediction, t, latents, stepNoise);
-            stepTimes.Add(stepWatch.Elapsed);
-            progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed) { Steps = steps });
+            for (int i = 0; i < scheduler.Timesteps.Count; i++)
+            {
+                ct.ThrowIfCancellationRequested();
+                var stepWatch = Stopwatch.StartNew();
+                double t = scheduler.Timesteps[i];
+                scheduler.ScaleModelInput(latents, t, modelInput);
+                modelWatch.Restart();
+                conditioning.Predict(modelInput, t, noisePrediction, runOptions);
+                unetTimes.Add(modelWatch.Elapsed);
+                scheduler.Step(noisePrediction, t, latents, stepNoise);
+                stepTimes.Add(stepWatch.Elapsed);
+                progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed) { Steps = steps });
+            }
         }
 
         ct.ThrowIfCancellationRequested();
         var decodeWatch = Stopwatch.StartNew();
-        var (rgb, vaeTime) = Decode(decoder, latents, runOptions);
+        byte[] rgb;
+        TimeSpan vaeTime;
+        using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoder.Component.Name))
+            (rgb, vaeTime) = Decode(decoder, latents, runOptions);
         var decodeTime = decodeWatch.Elapsed;
 
         return new GenerationResult
