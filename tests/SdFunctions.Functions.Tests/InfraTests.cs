@@ -136,6 +136,20 @@ public class InfraTests
     }
 
     [Fact]
+    public void TelemetryGoesToApplicationInsightsWithTheAppsIdentityOnly()
+    {
+        var insights = Resource("Microsoft.Insights/components").GetProperty("properties");
+        Assert.True(insights.GetProperty("DisableLocalAuth").GetBoolean()); // the key in the connection string is refused
+        var settings = AppSettings();
+        Assert.Contains("APPLICATIONINSIGHTS_CONNECTION_STRING", settings.Keys);
+        // The worker's exporter reads the same setting the host does, and gets the managed identity from it.
+        Assert.IsType<Azure.Identity.ManagedIdentityCredential>(TelemetrySetup.Credential(settings[TelemetrySetup.AuthenticationSetting]));
+        Assert.Null(TelemetrySetup.Credential(null));
+        Assert.Null(TelemetrySetup.Credential("Authorization=Key"));
+        Assert.StartsWith("[resourceId('Microsoft.Insights/components'", Assert.Single(AppRoleAssignments(), g => g.Role == "monitoringMetricsPublisher").Scope);
+    }
+
+    [Fact]
     public void JobsAndImagesExpireAfterTheRetentionPeriod()
     {
         var rule = Assert.Single(Resource("Microsoft.Storage/storageAccounts/managementPolicies").GetProperty("properties").GetProperty("policy").GetProperty("rules").EnumerateArray());
