@@ -14,7 +14,7 @@ using SdFunctions.Optimizer.Quantization;
 namespace SdFunctions.Cli;
 
 /// <summary>
-/// The <c>sdf</c> command line: <c>generate</c> an image, <c>tokenize</c> a prompt, <c>optimize</c> a bundle and
+/// The <c>sdf</c> command line: <c>generate</c> an image, <c>decode</c> saved latents, <c>tokenize</c> a prompt, <c>optimize</c> a bundle and
 /// <c>bench</c> the variants at full size (<c>bench-probe</c> is bench's own child process).
 /// Exit codes: 0 done, 1 the model or the run failed, 2 bad usage or input, 130 canceled.
 /// </summary>
@@ -48,6 +48,7 @@ public static class CliApp
     {
         var root = new RootCommand("SdFunctions: Stable Diffusion 1.x on ONNX Runtime, from the command line.");
         root.Subcommands.Add(GenerateCommand(stderr));
+        root.Subcommands.Add(DecodeCommand(stderr));
         root.Subcommands.Add(TokenizeCommand(stdout));
         root.Subcommands.Add(OptimizeCommand(stderr));
         root.Subcommands.Add(BenchCommand(stderr));
@@ -208,6 +209,72 @@ public static class CliApp
                 $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
             stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
+            return Ok;
+        });
+        return command;
+    }
+
+    private static Command DecodeCommand(TextWriter stderr)
+    {
+        var model = ModelOption();
+        var latents = new Option<string>("--latents")
+        {
+            Description = "The latents to decode: raw little-endian float32 [1,4,H/8,W/8] as the pipeline produces them (before the scaling factor is divided out).",
+            Required = true,
+        };
+        var width = new Option<int>("--width") { Description = "Image width (8 × the latents' width).", Required = true };
+        var height = new Option<int>("--height") { Description = "Image height (8 × the latents' height).", Required = true };
+        var tiled = new Option<bool>("--tiled") { Description = "Decode tile by tile as diffusers' tiled_decode: the memory of one tile, slightly different pixels at the seams." };
+        var tileSize = new Option<int?>("--tile-size") { Description = "Tile side in pixels (with --tiled). Default: the VAE config's sample_size, as diffusers." };
+        var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
+        var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
+        var command = new Command("decode", "Decode saved latents with the model's VAE into a PNG, whole or tiled.")
+        {
+            model, latents, width, height, tiled, tileSize, output, threads,
+        };
+        command.SetAction(async (parse, ct) =>
+        {
+            int w = parse.GetValue(width), h = parse.GetValue(height);
+            if (w <= 0 || h <= 0 || w % 8 != 0 || h % 8 != 0) throw new CliUsageException($"--width/--height: {w}×{h} is not a positive multiple of 8.");
+            if (parse.GetValue(tileSize) is { } t && !parse.GetValue(tiled)) throw new CliUsageException($"--tile-size {t} needs --tiled.");
+            if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
+            string modelDir = RequireModel(parse.GetValue(model)!);
+            string outPath = RequireWritableFile("--out", parse.GetValue(output)!);
+            float[] values = ReadFloats("--latents", parse.GetValue(latents)!);
+            var bundle = ModelBundle.Open(modelDir);
+            var vae = bundle.Decoders[0];
+            if (vae.Name != DecoderComponent.Full) throw new CliUsageException($"--model: {modelDir} has no full VAE decoder (its vae_decoder is {vae.Name}); decode needs AutoencoderKL.");
+            int latentHeight = h / bundle.VaeScaleFactor, latentWidth = w / bundle.VaeScaleFactor;
+            int expected = 4 * latentHeight * latentWidth;
+            if (values.Length != expected)
+                throw new CliUsageException($"--latents: {parse.GetValue(latents)} holds {values.Length} floats; {w}×{h} needs 1×4×{latentHeight}×{latentWidth} = {expected}.");
+            for (int k = 0; k < values.Length; k++) values[k] /= vae.ScalingFactor;
+
+            var factory = new OnnxSessionFactory(new SessionSettings { IntraOpThreads = parse.GetValue(threads) }, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
+            using var run = new RunOptions();
+            using var abort = ct.Register(() => run.Terminate = true);
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            float[] image;
+            string how;
+            if (parse.GetValue(tiled))
+            {
+                int tile = parse.GetValue(tileSize) ?? vae.SampleSize ?? 512;
+                using var decoder = new Inference.Models.TiledVaeDecoder(factory, bundle, vae, tile);
+                int tiles = 0;
+                image = await Task.Run(() => decoder.Decode(values, latentHeight, latentWidth, run, (_, _, _) => tiles++), ct);
+                how = tiles == 0 ? $"whole (no side exceeds the {tile} px tile)" : $"{tiles} tiles of {tile} px";
+            }
+            else
+            {
+                using var decoder = new Inference.Models.VaeDecoderModel(factory, bundle, vae, latentHeight, latentWidth);
+                values.CopyTo(decoder.Latents, 0);
+                await Task.Run(() => decoder.Run(run), ct);
+                image = decoder.Image;
+                how = "whole";
+            }
+            var took = watch.Elapsed;
+            await using (var file = File.Create(outPath)) await GenerationResult.WritePngAsync(file, StableDiffusionPipeline.ToRgb8(image, h, w), w, h, ct);
+            stderr.WriteLine($"wrote {outPath} ({w}×{h}, decoded {how} in {took.TotalSeconds:F2} s)");
             return Ok;
         });
         return command;

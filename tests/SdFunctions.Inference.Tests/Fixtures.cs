@@ -38,7 +38,7 @@ public static class Fixtures
 
     public static JsonElement Meta(string group) => Index(group).GetProperty("meta");
 
-    private static string FileOf(string group, string name)
+    public static string FileOf(string group, string name)
     {
         foreach (var t in Index(group).GetProperty("tensors").EnumerateArray())
             if (t.GetProperty("name").GetString() == name) return Path.Combine(Reference, t.GetProperty("file").GetString()!);

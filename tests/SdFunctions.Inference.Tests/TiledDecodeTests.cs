@@ -62,3 +62,60 @@ public class TiledDecodeTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Throws<ArgumentOutOfRangeException>(() => new TiledVaeDecoder(Factory, bundle, bundle.Decoders[0], tileSize));
     }
 }
+
+/// <summary><c>sdf decode</c>: saved latents to a PNG, whole or tiled, with the pixels diffusers' decode gives.</summary>
+public class DecodeCommandTests
+{
+    private static async Task<(int Code, string Err)> Run(params string[] args)
+    {
+        var stderr = new StringWriter();
+        int code = await SdFunctions.Cli.CliApp.RunAsync(args, new StringWriter(), stderr);
+        return (code, stderr.ToString());
+    }
+
+    private static byte[] Expected(string name, int height, int width) =>
+        SdFunctions.Inference.Pipeline.StableDiffusionPipeline.ToRgb8(Fixtures.Floats("vae_tiled", name), height, width);
+
+    [Theory]
+    [InlineData("c0", 256, 256, "--tiled", "9 tiles of 128 px", "tiled")]
+    [InlineData("c1", 320, 192, "--tiled", "8 tiles of 128 px", "tiled")]
+    [InlineData("c0", 256, 256, null, "whole", "untiled")]
+    public async Task DecodeWritesThePixelsOfDiffusersDecode(string @case, int width, int height, string? tiled, string says, string reference)
+    {
+        string png = Fixtures.TempDirectory("decode") + ".png";
+        string[] args = ["decode", "--model", Fixtures.TinySd, "--latents", Fixtures.FileOf("vae_tiled", $"{@case}/latents_unscaled"),
+            "--width", $"{width}", "--height", $"{height}", "--out", png];
+        if (tiled is not null) args = [.. args, tiled, "--tile-size", "128"];
+        var (code, err) = await Run(args);
+        Assert.True(code == 0, err);
+        Assert.Contains(says, err);
+        Assert.True(Close.MaxLevels(Expected($"{@case}/{reference}", height, width), Fixtures.Pixels(png)) <= 1, "within one level of diffusers");
+    }
+
+    [Fact]
+    public async Task TheDefaultTileIsTheVaesSampleSize()
+    {
+        // tiny-sd's vae config has sample_size 256: a 256² image is one tile, decoded whole, as diffusers does.
+        string png = Fixtures.TempDirectory("decode") + ".png";
+        var (code, err) = await Run("decode", "--model", Fixtures.TinySd, "--latents", Fixtures.FileOf("vae_tiled", "c0/latents_unscaled"),
+            "--width", "256", "--height", "256", "--tiled", "--out", png);
+        Assert.True(code == 0, err);
+        Assert.Contains("whole (no side exceeds the 256 px tile)", err);
+        Assert.True(Close.MaxLevels(Expected("c0/untiled", 256, 256), Fixtures.Pixels(png)) <= 1);
+    }
+
+    [Theory]
+    [InlineData("--width", "128", "holds 4096 floats; 128×256 needs 1×4×32×16 = 2048")]
+    [InlineData("--width", "250", "is not a positive multiple of 8")]
+    [InlineData("--tile-size", "128", "--tile-size 128 needs --tiled")]
+    public async Task MistakesAreOneLine(string option, string value, string says)
+    {
+        var args = new Dictionary<string, string> { ["--width"] = "256", ["--height"] = "256" };
+        args[option] = value;
+        var (code, err) = await Run([.. new[] { "decode", "--model", Fixtures.TinySd, "--latents", Fixtures.FileOf("vae_tiled", "c0/latents_unscaled"),
+            "--out", Fixtures.TempDirectory("decode") + ".png" }, .. args.SelectMany(kv => new[] { kv.Key, kv.Value })]);
+        Assert.Equal(SdFunctions.Cli.CliApp.BadInput, code);
+        Assert.Contains(says, err);
+        Assert.Single(err.TrimEnd().Split('\n'));
+    }
+}

@@ -105,12 +105,12 @@ public sealed class ModelBundle
         int? sampleSize = File.Exists(unetConfig)
             ? ReadJson(unetConfig, r => r.TryGetProperty("sample_size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt32() : (int?)null)
             : null;
-        var (vaeIsTiny, scale, scaling) = ReadVaeConfig(vaeConfig);
+        var (vaeIsTiny, scale, scaling, vaeSampleSize) = ReadVaeConfig(vaeConfig);
         var decoders = new List<DecoderComponent>();
-        decoders.Add(new DecoderComponent(vaeIsTiny ? DecoderComponent.Tiny : DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling));
+        decoders.Add(new DecoderComponent(vaeIsTiny ? DecoderComponent.Tiny : DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling, vaeSampleSize));
         if (!vaeIsTiny && taesd is not null)
         {
-            var (_, taesdScale, taesdScaling) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
+            var (_, taesdScale, taesdScaling, _) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
             if (taesdScale != scale)
                 throw new ModelBundleException($"{taesd.Path}: upsamples latents {taesdScale}×, the VAE {scale}×; a tiny decoder must share the VAE's latent layout.");
             decoders.Add(new DecoderComponent(DecoderComponent.Tiny, TinyDecoderFolder, taesd, taesdScaling));
@@ -131,15 +131,16 @@ public sealed class ModelBundle
     /// What a VAE config says: whether it is an AutoencoderTiny, its upsampling factor (2^(blocks − 1)) and the
     /// scaling_factor latents are divided by before decoding (AutoencoderKL's default 0.18215, AutoencoderTiny's 1.0).
     /// </summary>
-    private static (bool Tiny, int Scale, float Scaling) ReadVaeConfig(string path, bool tinyDefault = false)
+    private static (bool Tiny, int Scale, float Scaling, int? SampleSize) ReadVaeConfig(string path, bool tinyDefault = false)
     {
-        if (!File.Exists(path)) return (tinyDefault, 8, tinyDefault ? 1f : 0.18215f);
+        if (!File.Exists(path)) return (tinyDefault, 8, tinyDefault ? 1f : 0.18215f, null);
         return ReadJson(path, r =>
         {
             bool tiny = r.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() == "AutoencoderTiny" : tinyDefault;
             int scale = r.TryGetProperty("block_out_channels", out var b) && b.ValueKind == JsonValueKind.Array ? 1 << (b.GetArrayLength() - 1) : 8;
             float scaling = r.TryGetProperty("scaling_factor", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetSingle() : tiny ? 1f : 0.18215f;
-            return (tiny, scale, scaling);
+            int? sampleSize = r.TryGetProperty("sample_size", out var z) && z.ValueKind == JsonValueKind.Number ? z.GetInt32() : null;
+            return (tiny, scale, scaling, sampleSize);
         });
     }
 
@@ -223,7 +224,8 @@ public sealed class ModelBundle
 /// One image decoder of a bundle: its request name (<see cref="Full"/> = AutoencoderKL, <see cref="Tiny"/> = TAESD), its
 /// folder, graph, and the scaling_factor latents are divided by before it decodes them. Both output images in about [−1, 1].
 /// </summary>
-public sealed record DecoderComponent(string Name, string Folder, OnnxModelInfo Model, float ScalingFactor)
+/// <param name="SampleSize">The config's sample_size (image px): the tile side diffusers' tiled decode uses by default.</param>
+public sealed record DecoderComponent(string Name, string Folder, OnnxModelInfo Model, float ScalingFactor, int? SampleSize = null)
 {
     public const string Full = "full", Tiny = "tiny";
     public static readonly IReadOnlyList<string> Names = [Full, Tiny];

@@ -55,9 +55,13 @@ public sealed class GenerationResult
     public required GenerationTimings Timings { get; init; }
 
     /// <summary>Encodes the image as PNG (ImageSharp 2.1, lossless).</summary>
-    public async Task WritePngAsync(Stream destination, CancellationToken cancellationToken = default)
+    public Task WritePngAsync(Stream destination, CancellationToken cancellationToken = default) =>
+        WritePngAsync(destination, Rgb, Width, Height, cancellationToken);
+
+    /// <summary>Encodes RGB bytes (HWC) as an 8-bit RGB PNG.</summary>
+    public static async Task WritePngAsync(Stream destination, byte[] rgb, int width, int height, CancellationToken cancellationToken = default)
     {
-        using var image = Image.LoadPixelData<Rgb24>(Rgb, Width, Height);
+        using var image = Image.LoadPixelData<Rgb24>(rgb, width, height);
         await image.SaveAsPngAsync(destination, new PngEncoder { ColorType = PngColorType.Rgb, BitDepth = PngBitDepth.Bit8 }, cancellationToken);
     }
 

@@ -323,7 +323,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     /// <summary>NCHW in [−1, 1] → HWC bytes: clamp(x/2 + 0.5, 0, 1) · 255, rounded half to even like numpy.</summary>
-    internal static byte[] ToRgb8(float[] image, int height, int width)
+    public static byte[] ToRgb8(float[] image, int height, int width)
     {
         int plane = height * width;
         var rgb = new byte[plane * 3];
