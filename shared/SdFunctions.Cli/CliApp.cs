@@ -42,6 +42,7 @@ public static class CliApp
         ["prompt"] = "--prompt", ["negativePrompt"] = "--negative-prompt", ["steps"] = "--steps", ["guidanceScale"] = "--guidance",
         ["seed"] = "--seed", ["scheduler"] = "--scheduler", ["decoder"] = "--decoder", ["size"] = "--width/--height",
         ["initialLatents"] = "--latents", ["karrasSigmas"] = "--karras", ["stepNoise"] = "--step-noise",
+        ["tiledDecode"] = "--tiled-decode", ["tileSize"] = "--tile-size",
     };
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken = default)
@@ -144,13 +145,15 @@ public static class CliApp
         };
         var decoder = new Option<string?>("--decoder") { Description = "Image decoder: full (the VAE) or tiny (TAESD). Default: full when the model has it." };
         decoder.AcceptOnlyFromAmong([.. DecoderComponent.Names]);
+        var tiledDecode = new Option<bool>("--tiled-decode") { Description = "Decode the full VAE tile by tile (diffusers' tiled_decode): less memory, slightly different seams." };
+        var tileSize = new Option<int?>("--tile-size") { Description = "Tile side in pixels with --tiled-decode. Default: the VAE config's sample_size." };
         var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
         var cache = new Option<string?>("--cache") { Description = "Directory for optimized graphs, reused on the next load." };
         var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
 
         var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
         {
-            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, width, height, latents, stepNoise, output, cache, threads,
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, width, height, latents, stepNoise, output, cache, threads,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -164,6 +167,8 @@ public static class CliApp
                 Scheduler = parse.GetValue(scheduler),
                 KarrasSigmas = parse.GetValue(karras) ? true : null,
                 Decoder = parse.GetValue(decoder),
+                TiledDecode = parse.GetValue(tiledDecode) ? true : null,
+                TileSize = parse.GetValue(tileSize),
             };
             // Everything that can be checked without the model is checked before spending time on loading it.
             request.ValidateParameters();
@@ -206,7 +211,7 @@ public static class CliApp
             stderr.WriteLine(
                 $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
                 $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
-                $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
+                $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}{(result.DecodeTileSize is { } tile ? $", tiles of {tile} px" : "")}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
             stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
             return Ok;

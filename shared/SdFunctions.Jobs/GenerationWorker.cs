@@ -132,7 +132,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 Output = new JobOutput
                 {
                     Seed = result.Seed, Width = result.Width, Height = result.Height, Scheduler = result.Scheduler,
-                    Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, UNetBatch = result.UNetBatch,
+                    Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, DecodeTileSize = result.DecodeTileSize, UNetBatch = result.UNetBatch,
                     Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
                 },
                 LastError = null, RunOwner = null,
@@ -329,7 +329,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     internal static GenerationRequest ToRequest(GenerationInput input) => new()
     {
         Prompt = input.Prompt, NegativePrompt = input.NegativePrompt, Steps = input.Steps, GuidanceScale = input.GuidanceScale,
-        Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, Width = input.Width, Height = input.Height,
+        Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, TiledDecode = input.TiledDecode, Width = input.Width, Height = input.Height,
     };
 
     private static string Truncate(string text) => text.Length <= 200 ? text : text[..200] + "…";

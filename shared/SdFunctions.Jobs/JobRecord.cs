@@ -17,6 +17,9 @@ public sealed record GenerationInput
     public long Seed { get; init; }
     public string? Scheduler { get; init; }
     public string? Decoder { get; init; }
+
+    /// <summary>Decode the full VAE tile by tile (tiles of <see cref="ModelOptions.DecodeTileSize"/>): less memory, slightly different seams.</summary>
+    public bool? TiledDecode { get; init; }
     public int Width { get; init; }
     public int Height { get; init; }
 }
@@ -52,6 +55,10 @@ public sealed record JobOutput
     public int Steps { get; init; }
     public double GuidanceScale { get; init; }
     public string? Decoder { get; init; }
+
+    /// <summary>The tile side (px) when the VAE decoded tile by tile; absent for a whole decode.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? DecodeTileSize { get; init; }
     public int UNetBatch { get; init; }
     public string? Conditioning { get; init; }
     public int UNetCalls { get; init; }

@@ -77,6 +77,9 @@ public sealed class ModelOptions
     /// </summary>
     public string? DefaultDecoder { get; set; }
 
+    /// <summary>The tile side (px) of a tiled VAE decode (requests with tiledDecode); null = the VAE config's sample_size, as diffusers (512 for SD 1.x: 256 saves memory at 512²).</summary>
+    public int? DecodeTileSize { get; set; }
+
     /// <summary>Intra-op threads; null = physical cores.</summary>
     public int? Threads { get; set; }
 }

@@ -31,7 +31,10 @@ public static class JobsServiceCollectionExtensions
             .Validate(o => o.HeartbeatInterval > TimeSpan.Zero && o.OwnerTimeout >= 2 * o.HeartbeatInterval && o.OwnerTimeout >= 2 * o.ProgressInterval,
                 "Jobs:OwnerTimeout must be at least twice Jobs:HeartbeatInterval and Jobs:ProgressInterval, or live runs would be taken over")
             .ValidateOnStart();
-        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section));
+        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section))
+            .Validate(o => o.DecodeTileSize is not { } t || (t >= GenerationRequest.MinTileSize && t <= GenerationRequest.MaxTileSize && t % 8 == 0),
+                $"Model:DecodeTileSize must be a multiple of 8 from {GenerationRequest.MinTileSize} to {GenerationRequest.MaxTileSize} pixels")
+            .ValidateOnStart();
         services.AddSingleton(TimeProvider.System);
 
         string storage = configuration.GetSection(StorageSetting).Exists() ? StorageSetting : HostStorageSetting;
@@ -58,7 +61,7 @@ public static class JobsServiceCollectionExtensions
             string dir = await new ModelLocator(model, blobs, logger).ResolveAsync(ct);
             var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
             {
-                Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder,
+                Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder, DecodeTileSize = model.DecodeTileSize,
                 Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
             }, logger, ct);
             sp.GetRequiredService<JobsTelemetry>().RecordModelLoad(watch.Elapsed);

@@ -17,6 +17,7 @@ public sealed record SubmitRequest
     public long? Seed { get; init; }
     public string? Scheduler { get; init; }
     public string? Decoder { get; init; }
+    public bool? TiledDecode { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
 
@@ -81,6 +82,8 @@ public sealed record SubmitRequest
             errors["steps"] = [$"lcm runs at most {MaxLcmSteps} steps (1–8 is what LCM models are made for)."];
         if (Decoder is { } decoder && !DecoderComponent.Names.Contains(decoder))
             errors["decoder"] = [$"One of: {string.Join(", ", DecoderComponent.Names)}."];
+        else if (TiledDecode == true && Decoder == DecoderComponent.Tiny)
+            errors["tiledDecode"] = ["Tiled decoding is for the full VAE; the tiny decoder decodes whole."];
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (errors.Count > 0)
@@ -98,6 +101,7 @@ public sealed record SubmitRequest
             Seed = Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1),
             Scheduler = Scheduler,
             Decoder = Decoder,
+            TiledDecode = TiledDecode,
             Width = options.Width,
             Height = options.Height,
         };

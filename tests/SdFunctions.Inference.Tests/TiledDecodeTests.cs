@@ -1,6 +1,7 @@
 using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Models;
+using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 
 namespace SdFunctions.Inference.Tests;
@@ -104,6 +105,19 @@ public class DecodeCommandTests
         Assert.True(Close.MaxLevels(Expected("c0/untiled", 256, 256), Fixtures.Pixels(png)) <= 1);
     }
 
+    [Fact]
+    public async Task GenerateDecodesInTilesWhenAsked()
+    {
+        string png = Fixtures.TempDirectory("generate") + ".png";
+        string[] args = ["generate", "--model", Fixtures.TinySd, "--prompt", "a fox", "--steps", "2", "--seed", "1", "--scheduler", "ddim", "--out", png];
+        var (code, err) = await Run([.. args, "--tiled-decode", "--tile-size", "128"]);
+        Assert.True(code == 0, err);
+        Assert.Contains("decode (full, tiles of 128 px)", err);
+        var (bad, badErr) = await Run([.. args, "--tile-size", "128"]);
+        Assert.Equal(SdFunctions.Cli.CliApp.BadInput, bad);
+        Assert.StartsWith("sdf: --tile-size: A tile size needs tiled decoding on", badErr);
+    }
+
     [Theory]
     [InlineData("--width", "128", "holds 4096 floats; 128×256 needs 1×4×32×16 = 2048")]
     [InlineData("--width", "250", "is not a positive multiple of 8")]
@@ -117,5 +131,48 @@ public class DecodeCommandTests
         Assert.Equal(SdFunctions.Cli.CliApp.BadInput, code);
         Assert.Contains(says, err);
         Assert.Single(err.TrimEnd().Split('\n'));
+    }
+}
+
+/// <summary>Tiled decoding as a generation option: the same latents, decoded as <see cref="TiledVaeDecoder"/> decodes them.</summary>
+[Collection(TinyPipelineCollection.Name)]
+public class TiledGenerationTests(TinyPipelineFixture fixture)
+{
+    private static GenerationRequest Request(bool? tiled, int? tileSize = null) => new()
+    {
+        Prompt = "a lighthouse", Steps = 2, Seed = 11, Scheduler = "ddim", TiledDecode = tiled, TileSize = tileSize,
+    };
+
+    [Fact]
+    public async Task ATiledDecodeGivesTheTiledDecodersPixelsForTheSameLatents()
+    {
+        var whole = await fixture.Pipeline.GenerateAsync(Request(null));
+        var tiled = await fixture.Pipeline.GenerateAsync(Request(true, 128));
+        Assert.Equal(whole.Latents, tiled.Latents);
+        Assert.Equal((null, 128), (whole.DecodeTileSize, tiled.DecodeTileSize));
+
+        var bundle = fixture.Pipeline.Bundle;
+        using var decoder = new TiledVaeDecoder(new OnnxSessionFactory(TinyPipelineFixture.CachedSessions, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance),
+            bundle, bundle.Decoders[0], 128);
+        using var run = new RunOptions();
+        float[] z = tiled.Latents.Select(v => v / bundle.Decoders[0].ScalingFactor).ToArray();
+        Assert.Equal(StableDiffusionPipeline.ToRgb8(decoder.Decode(z, 32, 32, run), 256, 256), tiled.Rgb);
+        Assert.NotEqual(whole.Rgb, tiled.Rgb); // the seams differ from a whole decode
+        Assert.True(Close.Psnr(whole.Rgb, tiled.Rgb) > 10, "still the same picture");
+
+        // Without a tile size: the VAE's sample_size (256), which covers this 256² image: decoded whole.
+        var defaultTile = await fixture.Pipeline.GenerateAsync(Request(true));
+        Assert.Equal(256, defaultTile.DecodeTileSize);
+        Assert.True(Close.MaxLevels(whole.Rgb, defaultTile.Rgb) <= 1, "a free-shape session rounds a little differently from the static one");
+    }
+
+    [Theory]
+    [InlineData(null, 128, "tileSize")]
+    [InlineData(true, 100, "tileSize")]
+    [InlineData(true, 32, "tileSize")]
+    public void BadTileSettingsAreRefusedBeforeRunning(bool? tiled, int tileSize, string parameter)
+    {
+        var e = Assert.Throws<InvalidGenerationRequestException>(() => fixture.Pipeline.Validate(Request(tiled, tileSize)));
+        Assert.Equal(parameter, e.ParamName);
     }
 }

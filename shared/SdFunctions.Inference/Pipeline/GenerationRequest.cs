@@ -10,6 +10,7 @@ public sealed record GenerationRequest
 {
     public const int MinSteps = 1, MaxSteps = 150;
     public const double MinGuidance = 0, MaxGuidance = 30;
+    public const int MinTileSize = 64, MaxTileSize = 2048;
 
     /// <summary>Chosen seeds stay at or below 2^53 − 1, so JSON clients (JavaScript numbers) can hand them back exactly.</summary>
     public const long MaxSeed = (1L << 53) - 1;
@@ -34,6 +35,15 @@ public sealed record GenerationRequest
 
     /// <summary>full (the VAE) or tiny (TAESD); null = the pipeline's default decoder.</summary>
     public string? Decoder { get; init; }
+
+    /// <summary>
+    /// Decode the full VAE tile by tile (diffusers' tiled_decode): the activations of one tile instead of the whole image,
+    /// slightly different pixels at the seams. null/false = one whole decode.
+    /// </summary>
+    public bool? TiledDecode { get; init; }
+
+    /// <summary>The tile side in pixels with <see cref="TiledDecode"/>; null = the VAE config's sample_size, as diffusers.</summary>
+    public int? TileSize { get; init; }
 
     /// <summary>Must equal the pipeline's compiled size when given (the shapes are static).</summary>
     public int? Width { get; init; }
@@ -63,6 +73,12 @@ public sealed record GenerationRequest
             throw new InvalidGenerationRequestException("seed", $"The seed must be between 0 and {MaxSeed}; got {seed}.");
         if (InitialLatents is { } latents && !latents.All(float.IsFinite))
             throw new InvalidGenerationRequestException("initialLatents", "The initial latents hold NaN or infinite values.");
+        if (TileSize is { } tile)
+        {
+            if (TiledDecode != true) throw new InvalidGenerationRequestException("tileSize", "A tile size needs tiled decoding on (tiledDecode).");
+            if (tile is < MinTileSize or > MaxTileSize || tile % 8 != 0)
+                throw new InvalidGenerationRequestException("tileSize", $"The tile size must be a multiple of 8 from {MinTileSize} to {MaxTileSize} pixels; got {tile}.");
+        }
         if (Decoder is { } d && !Bundle.DecoderComponent.Names.Contains(d))
             throw new InvalidGenerationRequestException("decoder", $"Unknown decoder '{d}'. Choose one of: {string.Join(", ", Bundle.DecoderComponent.Names)}.");
     }

@@ -40,6 +40,9 @@ public sealed class GenerationResult
     /// <summary>full or tiny: which decoder made the image.</summary>
     public required string Decoder { get; init; }
 
+    /// <summary>The tile side (px) when the image was decoded tile by tile; null for one whole decode.</summary>
+    public int? DecodeTileSize { get; init; }
+
     /// <summary>The UNet's batch, how it was conditioned (cfg, guidance-embedding, none) and how many times it ran.</summary>
     public required int UNetBatch { get; init; }
     public required string Conditioning { get; init; }

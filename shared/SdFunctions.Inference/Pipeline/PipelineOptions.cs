@@ -17,6 +17,9 @@ public sealed record PipelineOptions
     /// </summary>
     public string? DefaultDecoder { get; init; }
 
+    /// <summary>The tile side (px) for tiled decodes whose request names none; null = the VAE config's sample_size, as diffusers.</summary>
+    public int? DecodeTileSize { get; init; }
+
     /// <summary>
     /// Run each model once at load time. The first runs after load are 2–4× slower (weights paging in,
     /// arena growth); paying that at load keeps it off the first user's request.

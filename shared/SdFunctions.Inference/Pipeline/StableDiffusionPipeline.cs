@@ -25,6 +25,8 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly TextEncoderModel _textEncoder;
     private readonly Dictionary<int, UNetModel> _unets = [];
     private readonly Dictionary<string, VaeDecoderModel> _decoders = [];
+    private TiledVaeDecoder? _tiledDecoder; // one tile size at a time: a request for another replaces it
+    private readonly int? _defaultTileSize;
     private readonly float[] _emptyPromptEmbedding;
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly List<SessionLoadInfo> _loadInfo = [];
@@ -70,6 +72,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         }
         SupportedDecoders = Bundle.Decoders.Select(d => d.Name).ToList();
         DefaultDecoder = options.DefaultDecoder ?? SupportedDecoders[0];
+        _defaultTileSize = options.DecodeTileSize;
         if (!SupportedDecoders.Contains(DefaultDecoder))
             throw new ModelBundleException($"{Bundle.Directory} has no '{DefaultDecoder}' decoder; it has: {string.Join(", ", SupportedDecoders)}.");
         DefaultUNetBatch = Bundle.FixedUnetBatch ?? (Bundle.GuidanceDistilled ? 1 : 2);
@@ -153,6 +156,9 @@ public sealed class StableDiffusionPipeline : IDisposable
         if (request.Decoder is { } decoder && !SupportedDecoders.Contains(decoder))
             throw new InvalidGenerationRequestException("decoder",
                 $"This model has no '{decoder}' decoder. Choose one of: {string.Join(", ", SupportedDecoders)}.");
+        if (request.TiledDecode == true && (request.Decoder ?? DefaultDecoder) != DecoderComponent.Full)
+            throw new InvalidGenerationRequestException("tiledDecode",
+                $"Tiled decoding is for the full VAE; the {(request.Decoder ?? DefaultDecoder)} decoder decodes whole (TAESD needs little memory anyway).");
         if ((request.Width is { } w && w != Width) || (request.Height is { } h && h != Height))
             throw new InvalidGenerationRequestException("size",
                 $"This model is compiled for {Width}×{Height} only; got {request.Width ?? Width}×{request.Height ?? Height}.");
@@ -228,7 +234,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         }
         var encodeTime = encodeWatch.Elapsed;
         var textEncoderTime = modelWatch.Elapsed;
-        var decoder = Decoder(request.Decoder ?? DefaultDecoder);
+        string decoderName = request.Decoder ?? DefaultDecoder;
         WarnOnceIfTimestepsAreTruncated(_unets[conditioning.Batch], scheduler);
 
         int n = LatentChannels * LatentHeight * LatentWidth;
@@ -261,14 +267,23 @@ public sealed class StableDiffusionPipeline : IDisposable
         var decodeWatch = Stopwatch.StartNew();
         byte[] rgb;
         TimeSpan vaeTime;
-        using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoder.Component.Name))
-            (rgb, vaeTime) = Decode(decoder, latents, runOptions);
+        int? tileSize = null;
+        using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoderName))
+        {
+            if (request.TiledDecode == true)
+            {
+                var tiled = TiledDecoder(request.TileSize);
+                tileSize = tiled.TileSize;
+                (rgb, vaeTime) = DecodeTiled(tiled, latents, runOptions);
+            }
+            else (rgb, vaeTime) = Decode(Decoder(decoderName), latents, runOptions);
+        }
         var decodeTime = decodeWatch.Elapsed;
 
         return new GenerationResult
         {
             Seed = seed, Scheduler = scheduler.Name, Steps = steps, GuidanceScale = guidanceScale, Width = Width, Height = Height,
-            Decoder = decoder.Component.Name, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
+            Decoder = decoderName, DecodeTileSize = tileSize, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
             UNetCalls = scheduler.Timesteps.Count * conditioning.CallsPerStep,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated,
             Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
@@ -347,6 +362,27 @@ public sealed class StableDiffusionPipeline : IDisposable
     }
 
     // The default decoder is built at load; another only when a request first asks for it.
+    private (byte[] Rgb, TimeSpan VaeRun) DecodeTiled(TiledVaeDecoder decoder, float[] latents, RunOptions runOptions)
+    {
+        var watch = Stopwatch.StartNew();
+        float scaling = decoder.Component.ScalingFactor;
+        var z = new float[latents.Length];
+        for (int k = 0; k < z.Length; k++) z[k] = latents[k] / scaling;
+        float[] image = decoder.Decode(z, LatentHeight, LatentWidth, runOptions);
+        var vaeTime = watch.Elapsed;
+        return (ToRgb8(image, Height, Width), vaeTime);
+    }
+
+    private TiledVaeDecoder TiledDecoder(int? tileSize)
+    {
+        var vae = Bundle.Decoders.First(d => d.Name == DecoderComponent.Full);
+        int size = tileSize ?? _defaultTileSize ?? vae.SampleSize ?? Math.Max(Width, Height);
+        if (_tiledDecoder is { } current && current.TileSize == size) return current;
+        _tiledDecoder?.Dispose();
+        _tiledDecoder = new TiledVaeDecoder(_factory, Bundle, vae, size);
+        return _tiledDecoder;
+    }
+
     private VaeDecoderModel Decoder(string name)
     {
         if (_decoders.TryGetValue(name, out var decoder)) return decoder;
@@ -371,6 +407,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         _unets.Clear();
         foreach (var d in _decoders.Values) d.Dispose();
         _decoders.Clear();
+        _tiledDecoder?.Dispose();
+        _tiledDecoder = null;
     }
 
     public void Dispose()
