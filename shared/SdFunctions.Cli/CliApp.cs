@@ -258,28 +258,34 @@ public static class CliApp
             var factory = new OnnxSessionFactory(new SessionSettings { IntraOpThreads = parse.GetValue(threads) }, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
             using var run = new RunOptions();
             using var abort = ct.Register(() => run.Terminate = true);
-            var watch = System.Diagnostics.Stopwatch.StartNew();
+            var load = System.Diagnostics.Stopwatch.StartNew();
             float[] image;
             string how;
+            TimeSpan loaded, took;
             if (parse.GetValue(tiled))
             {
                 int tile = parse.GetValue(tileSize) ?? vae.SampleSize ?? 512;
                 using var decoder = new Inference.Models.TiledVaeDecoder(factory, bundle, vae, tile);
+                loaded = load.Elapsed;
                 int tiles = 0;
+                var watch = System.Diagnostics.Stopwatch.StartNew();
                 image = await Task.Run(() => decoder.Decode(values, latentHeight, latentWidth, run, (_, _, _) => tiles++), ct);
+                took = watch.Elapsed;
                 how = tiles == 0 ? $"whole (no side exceeds the {tile} px tile)" : $"{tiles} tiles of {tile} px";
             }
             else
             {
                 using var decoder = new Inference.Models.VaeDecoderModel(factory, bundle, vae, latentHeight, latentWidth);
+                loaded = load.Elapsed;
                 values.CopyTo(decoder.Latents, 0);
+                var watch = System.Diagnostics.Stopwatch.StartNew();
                 await Task.Run(() => decoder.Run(run), ct);
+                took = watch.Elapsed;
                 image = decoder.Image;
                 how = "whole";
             }
-            var took = watch.Elapsed;
             await using (var file = File.Create(outPath)) await GenerationResult.WritePngAsync(file, StableDiffusionPipeline.ToRgb8(image, h, w), w, h, ct);
-            stderr.WriteLine($"wrote {outPath} ({w}×{h}, decoded {how} in {took.TotalSeconds:F2} s)");
+            stderr.WriteLine($"wrote {outPath} ({w}×{h}, decoded {how} in {took.TotalSeconds:F2} s; session load {loaded.TotalSeconds:F2} s)");
             return Ok;
         });
         return command;
