@@ -253,7 +253,6 @@ public static class CliApp
             int expected = 4 * latentHeight * latentWidth;
             if (values.Length != expected)
                 throw new CliUsageException($"--latents: {parse.GetValue(latents)} holds {values.Length} floats; {w}×{h} needs 1×4×{latentHeight}×{latentWidth} = {expected}.");
-            for (int k = 0; k < values.Length; k++) values[k] /= vae.ScalingFactor;
 
             var factory = new OnnxSessionFactory(new SessionSettings { IntraOpThreads = parse.GetValue(threads) }, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
             using var run = new RunOptions();
@@ -269,7 +268,7 @@ public static class CliApp
                 loaded = load.Elapsed;
                 int tiles = 0;
                 var watch = System.Diagnostics.Stopwatch.StartNew();
-                image = await Task.Run(() => decoder.Decode(values, latentHeight, latentWidth, run, (_, _, _) => tiles++), ct);
+                image = await Task.Run(() => decoder.DecodeLatents(values, latentHeight, latentWidth, run, (_, _, _) => tiles++), ct);
                 took = watch.Elapsed;
                 how = tiles == 0 ? $"whole (no side exceeds the {tile} px tile)" : $"{tiles} tiles of {tile} px";
             }
@@ -277,9 +276,8 @@ public static class CliApp
             {
                 using var decoder = new Inference.Models.VaeDecoderModel(factory, bundle, vae, latentHeight, latentWidth);
                 loaded = load.Elapsed;
-                values.CopyTo(decoder.Latents, 0);
                 var watch = System.Diagnostics.Stopwatch.StartNew();
-                await Task.Run(() => decoder.Run(run), ct);
+                await Task.Run(() => decoder.Decode(values, run), ct);
                 took = watch.Elapsed;
                 image = decoder.Image;
                 how = "whole";

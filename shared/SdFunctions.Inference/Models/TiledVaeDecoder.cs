@@ -46,6 +46,14 @@ public sealed class TiledVaeDecoder : IDisposable
         _outputNames = [ModelBundle.MainOutput(model, "sample").Name];
     }
 
+    /// <summary>Divides the pipeline's final latents by the decoder's scaling factor and decodes them (see <see cref="Decode"/>).</summary>
+    public float[] DecodeLatents(ReadOnlySpan<float> latents, int latentHeight, int latentWidth, RunOptions runOptions, Action<int, int, float[]>? onTile = null)
+    {
+        var z = new float[latents.Length];
+        for (int k = 0; k < z.Length; k++) z[k] = latents[k] / Component.ScalingFactor;
+        return Decode(z, latentHeight, latentWidth, runOptions, onTile);
+    }
+
     /// <summary>
     /// Decodes <paramref name="z"/> [1, C, h, w] (already divided by the scaling factor) into [1, 3, 8h, 8w]. Calls
     /// <paramref name="onTile"/> with each raw tile decode (before blending) and its latent origin, for tests.

@@ -365,10 +365,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private (byte[] Rgb, TimeSpan VaeRun) DecodeTiled(TiledVaeDecoder decoder, float[] latents, RunOptions runOptions)
     {
         var watch = Stopwatch.StartNew();
-        float scaling = decoder.Component.ScalingFactor;
-        var z = new float[latents.Length];
-        for (int k = 0; k < z.Length; k++) z[k] = latents[k] / scaling;
-        float[] image = decoder.Decode(z, LatentHeight, LatentWidth, runOptions);
+        float[] image = decoder.DecodeLatents(latents, LatentHeight, LatentWidth, runOptions);
         var vaeTime = watch.Elapsed;
         return (ToRgb8(image, Height, Width), vaeTime);
     }
