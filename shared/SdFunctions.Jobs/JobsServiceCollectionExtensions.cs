@@ -100,9 +100,11 @@ public static class StorageClients
         Uri? queueUri = section["queueServiceUri"] is { Length: > 0 } q ? new Uri(q) : account is null ? null : new Uri($"https://{account}.queue.core.windows.net");
         if (blobUri is null || queueUri is null)
             throw new InvalidOperationException($"Storage is not configured: set {name} (a connection string) or {name}__accountName (identity-based).");
-        TokenCredential credential = section["credential"] == "managedidentity"
-            ? new ManagedIdentityCredential(section["clientId"] is { Length: > 0 } id ? ManagedIdentityId.FromUserAssignedClientId(id) : ManagedIdentityId.SystemAssigned)
-            : new DefaultAzureCredential();
+        TokenCredential credential = section["credential"] == "managedidentity" ? ManagedIdentity(section["clientId"]) : new DefaultAzureCredential();
         return (new BlobServiceClient(blobUri, credential, blobOptions), new QueueServiceClient(queueUri, credential, queueOptions));
     }
+
+    /// <summary>The app's managed identity: user-assigned when a client id is given, else system-assigned.</summary>
+    public static ManagedIdentityCredential ManagedIdentity(string? clientId) =>
+        new(clientId is { Length: > 0 } id ? ManagedIdentityId.FromUserAssignedClientId(id) : ManagedIdentityId.SystemAssigned);
 }
