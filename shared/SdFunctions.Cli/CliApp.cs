@@ -43,6 +43,7 @@ public static class CliApp
         ["seed"] = "--seed", ["scheduler"] = "--scheduler", ["decoder"] = "--decoder", ["size"] = "--width/--height",
         ["initialLatents"] = "--latents", ["karrasSigmas"] = "--karras", ["stepNoise"] = "--step-noise",
         ["tiledDecode"] = "--tiled-decode", ["tileSize"] = "--tile-size",
+        ["cacheInterval"] = "--deep-cache-interval", ["cacheSchedule"] = "--deep-cache-schedule",
     };
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken = default)
@@ -147,13 +148,19 @@ public static class CliApp
         decoder.AcceptOnlyFromAmong([.. DecoderComponent.Names]);
         var tiledDecode = new Option<bool>("--tiled-decode") { Description = "Decode the full VAE tile by tile (diffusers' tiled_decode): less memory, slightly different seams." };
         var tileSize = new Option<int?>("--tile-size") { Description = "Tile side in pixels with --tiled-decode. Default: the VAE config's sample_size." };
+        var cacheInterval = new Option<int?>("--deep-cache-interval")
+        {
+            Description = "DeepCache: run the whole UNet every N-th call, only its shallow branch between (a bundle from optimize --deep-cache). Default: 1 (off).",
+        };
+        var cacheSchedule = new Option<string?>("--deep-cache-schedule") { Description = "uniform (default) or nonuniform (DeepCache's quadratic schedule around 0.3 × steps)." };
+        cacheSchedule.AcceptOnlyFromAmong([.. DeepCacheSchedule.Names]);
         var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
         var cache = new Option<string?>("--cache") { Description = "Directory for optimized graphs, reused on the next load." };
         var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
 
         var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
         {
-            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, width, height, latents, stepNoise, output, cache, threads,
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, cacheInterval, cacheSchedule, width, height, latents, stepNoise, output, cache, threads,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -169,6 +176,8 @@ public static class CliApp
                 Decoder = parse.GetValue(decoder),
                 TiledDecode = parse.GetValue(tiledDecode) ? true : null,
                 TileSize = parse.GetValue(tileSize),
+                CacheInterval = parse.GetValue(cacheInterval),
+                CacheSchedule = parse.GetValue(cacheSchedule),
             };
             // Everything that can be checked without the model is checked before spending time on loading it.
             request.ValidateParameters();
@@ -210,7 +219,7 @@ public static class CliApp
             string iterations = t.Steps.Count == result.Steps ? "" : $", {t.Steps.Count} iterations: its first step evaluates the UNet twice";
             stderr.WriteLine(
                 $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
-                $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
+                $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}{(result.CacheInterval > 1 ? $" ({result.ShallowUNetCalls} shallow: DeepCache every {result.CacheInterval}, {result.CacheSchedule})" : "")}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
                 $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}{(result.DecodeTileSize is { } tile ? $", tiles of {tile} px" : "")}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
             stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
@@ -339,10 +348,12 @@ public static class CliApp
         var calibrationSteps = new Option<int>("--calibration-steps") { Description = "Denoising steps per calibration prompt.", DefaultValueFactory = _ => 10 };
         var fuseAttention = new Option<bool>("--fuse-attention") { Description = "Replace the exported attention subgraphs with ONNX Runtime's fused MultiHeadAttention." };
         var compile = new Option<bool>("--compile") { Description = "Also store graphs optimized for this machine in the bundle (compiled/): faster first load where they match." };
+        var deepCache = new Option<bool>("--deep-cache") { Description = "Also write DeepCache's full and shallow UNet graphs (same weights file), for generate --deep-cache-interval." };
+        var deepCacheBranch = new Option<int>("--deep-cache-branch") { Description = "DeepCache's cache_branch_id: 0 = only the outermost resnet and attention run on a cached step.", DefaultValueFactory = _ => 0 };
         var command = new Command("optimize",
             "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
         {
-            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, fullRange, quantizeVae, calibration, calibrationSteps, fuseAttention, compile,
+            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, fullRange, quantizeVae, calibration, calibrationSteps, fuseAttention, compile, deepCache, deepCacheBranch,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -355,7 +366,7 @@ public static class CliApp
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
                 Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset), ReduceRange = !parse.GetValue(fullRange) },
                 QuantizeVaeDecoder = parse.GetValue(quantizeVae), CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps), Compile = parse.GetValue(compile),
-                FuseAttention = parse.GetValue(fuseAttention),
+                FuseAttention = parse.GetValue(fuseAttention), DeepCache = parse.GetValue(deepCache), DeepCacheBranch = parse.GetValue(deepCacheBranch),
             }, progress, ct);
             stderr.WriteLine($"optimize: UNet {manifest.UnetBytesBefore / 1e6:F1} MB → {manifest.UnetBytesAfter / 1e6:F1} MB; " +
                 $"{manifest.TokenMerging.Count} blocks merge tokens; {(manifest.Quantization is null ? "float" : "int8 " + manifest.Quantization.Preset)}; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");

@@ -37,6 +37,12 @@ public sealed record OptimizeOptions
     /// <summary>Also quantize the VAE decoder to INT8 (needs <see cref="Quantization"/>: it calibrates on the same run).</summary>
     public bool QuantizeVaeDecoder { get; init; }
 
+    /// <summary>Also write DeepCache's full and shallow UNet graphs (over the same weights), cut at <see cref="DeepCacheBranch"/>.</summary>
+    public bool DeepCache { get; init; }
+
+    /// <summary>DeepCache's cache_branch_id: 0 caches the most (only the outermost resnet and attention run on a cached step).</summary>
+    public int DeepCacheBranch { get; init; }
+
     /// <summary>Prompts to calibrate on (one per line); null = <see cref="Calibration.DefaultPrompts"/>.</summary>
     public string? CalibrationFile { get; init; }
 
@@ -74,6 +80,9 @@ public sealed record OptimizeManifest
     /// <summary>The VAE decoder's quantized nodes by type (null: left float).</summary>
     public IReadOnlyDictionary<string, int>? VaeDecoderQuantizedNodes { get; init; }
 
+    /// <summary>The DeepCache cut (null: none written).</summary>
+    public DeepCacheSplitter.Result? DeepCache { get; init; }
+
     /// <summary>The compiled graphs in the bundle and what they are valid for (null: not compiled).</summary>
     public CompiledGraphs? Compiled { get; init; }
 
@@ -108,6 +117,8 @@ public static class BundleOptimizer
         if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
         var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
         if (options.QuantizeVaeDecoder && options.Quantization is null) throw new ArgumentException("--quantize-vae needs --quantize int8 (both calibrate on one run).");
+        if (options.DeepCacheBranch < 0 || (options.DeepCacheBranch != 0 && !options.DeepCache))
+            throw new ArgumentException($"--deep-cache-branch needs --deep-cache and must be 0 or more; got {options.DeepCacheBranch}.");
         if (options.Batch is not (null or 1 or 2)) throw new ArgumentException($"--batch must be 1 or 2; got {options.Batch}.");
         int batch = options.Batch ?? (bundle.GuidanceDistilled ? 1 : 2);
         int width = options.Width ?? bundle.DefaultWidth, height = options.Height ?? bundle.DefaultHeight;
@@ -119,6 +130,9 @@ public static class BundleOptimizer
             throw new IOException($"{destination} exists and is not empty; choose a new folder for the optimized bundle.");
         if (destination.StartsWith(bundle.Directory + Path.DirectorySeparatorChar, StringComparison.Ordinal) || destination == bundle.Directory)
             throw new IOException($"{destination} is inside the source bundle; choose a folder outside it.");
+
+        // The cut is checked on the source graph before any work (the rewrites keep the names it is found by).
+        if (options.DeepCache) DeepCacheSplitter.FeatureTensor((await ModelFiles.ReadAsync(bundle.Unet.Path, ct)).Graph, options.DeepCacheBranch);
 
         // Written beside the destination and moved into place at the end: a canceled or failed run leaves no half-written bundle.
         string output = $"{destination}.partial-{Guid.NewGuid().ToString("N")[..8]}";
@@ -188,6 +202,14 @@ public static class BundleOptimizer
                     vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
             }
 
+            DeepCacheSplitter.Result? deepCache = null;
+            if (options.DeepCache)
+            {
+                progress?.Report($"DeepCache: cutting the UNet at branch {options.DeepCacheBranch}");
+                deepCache = await DeepCacheSplitter.WriteAsync(unetOut, options.DeepCacheBranch, new SessionSettings(), ct);
+                progress?.Report($"DeepCache: feature {deepCache.Feature} [{string.Join(", ", deepCache.FeatureShape)}]; shallow graph {deepCache.ShallowNodes} of {deepCache.FullNodes} nodes");
+            }
+
             OptimizeManifest.CompiledGraphs? compiled = null;
             if (options.Compile)
             {
@@ -219,6 +241,7 @@ public static class BundleOptimizer
                 UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
                 Quantization = quantization,
                 VaeDecoderQuantizedNodes = vaeQuantized,
+                DeepCache = deepCache,
                 Compiled = compiled,
             };
             await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),

@@ -143,6 +143,9 @@ public class CliTests
             { "out is a folder", Generate("--out", folder), CliApp.BadInput, "is a folder" },
             { "out cannot be written", Generate("--out", "/proc/sdf-test.png"), CliApp.BadInput, "--out: /proc/sdf-test.png cannot be written" },
             { "non-finite latents", Generate("--latents", nanLatents, "--out", TempPng()), CliApp.BadInput, "holds a non-finite value (NaN) at float 7" },
+            { "deep cache on a model without its graphs", Generate("--deep-cache-interval", "3", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: This model has no DeepCache graphs" },
+            { "deep cache interval out of range", Generate("--deep-cache-interval", "0", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: The cache interval must be from 1" },
+            { "deep cache branch past the UNet", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--deep-cache", "--deep-cache-branch", "12"], CliApp.BadInput, "--deep-cache-branch must be from 0 to 11" },
             { "unknown quantization", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--quantize", "int4"], CliApp.BadInput, "'int4'" },
         };
     }

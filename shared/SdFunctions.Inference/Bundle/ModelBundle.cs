@@ -32,6 +32,9 @@ public sealed class ModelBundle
     /// </summary>
     public int? UnetTimestepCondDim { get; init; }
 
+    /// <summary>The UNet cut for DeepCache (<c>sdf optimize --deep-cache</c>); null when the bundle has none.</summary>
+    public DeepCacheGraphs? DeepCache { get; init; }
+
     /// <summary>A guidance-distilled UNet takes the guidance scale as an embedding and has no unconditional pass.</summary>
     public bool GuidanceDistilled => UnetTimestepCondDim is not null;
 
@@ -100,6 +103,18 @@ public sealed class ModelBundle
                 $"{unet.Path}: input '{UNetTimestepCond}' does not declare its width (dim 1, time_cond_proj_dim); expected a fixed size such as 256.");
         }
 
+        DeepCacheGraphs? deepCache = null;
+        if (File.Exists(Path.Combine(dir, "unet", DeepCacheFullFile)) || File.Exists(Path.Combine(dir, "unet", DeepCacheShallowFile)))
+        {
+            var full = ReadModel(dir, "unet", DeepCacheFullFile);
+            var shallow = ReadModel(dir, "unet", DeepCacheShallowFile);
+            var fed = shallow.FindInput(DeepFeature) ?? throw new ModelBundleException($"{shallow.Path} has no input '{DeepFeature}': not a DeepCache shallow graph.");
+            var made = full.Outputs.FirstOrDefault(o => o.Name == DeepFeature) ?? throw new ModelBundleException($"{full.Path} has no output '{DeepFeature}': not a DeepCache full graph.");
+            if (!made.Dims.SequenceEqual(fed.Dims) || made.Dims.Any(d => d.Value is null))
+                throw new ModelBundleException($"{full.Path} outputs {made} but {shallow.Path} takes {fed}: the two DeepCache graphs must come from one sdf optimize run.");
+            deepCache = new DeepCacheGraphs(full, shallow);
+        }
+
         string unetConfig = Path.Combine(dir, "unet", "config.json");
         string vaeConfig = Path.Combine(dir, "vae_decoder", "config.json");
         int? sampleSize = File.Exists(unetConfig)
@@ -121,8 +136,13 @@ public sealed class ModelBundle
             Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
             TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder,
             UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, Decoders = decoders, UnetTimestepCondDim = condDim,
+            DeepCache = deepCache,
         };
     }
+
+    /// <summary>DeepCache's reused tensor: an output of <see cref="DeepCacheFullFile"/>, an input of <see cref="DeepCacheShallowFile"/>.</summary>
+    public const string DeepFeature = "deep_feature";
+    public const string DeepCacheFullFile = "model_deepcache_full.onnx", DeepCacheShallowFile = "model_deepcache_shallow.onnx";
 
     /// <summary>The UNet input of guidance-distilled models: the guidance-scale embedding.</summary>
     public const string UNetTimestepCond = "timestep_cond";
@@ -169,9 +189,9 @@ public sealed class ModelBundle
         return path;
     }
 
-    private static OnnxModelInfo ReadModel(string dir, string component)
+    private static OnnxModelInfo ReadModel(string dir, string component, string file = "model.onnx")
     {
-        string path = Require(dir, Path.Combine(component, "model.onnx"));
+        string path = Require(dir, Path.Combine(component, file));
         var info = Guard(path, OnnxModelInfo.Read);
         foreach (string data in info.ExternalDataFiles)
         {
@@ -225,6 +245,15 @@ public sealed class ModelBundle
 /// folder, graph, and the scaling_factor latents are divided by before it decodes them. Both output images in about [−1, 1].
 /// </summary>
 /// <param name="SampleSize">The config's sample_size (image px): the tile side diffusers' tiled decode uses by default.</param>
+/// <summary>
+/// DeepCache's two UNet graphs over the UNet's weights: <see cref="Full"/> is the whole UNet that also outputs
+/// <see cref="ModelBundle.DeepFeature"/>; <see cref="Shallow"/> takes it and runs only the outer branch.
+/// </summary>
+public sealed record DeepCacheGraphs(OnnxModelInfo Full, OnnxModelInfo Shallow)
+{
+    public IReadOnlyList<long> FeatureShape => Full.Outputs.First(o => o.Name == ModelBundle.DeepFeature).Dims.Select(d => d.Value!.Value).ToList();
+}
+
 public sealed record DecoderComponent(string Name, string Folder, OnnxModelInfo Model, float ScalingFactor, int? SampleSize = null)
 {
     public const string Full = "full", Tiny = "tiny";

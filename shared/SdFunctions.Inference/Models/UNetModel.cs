@@ -10,6 +10,9 @@ namespace SdFunctions.Inference.Models;
 /// input and output buffers are allocated once and pinned; each step writes into them and runs.
 /// The timestep input is int64 (optimum) or float32 (the older diffusers exporter), of shape [1] or [batch].
 /// Guidance-distilled UNets (LCM) also take <c>timestep_cond</c> [batch, time_cond_proj_dim].
+/// A bundle cut for DeepCache loads its full graph (which also writes <see cref="DeepFeature"/>) in place of model.onnx,
+/// and its shallow graph beside it, both over the same buffers: <see cref="RunShallow"/> reads the feature the last
+/// <see cref="Run"/> wrote.
 /// </summary>
 public sealed class UNetModel : IDisposable
 {
@@ -20,6 +23,11 @@ public sealed class UNetModel : IDisposable
     private readonly OrtValue[] _outputs;
     private readonly string[] _inputNames;
     private readonly string[] _outputNames;
+    private readonly InferenceSession? _shallow;
+    private readonly OrtValue[] _shallowInputs = [];
+    private readonly string[] _shallowInputNames = [];
+    private readonly string[] _shallowOutputNames = [];
+    private readonly OrtValue[] _shallowOutputs = [];
 
     public int Batch { get; }
     public bool IntegerTimestep { get; }
@@ -30,6 +38,11 @@ public sealed class UNetModel : IDisposable
     public float[] TimestepCond { get; } = [];
     public int TimestepCondDim { get; }
     public float[] Output { get; }
+
+    /// <summary>DeepCache's reused feature (written by <see cref="Run"/>, read by <see cref="RunShallow"/>); empty without DeepCache.</summary>
+    public float[] DeepFeature { get; } = [];
+    public bool HasDeepCache => _shallow is not null;
+    public SessionLoadInfo? ShallowLoadInfo { get; }
     public SessionLoadInfo LoadInfo { get; }
 
     public UNetModel(OnnxSessionFactory factory, ModelBundle bundle, int batch, int latentHeight, int latentWidth, int sequenceLength, int hiddenSize)
@@ -49,7 +62,10 @@ public sealed class UNetModel : IDisposable
         TimestepCondDim = bundle.UnetTimestepCondDim ?? 0;
         long[] condShape = [batch, TimestepCondDim];
         if (TimestepCondDim > 0) StaticShapes.Bind(model, ModelBundle.UNetTimestepCond, condShape, overrides);
-        (_session, LoadInfo) = factory.Create("unet", model.Path, overrides);
+        var deepCache = bundle.DeepCache;
+        (_session, LoadInfo) = deepCache is null
+            ? factory.Create("unet", model.Path, overrides)
+            : factory.Create("unet-deepcache-full", deepCache.Full.Path, overrides);
 
         IntegerTimestep = model.FindInput("timestep")!.ElementType == OnnxElementType.Int64;
         int timestepLength = (int)timestepShape.Aggregate(1L, (a, b) => a * b);
@@ -76,15 +92,43 @@ public sealed class UNetModel : IDisposable
         _inputs = [.. inputs];
         _outputs = [OrtValue.CreateTensorValueFromMemory(Output, sampleShape)];
         _outputNames = [ModelBundle.MainOutput(model, "out_sample").Name];
+        if (deepCache is null) return;
+
+        long[] featureShape = [.. deepCache.FeatureShape];
+        if (featureShape[0] != batch)
+            throw new ModelBundleException($"{deepCache.Full.Path}: its {ModelBundle.DeepFeature} has batch {featureShape[0]}, the UNet runs batch {batch}.");
+        DeepFeature = new float[featureShape.Aggregate(1L, (a, b) => a * b)];
+        var feature = OrtValue.CreateTensorValueFromMemory(DeepFeature, featureShape);
+        _outputNames = [.. _outputNames, ModelBundle.DeepFeature];
+        _outputs = [.. _outputs, feature];
+        (_shallow, var shallowInfo) = factory.Create("unet-deepcache-shallow", deepCache.Shallow.Path, overrides);
+        ShallowLoadInfo = shallowInfo;
+        _shallowInputNames = [.. names, ModelBundle.DeepFeature];
+        _shallowInputs = [.. inputs, feature];
+        _shallowOutputs = [_outputs[0]];
+        _shallowOutputNames = [_outputNames[0]];
     }
 
     /// <summary>Runs on the current inputs (<see cref="Sample"/>, <see cref="EncoderHiddenStates"/>, <see cref="TimestepCond"/>), writing <see cref="Output"/>.</summary>
     public void Run(double timestep, RunOptions runOptions)
     {
-        // An int64 UNet gets the timestep truncated, as numpy's cast in diffusers' ONNX pipeline does.
+        SetTimestep(timestep);
+        _session.Run(runOptions, _inputNames, _inputs, _outputNames, _outputs);
+    }
+
+    /// <summary>A DeepCache cached step: only the shallow branch, on the current inputs and <see cref="DeepFeature"/>.</summary>
+    public void RunShallow(double timestep, RunOptions runOptions)
+    {
+        if (_shallow is null) throw new InvalidOperationException("This UNet has no DeepCache graphs (sdf optimize --deep-cache).");
+        SetTimestep(timestep);
+        _shallow.Run(runOptions, _shallowInputNames, _shallowInputs, _shallowOutputNames, _shallowOutputs);
+    }
+
+    // An int64 UNet gets the timestep truncated, as numpy's cast in diffusers' ONNX pipeline does.
+    private void SetTimestep(double timestep)
+    {
         if (IntegerTimestep) Array.Fill(_timestep64, (long)timestep);
         else Array.Fill(_timestep32, (float)timestep);
-        _session.Run(runOptions, _inputNames, _inputs, _outputNames, _outputs);
     }
 
     public void Dispose()
@@ -92,5 +136,6 @@ public sealed class UNetModel : IDisposable
         foreach (var v in _inputs) v.Dispose();
         foreach (var v in _outputs) v.Dispose();
         _session.Dispose();
+        _shallow?.Dispose();
     }
 }

@@ -45,6 +45,15 @@ public sealed record GenerationRequest
     /// <summary>The tile side in pixels with <see cref="TiledDecode"/>; null = the VAE config's sample_size, as diffusers.</summary>
     public int? TileSize { get; init; }
 
+    /// <summary>
+    /// DeepCache: every N-th UNet call runs the whole UNet, the calls between only its shallow branch on the cached deep
+    /// feature (needs a bundle from <c>sdf optimize --deep-cache</c>). null or 1 = off.
+    /// </summary>
+    public int? CacheInterval { get; init; }
+
+    /// <summary>uniform (DeepCache's helper) or nonuniform (its pipeline's quadratic schedule); null = uniform.</summary>
+    public string? CacheSchedule { get; init; }
+
     /// <summary>Must equal the pipeline's compiled size when given (the shapes are static).</summary>
     public int? Width { get; init; }
     public int? Height { get; init; }
@@ -79,6 +88,10 @@ public sealed record GenerationRequest
             if (tile is < MinTileSize or > MaxTileSize || tile % 8 != 0)
                 throw new InvalidGenerationRequestException("tileSize", $"The tile size must be a multiple of 8 from {MinTileSize} to {MaxTileSize} pixels; got {tile}.");
         }
+        if (CacheInterval is < 1 or > DeepCacheSchedule.MaxInterval)
+            throw new InvalidGenerationRequestException("cacheInterval", $"The cache interval must be from 1 (off) to {DeepCacheSchedule.MaxInterval}; got {CacheInterval}.");
+        if (CacheSchedule is { } schedule && !DeepCacheSchedule.Names.Contains(schedule))
+            throw new InvalidGenerationRequestException("cacheSchedule", $"Unknown cache schedule '{schedule}'. Choose one of: {string.Join(", ", DeepCacheSchedule.Names)}.");
         if (Decoder is { } d && !Bundle.DecoderComponent.Names.Contains(d))
             throw new InvalidGenerationRequestException("decoder", $"Unknown decoder '{d}'. Choose one of: {string.Join(", ", Bundle.DecoderComponent.Names)}.");
     }

@@ -48,6 +48,11 @@ public sealed class GenerationResult
     public required string Conditioning { get; init; }
     public required int UNetCalls { get; init; }
 
+    /// <summary>DeepCache's interval (1 = off) and schedule (null when off); <see cref="ShallowUNetCalls"/> of the UNet calls ran only the shallow branch.</summary>
+    public int CacheInterval { get; init; } = 1;
+    public string? CacheSchedule { get; init; }
+    public int ShallowUNetCalls { get; init; }
+
     /// <summary>RGB, 8 bits per channel, rows top to bottom (HWC).</summary>
     public required byte[] Rgb { get; init; }
 

@@ -8,4 +8,7 @@ namespace SdFunctions.Inference.Pipeline;
 public interface IUNetInputObserver
 {
     void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates, ReadOnlySpan<float> timestepCond);
+
+    /// <summary>What that call returned (the whole batch, before guidance combines it) and whether only DeepCache's shallow branch ran.</summary>
+    void ObserveOutput(ReadOnlySpan<float> output, bool shallow) { }
 }

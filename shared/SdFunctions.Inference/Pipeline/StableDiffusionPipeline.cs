@@ -159,6 +159,11 @@ public sealed class StableDiffusionPipeline : IDisposable
         if (request.TiledDecode == true && (request.Decoder ?? DefaultDecoder) != DecoderComponent.Full)
             throw new InvalidGenerationRequestException("tiledDecode",
                 $"Tiled decoding is for the full VAE; the {(request.Decoder ?? DefaultDecoder)} decoder decodes whole (TAESD needs little memory anyway).");
+        if (request.CacheInterval > 1 && Bundle.DeepCache is null)
+            throw new InvalidGenerationRequestException("cacheInterval",
+                "This model has no DeepCache graphs; make them with sdf optimize --deep-cache, or leave cacheInterval at 1.");
+        if (request.CacheInterval > 1 && request.CacheSchedule == DeepCacheSchedule.NonUniform)
+            DeepCacheSchedule.NonUniformSteps(request.Steps ?? defaults.Steps, request.CacheInterval.Value);
         if ((request.Width is { } w && w != Width) || (request.Height is { } h && h != Height))
             throw new InvalidGenerationRequestException("size",
                 $"This model is compiled for {Width}×{Height} only; got {request.Width ?? Width}×{request.Height ?? Height}.");
@@ -242,11 +247,12 @@ public sealed class StableDiffusionPipeline : IDisposable
         float[] latents = InitialLatents(request, noise, scheduler.InitNoiseSigma, n);
         var stepNoise = request.StepNoise ?? noise;
 
+        var cache = DeepCacheSchedule.Create(request.CacheInterval ?? 1, request.CacheSchedule ?? DeepCacheSchedule.Uniform, scheduler.Timesteps, steps);
         float[] modelInput = new float[n], noisePrediction = new float[n];
         var stepTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         var unetTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
         using (PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", scheduler.Timesteps.Count)
-            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch))
+            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch).SetTag("sdf.cache_interval", cache.Interval))
         {
             for (int i = 0; i < scheduler.Timesteps.Count; i++)
             {
@@ -255,7 +261,7 @@ public sealed class StableDiffusionPipeline : IDisposable
                 double t = scheduler.Timesteps[i];
                 scheduler.ScaleModelInput(latents, t, modelInput);
                 modelWatch.Restart();
-                conditioning.Predict(modelInput, t, noisePrediction, runOptions);
+                conditioning.Predict(modelInput, t, noisePrediction, runOptions, cache.IsFull(i) ? UNetPass.Full : UNetPass.Shallow);
                 unetTimes.Add(modelWatch.Elapsed);
                 scheduler.Step(noisePrediction, t, latents, stepNoise);
                 stepTimes.Add(stepWatch.Elapsed);
@@ -285,6 +291,8 @@ public sealed class StableDiffusionPipeline : IDisposable
             Seed = seed, Scheduler = scheduler.Name, Steps = steps, GuidanceScale = guidanceScale, Width = Width, Height = Height,
             Decoder = decoderName, DecodeTileSize = tileSize, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
             UNetCalls = scheduler.Timesteps.Count * conditioning.CallsPerStep,
+            CacheInterval = cache.Interval, CacheSchedule = cache.Interval > 1 ? cache.Kind : null,
+            ShallowUNetCalls = cache.ShallowCalls * conditioning.CallsPerStep,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated,
             Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
         };
@@ -358,6 +366,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         unet = new UNetModel(_factory, Bundle, batch, LatentHeight, LatentWidth, Tokenizer.MaxLength, _textEncoder.HiddenSize);
         _unets[batch] = unet;
         _loadInfo.Add(unet.LoadInfo);
+        if (unet.ShallowLoadInfo is { } shallow) _loadInfo.Add(shallow);
         return unet;
     }
 

@@ -19,15 +19,20 @@ internal abstract class UNetConditioning(UNetModel unet, IUNetInputObserver? obs
 
     public int Batch => Unet.Batch;
 
-    /// <summary>Writes the noise prediction for <paramref name="modelInput"/> (one latent, already scaled) at timestep <paramref name="t"/>.</summary>
-    public abstract void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions);
+    /// <summary>
+    /// Writes the noise prediction for <paramref name="modelInput"/> (one latent, already scaled) at timestep <paramref name="t"/>,
+    /// with the whole UNet or (<see cref="UNetPass.Shallow"/>, DeepCache) its shallow branch on the feature the last full pass cached.
+    /// </summary>
+    public abstract void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions, UNetPass pass);
 
     /// <summary>Every batch row gets the same latents; the UNet runs once.</summary>
-    protected void RunOnEveryRow(ReadOnlySpan<float> modelInput, double t, RunOptions runOptions)
+    protected void RunOnEveryRow(ReadOnlySpan<float> modelInput, double t, RunOptions runOptions, UNetPass pass)
     {
         for (int row = 0; row < Unet.Batch; row++) modelInput.CopyTo(Unet.Sample.AsSpan(row * modelInput.Length, modelInput.Length));
         observer?.Observe(Unet.Sample, t, Unet.EncoderHiddenStates, Unet.TimestepCond);
-        Unet.Run(t, runOptions);
+        if (pass == UNetPass.Full) Unet.Run(t, runOptions);
+        else Unet.RunShallow(t, runOptions);
+        observer?.ObserveOutput(Unet.Output, pass == UNetPass.Shallow);
     }
 
     protected void SetTextStatesOnEveryRow(ReadOnlySpan<float> embedding)
@@ -36,13 +41,17 @@ internal abstract class UNetConditioning(UNetModel unet, IUNetInputObserver? obs
     }
 }
 
+/// <summary>Which part of the UNet a call runs: all of it, or DeepCache's shallow branch.</summary>
+internal enum UNetPass { Full, Shallow }
+
 /// <summary>
 /// Classifier-free guidance: ε = ε_uncond + g·(ε_text − ε_uncond). A batch-2 UNet computes both halves in one call
 /// ([negative; prompt], as diffusers batches them); a batch-1 UNet takes two calls, so one static UNet serves both kinds of request.
+/// Under DeepCache a batch-1 UNet keeps one cached feature per half, as the batch-2 call keeps one per row.
 /// </summary>
 internal sealed class ClassifierFreeGuidance : UNetConditioning
 {
-    private readonly float[] _negative, _prompt, _unconditional;
+    private readonly float[] _negative, _prompt, _unconditional, _unconditionalFeature, _textFeature;
     private readonly float _scale;
 
     public ClassifierFreeGuidance(UNetModel unet, float[] negative, float[] prompt, double scale, IUNetInputObserver? observer) : base(unet, observer)
@@ -52,6 +61,8 @@ internal sealed class ClassifierFreeGuidance : UNetConditioning
         _prompt = prompt;
         _scale = (float)scale;
         _unconditional = unet.Batch == 1 ? new float[unet.Output.Length] : [];
+        _unconditionalFeature = unet.Batch == 1 ? new float[unet.DeepFeature.Length] : [];
+        _textFeature = unet.Batch == 1 ? new float[unet.DeepFeature.Length] : [];
         if (unet.Batch == 2)
         {
             negative.CopyTo(unet.EncoderHiddenStates, 0);
@@ -62,27 +73,34 @@ internal sealed class ClassifierFreeGuidance : UNetConditioning
     public override string Name => "cfg";
     public override int CallsPerStep => Unet.Batch == 2 ? 1 : 2;
 
-    public override void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions)
+    public override void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions, UNetPass pass)
     {
         int n = modelInput.Length;
         ReadOnlySpan<float> unconditional, text;
         if (Unet.Batch == 2)
         {
-            RunOnEveryRow(modelInput, t, runOptions);
+            RunOnEveryRow(modelInput, t, runOptions, pass);
             unconditional = Unet.Output.AsSpan(0, n);
             text = Unet.Output.AsSpan(n, n);
         }
         else
         {
-            SetTextStatesOnEveryRow(_negative);
-            RunOnEveryRow(modelInput, t, runOptions);
+            RunHalf(_negative, _unconditionalFeature, modelInput, t, runOptions, pass);
             Unet.Output.CopyTo(_unconditional, 0);
-            SetTextStatesOnEveryRow(_prompt);
-            RunOnEveryRow(modelInput, t, runOptions);
+            RunHalf(_prompt, _textFeature, modelInput, t, runOptions, pass);
             unconditional = _unconditional;
             text = Unet.Output;
         }
         for (int k = 0; k < n; k++) noisePrediction[k] = unconditional[k] + _scale * (text[k] - unconditional[k]);
+    }
+
+    // One half of a batch-1 guided step; the UNet's one feature buffer is swapped with this half's cached feature.
+    private void RunHalf(float[] textStates, float[] feature, ReadOnlySpan<float> modelInput, double t, RunOptions runOptions, UNetPass pass)
+    {
+        SetTextStatesOnEveryRow(textStates);
+        if (pass == UNetPass.Shallow) feature.CopyTo(Unet.DeepFeature, 0);
+        RunOnEveryRow(modelInput, t, runOptions, pass);
+        if (pass == UNetPass.Full && feature.Length > 0) Unet.DeepFeature.CopyTo(feature, 0);
     }
 }
 
@@ -96,9 +114,9 @@ internal class NoGuidance : UNetConditioning
     public override string Name => "none";
     public override int CallsPerStep => 1;
 
-    public override void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions)
+    public override void Predict(ReadOnlySpan<float> modelInput, double t, Span<float> noisePrediction, RunOptions runOptions, UNetPass pass)
     {
-        RunOnEveryRow(modelInput, t, runOptions);
+        RunOnEveryRow(modelInput, t, runOptions, pass);
         Unet.Output.AsSpan(0, modelInput.Length).CopyTo(noisePrediction);
     }
 }
