@@ -134,6 +134,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                     Seed = result.Seed, Width = result.Width, Height = result.Height, Scheduler = result.Scheduler,
                     Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, DecodeTileSize = result.DecodeTileSize, UNetBatch = result.UNetBatch,
                     Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
+                    CacheInterval = result.CacheInterval > 1 ? result.CacheInterval : null, CacheSchedule = result.CacheSchedule,
+                    ShallowUNetCalls = result.CacheInterval > 1 ? result.ShallowUNetCalls : null,
                 },
                 LastError = null, RunOwner = null,
             }, ct);
@@ -329,7 +331,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     internal static GenerationRequest ToRequest(GenerationInput input) => new()
     {
         Prompt = input.Prompt, NegativePrompt = input.NegativePrompt, Steps = input.Steps, GuidanceScale = input.GuidanceScale,
-        Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, TiledDecode = input.TiledDecode, Width = input.Width, Height = input.Height,
+        Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, TiledDecode = input.TiledDecode,
+        CacheInterval = input.CacheInterval, CacheSchedule = input.CacheSchedule, Width = input.Width, Height = input.Height,
     };
 
     private static string Truncate(string text) => text.Length <= 200 ? text : text[..200] + "…";

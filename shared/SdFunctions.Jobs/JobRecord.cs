@@ -20,6 +20,12 @@ public sealed record GenerationInput
 
     /// <summary>Decode the full VAE tile by tile (tiles of <see cref="ModelOptions.DecodeTileSize"/>): less memory, slightly different seams.</summary>
     public bool? TiledDecode { get; init; }
+
+    /// <summary>DeepCache: the whole UNet every N-th call, its shallow branch between (a model optimized with --deep-cache); null = off.</summary>
+    public int? CacheInterval { get; init; }
+
+    /// <summary>uniform or nonuniform (DeepCache's quadratic schedule); null = uniform.</summary>
+    public string? CacheSchedule { get; init; }
     public int Width { get; init; }
     public int Height { get; init; }
 }
@@ -62,6 +68,14 @@ public sealed record JobOutput
     public int UNetBatch { get; init; }
     public string? Conditioning { get; init; }
     public int UNetCalls { get; init; }
+
+    /// <summary>With DeepCache on: its interval, schedule and how many of the UNet calls ran only the shallow branch.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? CacheInterval { get; init; }
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public string? CacheSchedule { get; init; }
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? ShallowUNetCalls { get; init; }
     public string? Model { get; init; }
     public JobTimings? Timings { get; init; }
 }

@@ -18,6 +18,8 @@ public sealed record SubmitRequest
     public string? Scheduler { get; init; }
     public string? Decoder { get; init; }
     public bool? TiledDecode { get; init; }
+    public int? CacheInterval { get; init; }
+    public string? CacheSchedule { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
 
@@ -84,6 +86,10 @@ public sealed record SubmitRequest
             errors["decoder"] = [$"One of: {string.Join(", ", DecoderComponent.Names)}."];
         else if (TiledDecode == true && Decoder == DecoderComponent.Tiny)
             errors["tiledDecode"] = ["Tiled decoding is for the full VAE; the tiny decoder decodes whole."];
+        if (CacheInterval is < 1 or > DeepCacheSchedule.MaxInterval)
+            errors["cacheInterval"] = [$"From 1 (off) to {DeepCacheSchedule.MaxInterval}."];
+        if (CacheSchedule is { } schedule && !DeepCacheSchedule.Names.Contains(schedule))
+            errors["cacheSchedule"] = [$"One of: {string.Join(", ", DeepCacheSchedule.Names)}."];
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (errors.Count > 0)
@@ -102,6 +108,8 @@ public sealed record SubmitRequest
             Scheduler = Scheduler,
             Decoder = Decoder,
             TiledDecode = TiledDecode,
+            CacheInterval = CacheInterval,
+            CacheSchedule = CacheSchedule,
             Width = options.Width,
             Height = options.Height,
         };

@@ -1,0 +1,73 @@
+using System.Text.Json;
+using Microsoft.AspNetCore.Mvc;
+using SdFunctions.Jobs;
+using SdFunctions.Optimizer;
+
+namespace SdFunctions.Functions.Tests;
+
+/// <summary>"cacheInterval"/"cacheSchedule": DeepCache through the API, on a bundle cut by sdf optimize --deep-cache.</summary>
+[Collection(AzuriteCollection.Name)]
+public class DeepCacheServiceTests
+{
+    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
+
+    private static readonly Lazy<Task<string>> DeepCacheBundle = new(async () =>
+    {
+        // One fixed folder, replaced by each run, so runs leave no bundles behind.
+        string dir = Path.Combine(Path.GetTempPath(), "sdf-functions-tests-deepcache");
+        if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
+        await BundleOptimizer.OptimizeAsync(new OptimizeOptions { ModelDirectory = AzuriteFixture.TinySd, OutputDirectory = dir, DeepCache = true });
+        return dir;
+    });
+
+    [Fact]
+    public async Task ACachedJobRunsItsShallowCallsAndSaysSo()
+    {
+        await using var app = await TestApp.StartAsync(await DeepCacheBundle.Value);
+        var (cached, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim", "cacheInterval": 3}""");
+        var (plain, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim"}""");
+        await app.RunNextMessageAsync();
+        await app.RunNextMessageAsync();
+
+        var cachedJob = Body(await app.GetAsync(Body(cached).GetProperty("id").GetString()!));
+        var plainJob = Body(await app.GetAsync(Body(plain).GetProperty("id").GetString()!));
+        Assert.Equal(("succeeded", "succeeded"), (cachedJob.GetProperty("status").GetString(), plainJob.GetProperty("status").GetString()));
+        var output = cachedJob.GetProperty("output");
+        Assert.Equal(3, output.GetProperty("cacheInterval").GetInt32());
+        Assert.Equal("uniform", output.GetProperty("cacheSchedule").GetString());
+        Assert.Equal(6, output.GetProperty("shallowUNetCalls").GetInt32()); // calls 1, 2, 4, 5, 7, 8 of 10
+        Assert.False(plainJob.GetProperty("output").TryGetProperty("cacheInterval", out _));
+
+        var a = (await app.Images.GetBlobClient($"{cachedJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
+        var b = (await app.Images.GetBlobClient($"{plainJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
+        Assert.NotEqual(a, b);
+    }
+
+    [Fact]
+    public async Task AModelWithoutDeepCacheGraphsRefusesACacheInterval()
+    {
+        await using var app = await TestApp.StartAsync();
+        var (early, _) = await app.SubmitAsync("""{"prompt": "a cat", "steps": 2, "cacheInterval": 2}""");
+        Assert.Equal(202, early.StatusCode); // the model is not loaded yet: the worker refuses it, without retrying
+        await app.RunNextMessageAsync();
+        var failed = Body(await app.GetAsync(Body(early).GetProperty("id").GetString()!));
+        Assert.Equal("failed", failed.GetProperty("status").GetString());
+        Assert.Equal(1, failed.GetProperty("attempt").GetInt32());
+        Assert.Contains("--deep-cache", failed.GetProperty("error").GetProperty("errors").GetProperty("cacheInterval")[0].GetString());
+
+        var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "cacheInterval": 2}""");
+        FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation);
+    }
+
+    [Theory]
+    [InlineData("""{"prompt": "x", "cacheInterval": 0}""", "cacheInterval")]
+    [InlineData("""{"prompt": "x", "cacheInterval": 21}""", "cacheInterval")]
+    [InlineData("""{"prompt": "x", "cacheInterval": 3, "cacheSchedule": "sometimes"}""", "cacheSchedule")]
+    public async Task CacheMistakesAre400s(string body, string field)
+    {
+        await using var app = await TestApp.StartAsync();
+        var (result, _) = await app.SubmitAsync(body);
+        FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
+        Assert.True(Body(result).GetProperty("errors").TryGetProperty(field, out _), Body(result).GetRawText());
+    }
+}
