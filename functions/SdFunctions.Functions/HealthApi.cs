@@ -27,6 +27,7 @@ public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jo
             DefaultDecoder = pipeline?.DefaultDecoder,
             GuidanceDistilled = pipeline?.Bundle.GuidanceDistilled,
             UNetBatch = pipeline?.DefaultUNetBatch,
+            DeepCache = pipeline is null ? (bool?)null : pipeline.Bundle.DeepCache is not null, // cacheInterval > 1 is accepted
             ImageSize = $"{jobs.Value.Width}x{jobs.Value.Height}",
             OnnxRuntime = OnnxSessionFactory.OrtVersion,
             Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },

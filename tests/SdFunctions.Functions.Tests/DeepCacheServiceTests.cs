@@ -37,6 +37,7 @@ public class DeepCacheServiceTests
         Assert.Equal("uniform", output.GetProperty("cacheSchedule").GetString());
         Assert.Equal(6, output.GetProperty("shallowUNetCalls").GetInt32()); // calls 1, 2, 4, 5, 7, 8 of 10
         Assert.False(plainJob.GetProperty("output").TryGetProperty("cacheInterval", out _));
+        Assert.True(Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("deepCache").GetBoolean());
 
         var a = (await app.Images.GetBlobClient($"{cachedJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
         var b = (await app.Images.GetBlobClient($"{plainJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
@@ -55,6 +56,7 @@ public class DeepCacheServiceTests
         Assert.Equal(1, failed.GetProperty("attempt").GetInt32());
         Assert.Contains("--deep-cache", failed.GetProperty("error").GetProperty("errors").GetProperty("cacheInterval")[0].GetString());
 
+        Assert.False(Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("deepCache").GetBoolean());
         var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "cacheInterval": 2}""");
         FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation);
     }
