@@ -45,7 +45,8 @@ public static partial class DeepCacheSplitter
         GraphEdits.RemoveDeadNodes(graph);
         var read = graph.Node.SelectMany(n => n.Input).ToHashSet();
         foreach (var unused in graph.Initializer.Where(t => !read.Contains(t.Name)).ToList()) graph.Initializer.Remove(unused);
-        if (graph.Node.FirstOrDefault(n => ReachesDeep(n.Name, branch, model.Graph)) is { } deep)
+        var (upBlock, _) = BranchLayer(model.Graph, branch);
+        if (graph.Node.FirstOrDefault(n => ReachesDeep(n.Name, upBlock, branch / 3)) is { } deep)
             throw new InvalidOperationException($"The shallow branch still runs {deep.Name}: this UNet is not laid out like diffusers' export, so DeepCache cannot cut it at branch {branch}.");
         await File.WriteAllBytesAsync(Path.Combine(unetDir, ModelBundle.DeepCacheShallowFile), shallow.ToByteArray(), ct);
         return new Result(feature, shape, full.Graph.Node.Count, graph.Node.Count, graph.Initializer.Count);
@@ -60,7 +61,8 @@ public static partial class DeepCacheSplitter
         // Through Q/DQ pairs (an INT8 UNet quantizes the concatenation before conv_shortcut), to the resnet's own nodes.
         bool FeedsResnet(string tensor, int depth) => depth < 3 && consumers[tensor].Any(n =>
             n.Name.StartsWith(prefix, StringComparison.Ordinal) || (n.OpType is "QuantizeLinear" or "DequantizeLinear" && FeedsResnet(n.Output[0], depth + 1)));
-        var concat = graph.Node.FirstOrDefault(n => n.OpType == "Concat" && n.Input.Count == 2 && FeedsResnet(n.Output[0], 0))
+        var concat = graph.Node.FirstOrDefault(n => n.OpType == "Concat" && n.Input.Count == 2 && !n.Name.StartsWith(prefix, StringComparison.Ordinal)
+                && FeedsResnet(n.Output[0], 0))
             ?? throw new InvalidOperationException($"No Concat feeds {prefix}: DeepCache needs a UNet exported from diffusers (node names /up_blocks.N/resnets.M/…).");
         return concat.Input[0];
     }
@@ -80,14 +82,13 @@ public static partial class DeepCacheSplitter
     }
 
     /// <summary>True for a node of a part a cached step must not run: the mid block, the up blocks before the branch's, the down blocks past its depth.</summary>
-    private static bool ReachesDeep(string name, int branch, GraphProto graph)
+    private static bool ReachesDeep(string name, int upBlock, int downBlock)
     {
-        var (block, _) = BranchLayer(graph, branch);
         if (name.StartsWith("/mid_block/", StringComparison.Ordinal)) return true;
         var up = UpBlock().Match(name);
-        if (up.Success && int.Parse(up.Groups[1].Value) < block) return true;
+        if (up.Success && int.Parse(up.Groups[1].Value) < upBlock) return true;
         var down = DownBlock().Match(name);
-        return down.Success && int.Parse(down.Groups[1].Value) > branch / 3;
+        return down.Success && int.Parse(down.Groups[1].Value) > downBlock;
     }
 
     private static long[] ProbeFeatureShape(string fullPath, SessionSettings settings)
@@ -96,7 +97,8 @@ public static partial class DeepCacheSplitter
         var inputs = session.InputMetadata.Select(i => (i.Key, Value: ZeroTensor(i.Value))).ToList();
         try
         {
-            using var outputs = session.Run(new RunOptions(), inputs.Select(i => i.Key).ToList(), inputs.Select(i => i.Value).ToList(), [ModelBundle.DeepFeature]);
+            using var runOptions = new RunOptions();
+            using var outputs = session.Run(runOptions, inputs.Select(i => i.Key).ToList(), inputs.Select(i => i.Value).ToList(), [ModelBundle.DeepFeature]);
             return outputs[0].GetTensorTypeAndShape().Shape;
         }
         finally { foreach (var (_, v) in inputs) v.Dispose(); }
