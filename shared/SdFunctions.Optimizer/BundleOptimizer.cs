@@ -37,6 +37,9 @@ public sealed record OptimizeOptions
     /// <summary>Also quantize the VAE decoder to INT8 (needs <see cref="Quantization"/>: it calibrates on the same run).</summary>
     public bool QuantizeVaeDecoder { get; init; }
 
+    /// <summary>Store the text encoder's weights as int8 (weight-only: no calibration, activations stay float).</summary>
+    public bool QuantizeTextEncoder { get; init; }
+
     /// <summary>Also write DeepCache's full and shallow UNet graphs (over the same weights), cut at <see cref="DeepCacheBranch"/>.</summary>
     public bool DeepCache { get; init; }
 
@@ -79,6 +82,9 @@ public sealed record OptimizeManifest
 
     /// <summary>The VAE decoder's quantized nodes by type (null: left float).</summary>
     public IReadOnlyDictionary<string, int>? VaeDecoderQuantizedNodes { get; init; }
+
+    /// <summary>The text encoder's int8 weights: nodes by type and weight bytes before and after (null: left float).</summary>
+    public TextEncoderQuantizer.Result? TextEncoderQuantization { get; init; }
 
     /// <summary>The DeepCache cut (null: none written).</summary>
     public DeepCacheSplitter.Result? DeepCache { get; init; }
@@ -191,6 +197,14 @@ public static class BundleOptimizer
                     File.Copy(file, Path.Combine(unetOut, name)); // config.json and the like
             await ModelFiles.WriteAsync(model, sourceUnetDir, unetOut, ct);
 
+            TextEncoderQuantizer.Result? textEncoder = null;
+            if (options.QuantizeTextEncoder)
+            {
+                // Before calibration, so that the UNet is calibrated on the embeddings it will be given.
+                textEncoder = await TextEncoderQuantizer.QuantizeAsync(Path.Combine(output, Path.GetRelativePath(bundle.Directory, Path.GetDirectoryName(bundle.TextEncoder.Path)!)), ct);
+                progress?.Report($"text encoder: int8 weights, {textEncoder.WeightBytesBefore / 1e6:F1} MB → {textEncoder.WeightBytesAfter / 1e6:F1} MB");
+            }
+
             OptimizeManifest.QuantizationReport? quantization = null;
             IReadOnlyDictionary<string, int>? vaeQuantized = null;
             if (options.Quantization is { } q)
@@ -241,6 +255,7 @@ public static class BundleOptimizer
                 UnetWeightBytesAfter = ModelFiles.InitializerBytes(model),
                 Quantization = quantization,
                 VaeDecoderQuantizedNodes = vaeQuantized,
+                TextEncoderQuantization = textEncoder,
                 DeepCache = deepCache,
                 Compiled = compiled,
             };

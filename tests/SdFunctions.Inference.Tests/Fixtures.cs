@@ -167,10 +167,7 @@ public static class Close
     public static double Psnr(byte[] a, byte[] b)
     {
         Assert.Equal(a.Length, b.Length);
-        double mse = 0;
-        for (int i = 0; i < a.Length; i++) { double d = a[i] - b[i]; mse += d * d; }
-        mse /= a.Length;
-        return mse == 0 ? double.PositiveInfinity : 10 * Math.Log10(255.0 * 255.0 / mse);
+        return Cli.Bench.ImageQuality.Psnr(a, b);
     }
 
     /// <summary>The largest difference of one channel of one pixel, in levels.</summary>
