@@ -28,6 +28,9 @@ public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jo
             GuidanceDistilled = pipeline?.Bundle.GuidanceDistilled,
             UNetBatch = pipeline?.DefaultUNetBatch,
             DeepCache = pipeline is null ? (bool?)null : pipeline.Bundle.DeepCache is not null, // cacheInterval > 1 is accepted
+            // Under Model:MemoryBudget: how the full VAE decodes and the peak the plan expects (null without a budget).
+            Memory = pipeline?.Memory is { Budget: { } budget } plan
+                ? new { BudgetBytes = budget, plan.DecodeTileSize, plan.ExpectedPeakBytes, plan.Met } : null,
             ImageSize = $"{jobs.Value.Width}x{jobs.Value.Height}",
             OnnxRuntime = OnnxSessionFactory.OrtVersion,
             Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },

@@ -157,10 +157,14 @@ public static class CliApp
         var output = new Option<string>("--out", "-o") { Description = "Where to write the PNG.", Required = true };
         var cache = new Option<string?>("--cache") { Description = "Directory for optimized graphs, reused on the next load." };
         var threads = new Option<int?>("--threads") { Description = "Intra-op threads. Default: physical cores." };
+        var memoryBudget = new Option<string?>("--memory-budget")
+        {
+            Description = "Stay under this much memory (e.g. 2.5GB, 1536MiB): the VAE decodes in tiles and the text encoder and decoder release their memory when needed.",
+        };
 
         var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
         {
-            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, cacheInterval, cacheSchedule, width, height, latents, stepNoise, output, cache, threads,
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, cacheInterval, cacheSchedule, width, height, latents, stepNoise, output, cache, threads, memoryBudget,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -182,6 +186,9 @@ public static class CliApp
             // Everything that can be checked without the model is checked before spending time on loading it.
             request.ValidateParameters();
             if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
+            long? budget;
+            try { budget = parse.GetValue(memoryBudget) is { } text ? MemoryPlan.ParseBytes(text) : null; }
+            catch (FormatException e) { throw new CliUsageException($"--memory-budget: {e.Message}"); }
             string modelDir = RequireModel(parse.GetValue(model)!);
             if (PipelineOptions.MemoryNeededFor(parse.GetValue(width), parse.GetValue(height)) is { } tooBig) throw new CliUsageException($"--width/--height: {tooBig}");
             string outPath = RequireWritableFile("--out", parse.GetValue(output)!);
@@ -193,6 +200,7 @@ public static class CliApp
                 Width = parse.GetValue(width),
                 Height = parse.GetValue(height),
                 WarmUp = false, // one generation per process: warming up would only add a run
+                MemoryBudget = budget,
                 Session = new SessionSettings { IntraOpThreads = parse.GetValue(threads), OptimizedModelCacheDirectory = parse.GetValue(cache) },
             };
             float[]? initialLatents = parse.GetValue(latents) is { } latentsPath ? ReadFloats("--latents", latentsPath) : null;
@@ -222,7 +230,8 @@ public static class CliApp
                 $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}{(result.CacheInterval > 1 ? $" ({result.ShallowUNetCalls} shallow: DeepCache every {result.CacheInterval}, {result.CacheSchedule})" : "")}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
                 $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}{(result.DecodeTileSize is { } tile ? $", tiles of {tile} px" : "")}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
-            stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")})");
+            string peak = result.PeakMemoryBytes is { } bytes ? $", peak memory {bytes / 1e9:F2} GB{(budget is { } b ? $" (budget {b / 1e9:F2} GB)" : "")}" : "";
+            stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")}{peak})");
             return Ok;
         });
         return command;

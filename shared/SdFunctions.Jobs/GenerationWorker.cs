@@ -135,7 +135,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                     Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, DecodeTileSize = result.DecodeTileSize, UNetBatch = result.UNetBatch,
                     Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
                     CacheInterval = result.CacheInterval > 1 ? result.CacheInterval : null, CacheSchedule = result.CacheSchedule,
-                    ShallowUNetCalls = result.CacheInterval > 1 ? result.ShallowUNetCalls : null,
+                    ShallowUNetCalls = result.CacheInterval > 1 ? result.ShallowUNetCalls : null, PeakMemoryBytes = result.PeakMemoryBytes,
                 },
                 LastError = null, RunOwner = null,
             }, ct);

@@ -77,6 +77,10 @@ public sealed record JobOutput
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public int? ShallowUNetCalls { get; init; }
     public string? Model { get; init; }
+
+    /// <summary>The instance's peak resident memory during the generation (absent where the OS cannot restart the peak).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public long? PeakMemoryBytes { get; init; }
     public JobTimings? Timings { get; init; }
 }
 

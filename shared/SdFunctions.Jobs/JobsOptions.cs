@@ -1,3 +1,5 @@
+using SdFunctions.Inference.Pipeline;
+
 namespace SdFunctions.Jobs;
 
 /// <summary>Settings of the generation service, bound from the "Jobs" configuration section (Jobs__… app settings).</summary>
@@ -82,4 +84,13 @@ public sealed class ModelOptions
 
     /// <summary>Intra-op threads; null = physical cores.</summary>
     public int? Threads { get; set; }
+
+    /// <summary>
+    /// What the instance should stay under, e.g. "3GB" (EP1 has 3.5 GB) or "2.5GB", "1536MiB", a byte count; null = no budget.
+    /// The pipeline measures its models at load and chooses tiled VAE decodes and released arenas to fit (see MemoryPlan).
+    /// </summary>
+    public string? MemoryBudget { get; set; }
+
+    /// <summary><see cref="MemoryBudget"/> in bytes (null when unset); throws <see cref="FormatException"/> for a bad value.</summary>
+    public long? MemoryBudgetBytes => MemoryBudget is { Length: > 0 } text ? MemoryPlan.ParseBytes(text) : null;
 }

@@ -34,6 +34,7 @@ public static class JobsServiceCollectionExtensions
         services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section))
             .Validate(o => o.DecodeTileSize is not { } t || (t >= GenerationRequest.MinTileSize && t <= GenerationRequest.MaxTileSize && t % 8 == 0),
                 $"Model:DecodeTileSize must be a multiple of 8 from {GenerationRequest.MinTileSize} to {GenerationRequest.MaxTileSize} pixels")
+            .Validate(o => IsSize(o.MemoryBudget), "Model:MemoryBudget must be a positive size such as 3GB, 2.5GB, 1536MiB or a byte count")
             .ValidateOnStart();
         services.AddSingleton(TimeProvider.System);
 
@@ -62,12 +63,20 @@ public static class JobsServiceCollectionExtensions
             var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
             {
                 Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder, DecodeTileSize = model.DecodeTileSize,
+                MemoryBudget = model.MemoryBudgetBytes,
                 Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
             }, logger, ct);
             sp.GetRequiredService<JobsTelemetry>().RecordModelLoad(watch.Elapsed);
             return pipeline;
         }));
         return services;
+    }
+
+    private static bool IsSize(string? text)
+    {
+        if (text is not { Length: > 0 }) return true;
+        try { MemoryPlan.ParseBytes(text); return true; }
+        catch (FormatException) { return false; }
     }
 
     private static JobsOptions Jobs(IServiceProvider sp) => sp.GetRequiredService<IOptions<JobsOptions>>().Value;

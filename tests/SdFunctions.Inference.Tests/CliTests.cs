@@ -88,6 +88,16 @@ public class CliTests
     }
 
     [Fact]
+    public async Task AMemoryBudgetDecodesInTilesAndThePeakIsReported()
+    {
+        var r = await Run(["generate", "--model", Fixtures.TinySd, "--prompt", "a cat", "--steps", "2", "--seed", "77", "--memory-budget", "1KB",
+            "--cache", TinyPipelineFixture.SharedCache, "--out", TempPng()]);
+        Assert.Equal(0, r.Code);
+        Assert.Contains("decode (full, tiles of 64 px)", r.Err); // 1 KB cannot be met: the smallest tiles
+        Assert.Matches(@"peak memory \d+\.\d\d GB \(budget 0\.00 GB\)", r.Err);
+    }
+
+    [Fact]
     public async Task TokenizePrintsTheIdsAsJson()
     {
         var (code, stdout, _) = await Run("tokenize", "--model", Fixtures.TinySd, "a drawing of a green pokemon with red eyes");
@@ -145,6 +155,7 @@ public class CliTests
             { "non-finite latents", Generate("--latents", nanLatents, "--out", TempPng()), CliApp.BadInput, "holds a non-finite value (NaN) at float 7" },
             { "deep cache on a model without its graphs", Generate("--deep-cache-interval", "3", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: This model has no DeepCache graphs" },
             { "deep cache interval out of range", Generate("--deep-cache-interval", "0", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: The cache interval must be from 1" },
+            { "memory budget without a size", Generate("--memory-budget", "lots", "--out", TempPng()), CliApp.BadInput, "--memory-budget: 'lots' is not a positive size" },
             { "deep cache branch past the UNet", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--deep-cache", "--deep-cache-branch", "12"], CliApp.BadInput, "--deep-cache-branch must be from 0 to 11" },
             { "unknown quantization", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--quantize", "int4"], CliApp.BadInput, "'int4'" },
         };

@@ -56,6 +56,9 @@ public sealed class GenerationResult
     /// <summary>RGB, 8 bits per channel, rows top to bottom (HWC).</summary>
     public required byte[] Rgb { get; init; }
 
+    /// <summary>The process's peak resident memory during this generation (null where the OS cannot restart the peak).</summary>
+    public long? PeakMemoryBytes { get; init; }
+
     /// <summary>The final latents [1, 4, H/8, W/8] before VAE decoding.</summary>
     public required float[] Latents { get; init; }
 

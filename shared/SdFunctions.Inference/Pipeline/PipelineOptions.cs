@@ -21,6 +21,12 @@ public sealed record PipelineOptions
     public int? DecodeTileSize { get; init; }
 
     /// <summary>
+    /// Bytes the process should stay under (null = no budget): the pipeline measures its models at load and picks how the
+    /// full VAE decodes and which arenas are released (see <see cref="MemoryPlan"/>).
+    /// </summary>
+    public long? MemoryBudget { get; init; }
+
+    /// <summary>
     /// Run each model once at load time. The first runs after load are 2–4× slower (weights paging in,
     /// arena growth); paying that at load keeps it off the first user's request.
     /// </summary>

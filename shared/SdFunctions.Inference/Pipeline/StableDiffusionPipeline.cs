@@ -54,6 +54,9 @@ public sealed class StableDiffusionPipeline : IDisposable
     public TimeSpan LoadTime { get; }
     public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
 
+    /// <summary>How this pipeline keeps under its memory budget (<see cref="MemoryPlan.Unlimited"/> without one).</summary>
+    public MemoryPlan Memory { get; }
+
     /// <summary>True when the UNet takes int64 timesteps (fractional scheduler timesteps are truncated).</summary>
     public bool IntegerTimestepUnet => _unets[DefaultUNetBatch].IntegerTimestep;
 
@@ -92,14 +95,23 @@ public sealed class StableDiffusionPipeline : IDisposable
             cancellationToken.ThrowIfCancellationRequested();
             var unet = Unet(DefaultUNetBatch);
             cancellationToken.ThrowIfCancellationRequested();
-            var decoder = Decoder(DefaultDecoder);
 
             using var runOptions = new RunOptions();
-            _emptyPromptEmbedding = _textEncoder.Encode(Tokenizer.Encode("").Ids, runOptions);
-            if (options.WarmUp)
+            using var releasing = options.MemoryBudget is null ? null : MemoryPlan.ReleasingRunOptions();
+            _emptyPromptEmbedding = _textEncoder.Encode(Tokenizer.Encode("").Ids, releasing ?? runOptions);
+            // A budget is planned on what the models really hold, so the UNet runs once (its arena grows to its size) either way.
+            if (options.WarmUp || options.MemoryBudget is not null) unet.Run(Bundle.Scheduler.NumTrainTimesteps - 1, runOptions);
+            cancellationToken.ThrowIfCancellationRequested();
+            Memory = options.MemoryBudget is { } budget ? PlanMemory(budget, releasing!) : MemoryPlan.Unlimited;
+            if (DefaultDecoder == DecoderComponent.Full && Memory.DecodeTileSize is { } tile)
             {
-                unet.Run(Bundle.Scheduler.NumTrainTimesteps - 1, runOptions);
-                decoder.Run(runOptions);
+                var tiled = TiledDecoder(tile);
+                if (options.WarmUp) DecodeTiled(tiled, new float[LatentChannels * LatentHeight * LatentWidth], releasing!);
+            }
+            else
+            {
+                var decoder = Decoder(DefaultDecoder);
+                if (options.WarmUp) decoder.Run(releasing ?? runOptions);
             }
         }
         catch
@@ -110,6 +122,36 @@ public sealed class StableDiffusionPipeline : IDisposable
         LoadTime = watch.Elapsed;
         _logger.LogInformation("Loaded {Model} for {Width}×{Height} in {Seconds:F1} s (ONNX Runtime {Version}, {Threads} threads)",
             Bundle.Name, Width, Height, LoadTime.TotalSeconds, OnnxSessionFactory.OrtVersion, options.Session.IntraOpThreads ?? CpuInfo.PhysicalCores);
+    }
+
+    /// <summary>
+    /// Measures the full VAE decoder's activations per pixel with one decode of a 256² tile (or the image, if smaller) (the peak restarted just before it),
+    /// then chooses the plan against what is resident with it: the text encoder's and the UNet's sessions after their first runs, and the decoder's weights.
+    /// </summary>
+    private MemoryPlan PlanMemory(long budget, RunOptions releasing)
+    {
+        var vae = Bundle.Decoders.FirstOrDefault(d => d.Name == DecoderComponent.Full);
+        if (vae is null) return MemoryPlan.Choose(budget, ProcessMemory.Resident, 0, Width, Height);
+        double perPixel = MemoryPlan.Sd15DecodeBytesPerPixel;
+        int probe = Math.Min(256, Math.Min(Width, Height)) / Bundle.VaeScaleFactor * Bundle.VaeScaleFactor;
+        long resident;
+        using (var tiled = new TiledVaeDecoder(_factory, Bundle, vae, probe))
+        {
+            var z = new float[LatentChannels * (probe / Bundle.VaeScaleFactor) * (probe / Bundle.VaeScaleFactor)];
+            resident = ProcessMemory.Resident; // the decoder's weights included: a decode holds them, whole or tiled
+            if (ProcessMemory.ResetPeak())
+            {
+                tiled.Decode(z, probe / Bundle.VaeScaleFactor, probe / Bundle.VaeScaleFactor, releasing);
+                perPixel = Math.Max(0, ProcessMemory.Peak - resident) / (double)(probe * probe);
+            }
+        }
+        var plan = MemoryPlan.Choose(budget, resident, perPixel, Width, Height);
+        _logger.Log(plan.Met ? LogLevel.Information : LogLevel.Warning,
+            "Memory budget {Budget:F2} GB: {Resident:F2} GB resident after loading, the VAE decoder needs {PerPixel:F0} bytes per pixel; " +
+            "decoding {How}, expected peak {Expected:F2} GB{Unmet}",
+            budget / 1e9, resident / 1e9, perPixel, plan.DecodeTileSize is { } t ? $"in tiles of {t} px" : "whole", plan.ExpectedPeakBytes / 1e9,
+            plan.Met ? "" : " (over the budget: this is the leanest plan there is)");
+        return plan;
     }
 
     /// <summary>Opens the bundle, checks it and creates every session. CPU-heavy: runs on the thread pool.</summary>
@@ -188,8 +230,13 @@ public sealed class StableDiffusionPipeline : IDisposable
         try
         {
             using var runOptions = new RunOptions();
-            using var abort = cancellationToken.Register(() => runOptions.Terminate = true);
-            return Generate(request, runOptions, progress, unetObserver, cancellationToken);
+            using var releasing = Memory.ReleaseArenas ? MemoryPlan.ReleasingRunOptions() : null;
+            using var abort = cancellationToken.Register(() =>
+            {
+                runOptions.Terminate = true;
+                if (releasing is not null) releasing.Terminate = true;
+            });
+            return Generate(request, runOptions, releasing ?? runOptions, progress, unetObserver, cancellationToken);
         }
         catch (OnnxRuntimeException) when (cancellationToken.IsCancellationRequested)
         {
@@ -201,10 +248,12 @@ public sealed class StableDiffusionPipeline : IDisposable
         }
     }
 
-    private GenerationResult Generate(GenerationRequest request, RunOptions runOptions, IProgress<GenerationProgress>? progress,
+    /// <param name="onceRunOptions">For the models that run once per image (text encoder, decoder): under a budget they release their arenas.</param>
+    private GenerationResult Generate(GenerationRequest request, RunOptions runOptions, RunOptions onceRunOptions, IProgress<GenerationProgress>? progress,
         IUNetInputObserver? unetObserver, CancellationToken ct)
     {
         var total = Stopwatch.StartNew();
+        bool ownPeak = ProcessMemory.ResetPeak(); // generations run one at a time: from here the process's peak is this one's
         var defaults = DefaultsFor(request.Scheduler);
         long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
         int steps = request.Steps ?? defaults.Steps;
@@ -224,14 +273,14 @@ public sealed class StableDiffusionPipeline : IDisposable
             if (prompt.Truncated)
                 _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
             modelWatch.Start();
-            float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, runOptions);
+            float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, onceRunOptions);
             modelWatch.Stop();
             if (Bundle.GuidanceDistilled)
                 conditioning = new EmbeddedGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, guidanceScale, unetObserver);
             else if (guidanceScale > 1.0)
             {
                 modelWatch.Start();
-                float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
+                float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, onceRunOptions);
                 modelWatch.Stop();
                 conditioning = new ClassifierFreeGuidance(Unet(Bundle.FixedUnetBatch ?? 2), negative, promptEmbedding, guidanceScale, unetObserver);
             }
@@ -276,13 +325,15 @@ public sealed class StableDiffusionPipeline : IDisposable
         int? tileSize = null;
         using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoderName))
         {
-            if (request.TiledDecode == true)
+            // A budget that needs tiles tiles every full-VAE decode (over a request's tiledDecode: false); a request's own tile size is kept.
+            int? plannedTile = decoderName == DecoderComponent.Full ? Memory.DecodeTileSize : null;
+            if (request.TiledDecode == true || plannedTile is not null)
             {
-                var tiled = TiledDecoder(request.TileSize);
+                var tiled = TiledDecoder(request.TileSize ?? plannedTile);
                 tileSize = tiled.TileSize;
-                (rgb, vaeTime) = DecodeTiled(tiled, latents, runOptions);
+                (rgb, vaeTime) = DecodeTiled(tiled, latents, onceRunOptions);
             }
-            else (rgb, vaeTime) = Decode(Decoder(decoderName), latents, runOptions);
+            else (rgb, vaeTime) = Decode(Decoder(decoderName), latents, onceRunOptions);
         }
         var decodeTime = decodeWatch.Elapsed;
 
@@ -293,7 +344,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             UNetCalls = scheduler.Timesteps.Count * conditioning.CallsPerStep,
             CacheInterval = cache.Interval, CacheSchedule = cache.Interval > 1 ? cache.Kind : null,
             ShallowUNetCalls = cache.ShallowCalls * conditioning.CallsPerStep,
-            Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated,
+            Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated, PeakMemoryBytes = ownPeak ? ProcessMemory.Peak : null,
             Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
         };
     }
