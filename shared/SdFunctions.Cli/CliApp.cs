@@ -408,12 +408,31 @@ public static class CliApp
         var e2e50 = new Option<string>("--e2e50") { Description = "50-step PNDM generation for: fastest, all, none.", DefaultValueFactory = _ => "fastest" };
         e2e50.AcceptOnlyFromAmong("fastest", "all", "none");
         var noImages = new Option<bool>("--no-time-to-image") { Description = "Skip the time-to-image table (50 PNDM, 20 DPM++, LCM 4 steps with the VAE and with TAESD)." };
+        var recipes = new Option<string[]>("--recipes")
+        {
+            Description = $"Time-to-image recipes to run (comma-separated): {string.Join(", ", ImageRecipe.All.Select(r => r.Label))}.",
+            DefaultValueFactory = _ => [.. ImageRecipe.All.Select(r => r.Key)],
+            CustomParser = r => r.Tokens.SelectMany(t => t.Value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray(),
+        };
+        var deepCacheIntervals = new Option<int[]>("--deep-cache-intervals")
+        {
+            Description = "DeepCache intervals to time the multi-step recipes at, beside interval 1 (comma-separated, or none).",
+            DefaultValueFactory = _ => [2, 3, 5],
+            CustomParser = r =>
+            {
+                var values = r.Tokens.SelectMany(t => t.Value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray();
+                if (values is ["none"]) return [];
+                var parsed = values.Select(v => int.TryParse(v, out int i) ? i : (int?)null).ToArray();
+                if (parsed.Any(p => p is null)) { r.AddError($"--deep-cache-intervals takes whole numbers or none; got {string.Join(",", values)}."); return []; }
+                return [.. parsed.Select(p => p!.Value)];
+            },
+        };
         var markdown = new Option<string>("--out") { Description = "The report.", DefaultValueFactory = _ => "BENCHMARKS.md" };
         var json = new Option<string>("--json") { Description = "The figures as JSON.", DefaultValueFactory = _ => "BENCHMARKS.json" };
         var command = new Command("bench",
             "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md and BENCHMARKS.json.")
         {
-            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, markdown, json,
+            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -422,7 +441,8 @@ public static class CliApp
             {
                 WorkDirectory = parse.GetValue(work)!, GraphsDirectory = parse.GetValue(graphs)!, Fp32Bundle = parse.GetValue(fp32),
                 Variants = parse.GetValue(variants)!, Repeats = parse.GetValue(repeats), Findings = !parse.GetValue(noFindings),
-                E2e50 = parse.GetValue(e2e50)!, TimeToImage = !parse.GetValue(noImages), MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
+                E2e50 = parse.GetValue(e2e50)!, TimeToImage = !parse.GetValue(noImages),
+                Recipes = parse.GetValue(recipes)!, DeepCacheIntervals = parse.GetValue(deepCacheIntervals)!, MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
                 Command = "sdf " + string.Join(' ', parse.Tokens.Select(t => t.Value)),
             }, progress, ct);
             return Ok;

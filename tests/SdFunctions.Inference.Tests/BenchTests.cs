@@ -73,7 +73,7 @@ public class BenchTests
         string md = Path.Combine(dir, "BENCHMARKS.md"), json = Path.Combine(dir, "BENCHMARKS.json");
         var stderr = new StringWriter();
         int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--graphs", Sd15Graphs, "--work", Path.Combine(dir, "work"),
-            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--out", md, "--json", json], TextWriter.Null, stderr);
+            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--deep-cache-intervals", "2,3", "--out", md, "--json", json], TextWriter.Null, stderr);
         Assert.True(code == 0, stderr.ToString());
 
         using var report = JsonDocument.Parse(File.ReadAllText(json));
@@ -93,16 +93,44 @@ public class BenchTests
         // The 50-step run goes to the fastest variant only.
         Assert.Single(variants.EnumerateObject(), v => v.Value.TryGetProperty("e2e_50_pndm_s", out _));
 
-        Assert.Equal(6 + 3, report.RootElement.GetProperty("targets").GetArrayLength()); // + (d) time, (d) memory, (a)/(d)
+        // + (d) time, (d) memory, (a)/(d), (e) and (f) memory, DeepCache 20 and 50 steps
+        Assert.Equal(6 + 3 + 2 + 2, report.RootElement.GetProperty("targets").GetArrayLength());
 
-        // Time to an image: the four recipes, each what it says it ran.
+        // Time to an image: the six recipes, each what it says it ran.
         var images = report.RootElement.GetProperty("time_to_image").EnumerateArray().ToList();
-        Assert.Equal(["(a)", "(b)", "(c)", "(d)"], images.Select(i => i.GetProperty("label").GetString()![..3]));
-        Assert.Equal([2, 2, 1, 1], images.Select(i => i.GetProperty("u_net_batch").GetInt32()));
-        Assert.Equal([51, 20, 4, 4], images.Select(i => i.GetProperty("u_net_calls").GetInt32())); // PNDM: steps + 1
-        Assert.Equal(["full", "full", "full", "tiny"], images.Select(i => i.GetProperty("decoder").GetString()));
+        Assert.Equal(["(a)", "(b)", "(c)", "(d)", "(e)", "(f)"], images.Select(i => i.GetProperty("label").GetString()![..3]));
+        Assert.Equal([2, 2, 1, 1, 2, 1], images.Select(i => i.GetProperty("u_net_batch").GetInt32()));
+        Assert.Equal([51, 20, 4, 4, 20, 4], images.Select(i => i.GetProperty("u_net_calls").GetInt32())); // PNDM: steps + 1
+        Assert.Equal(["full", "full", "full", "tiny", "full", "tiny"], images.Select(i => i.GetProperty("decoder").GetString()));
+        Assert.Equal([null, null, null, null, "2.5GB", "1.5GB"], images.Select(i => i.TryGetProperty("memory_budget", out var b) ? b.GetString() : null));
+        // Each generation records its own peak, never above the process's.
+        Assert.All(images, i => Assert.InRange(i.GetProperty("generation_peak_bytes").GetInt64(), 1, i.GetProperty("peak_rss_bytes").GetInt64()));
         Assert.All(images, i => Assert.True(i.GetProperty("image_s").GetDouble() >= i.GetProperty("denoise_s").GetDouble() && i.GetProperty("peak_rss_bytes").GetInt64() > 0));
         Assert.True(images[0].GetProperty("image_s").GetDouble() > images[3].GetProperty("image_s").GetDouble(), "4 LCM steps take less than 50 PNDM steps");
+        // DeepCache: the two multi-step recipes at intervals 1 (their plain rows), 2 and 3, each against its own interval 1.
+        var deepCache = report.RootElement.GetProperty("deep_cache").EnumerateArray().ToList();
+        Assert.Equal(["(a)", "(a)", "(a)", "(b)", "(b)", "(b)"], deepCache.Select(r => r.GetProperty("image").GetProperty("label").GetString()![..3]));
+        Assert.Equal([1, 2, 3, 1, 2, 3], deepCache.Select(r => r.GetProperty("interval").GetInt32()));
+        foreach (var row in deepCache)
+        {
+            var image = row.GetProperty("image");
+            int interval = row.GetProperty("interval").GetInt32(), calls = image.GetProperty("u_net_calls").GetInt32(), shallow = image.GetProperty("shallow_u_net_calls").GetInt32();
+            var plain = images.Single(i => i.GetProperty("label").GetString() == image.GetProperty("label").GetString());
+            Assert.Equal(plain.GetProperty("u_net_calls").GetInt32(), calls);
+            if (interval == 1)
+            {
+                Assert.Equal(0, shallow);
+                Assert.Equal(plain.GetProperty("image_s").GetDouble(), image.GetProperty("image_s").GetDouble());
+                Assert.False(row.TryGetProperty("psnr_db", out _), "no PSNR against itself");
+                continue;
+            }
+            // Every interval-th step runs in full: about (interval − 1) / interval of the calls are shallow.
+            Assert.InRange(shallow, calls * (interval - 1) / interval - 2 * interval, calls * (interval - 1) / interval + 2 * interval);
+            Assert.Equal(plain.GetProperty("image_s").GetDouble() / image.GetProperty("image_s").GetDouble(), row.GetProperty("speedup_vs_interval1").GetDouble(), 9);
+            Assert.InRange(row.GetProperty("psnr_db").GetDouble(), 5, 200); // a different image than interval 1's, yet not noise
+        }
+        Assert.Equal("tiny-sd", report.RootElement.GetProperty("deep_cache_psnr_bundle").GetString());
+
         var findings = report.RootElement.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("group").GetString()).ToList();
         Assert.Equal(["threads", "optimization level", "memory", "VAE decoder"], findings.Distinct());
         Assert.Contains(report.RootElement.GetProperty("findings").EnumerateArray(), f => f.GetProperty("setting").GetString()!.StartsWith("INT8, whole"));
@@ -112,8 +140,23 @@ public class BenchTests
         Assert.Contains("## Targets", text);
         Assert.Contains("## Time to a 512² image on this machine", text);
         Assert.Contains("| (d) = (c) with TAESD | `int8_tome0.4_b1` | lcm | 4 |", text);
+        Assert.Contains("| (f) = (d) in 1.5 GB | `int8_tome0.4_b1` | lcm | 4 | 1 | tiny | 1.5GB |", text);
         Assert.Contains("## What else buys speed", text);
+        Assert.Contains("## DeepCache: the multi-step recipes with cached deep features", text);
+        Assert.Contains("| (b) 20 DPM++ steps | 2 | 20 (", text);
         Assert.Contains("ONNX Runtime " + Runtime.OnnxSessionFactory.OrtVersion, text);
+    }
+
+    [Theory]
+    [InlineData("--recipes", "a,g", "--recipes: unknown g")]
+    [InlineData("--deep-cache-intervals", "1", "--deep-cache-intervals must be from 2 to 20")]
+    [InlineData("--deep-cache-intervals", "2,x", "--deep-cache-intervals takes whole numbers or none")]
+    public async Task BadRecipesAndIntervalsAreRefused(string option, string value, string message)
+    {
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--work", Fixtures.TempDirectory("bench-bad"), option, value], TextWriter.Null, stderr);
+        Assert.Equal(CliApp.BadInput, code);
+        Assert.Contains(message, stderr.ToString());
     }
 
     [Fact]

@@ -59,6 +59,12 @@ public sealed record ProbeRequest
     public double GuidanceScale { get; init; } = 7.5;
     public string Decoder { get; init; } = "full";
 
+    /// <summary>Image: DeepCache's interval (1 = every step runs the whole UNet).</summary>
+    public int CacheInterval { get; init; } = 1;
+
+    /// <summary>Image: the pipeline's memory budget in bytes (null: none).</summary>
+    public long? MemoryBudget { get; init; }
+
     [System.Text.Json.Serialization.JsonIgnore]
     public SessionSettings Session => new()
     {
@@ -74,6 +80,18 @@ public sealed record ProbeResult(Dictionary<string, double> Figures, long PeakRs
 public static class BenchProbe
 {
     public const string Prompt = "a photo of an astronaut riding a horse on mars";
+
+    // Each generation restarts the process's peak (to record its own): the probe's peak is the largest seen before each of them,
+    // by each of them, and at the end.
+    private static long _peakSeen;
+
+    private static async Task<GenerationResult> GenerateAsync(StableDiffusionPipeline pipeline, GenerationRequest request, CancellationToken ct)
+    {
+        _peakSeen = Math.Max(_peakSeen, ProcessMemory.Peak);
+        var result = await pipeline.GenerateAsync(request, null, ct);
+        _peakSeen = Math.Max(_peakSeen, result.PeakMemoryBytes ?? 0);
+        return result;
+    }
 
     public static async Task<ProbeResult> RunAsync(ProbeRequest request, IProgress<string> progress, CancellationToken ct)
     {
@@ -98,17 +116,14 @@ public static class BenchProbe
                 break;
         }
         AddResidentBreakdown(figures);
-        return new ProbeResult(figures, Process.GetCurrentProcess().PeakWorkingSet64);
+        return new ProbeResult(figures, Math.Max(_peakSeen, ProcessMemory.Peak));
     }
 
     /// <summary>Linux: resident memory now, split into anonymous (arenas, copies) and file-backed (memory-mapped weights).</summary>
     private static void AddResidentBreakdown(Dictionary<string, double> figures)
     {
-        if (!File.Exists("/proc/self/status")) return;
-        foreach (string line in File.ReadLines("/proc/self/status"))
-            foreach (var (key, name) in new[] { ("RssAnon:", "rss_anon_bytes"), ("RssFile:", "rss_file_bytes") })
-                if (line.StartsWith(key, StringComparison.Ordinal) && long.TryParse(line[key.Length..].Trim().Split(' ')[0], out long kb))
-                    figures[name] = kb * 1024.0;
+        foreach (var (key, name) in new[] { ("RssAnon:", "rss_anon_bytes"), ("RssFile:", "rss_file_bytes") })
+            if (ProcessMemory.StatusBytes(key) is { } bytes) figures[name] = bytes;
     }
 
     private static void AddLoad(Dictionary<string, double> figures, StableDiffusionPipeline pipeline)
@@ -129,7 +144,7 @@ public static class BenchProbe
         progress.Report($"loaded in {pipeline.LoadTime.TotalSeconds:F1} s (sessions {figures["sessions_s"]:F1} s); first steps");
 
         // The first generation after load: its first UNet call against the steady ones.
-        var first = await pipeline.GenerateAsync(new GenerationRequest { Prompt = Prompt, Steps = Math.Max(request.WarmUpRuns, 1), Seed = 1, Scheduler = "dpmpp-2m" }, null, ct);
+        var first = await GenerateAsync(pipeline, new GenerationRequest { Prompt = Prompt, Steps = Math.Max(request.WarmUpRuns, 1), Seed = 1, Scheduler = "dpmpp-2m" }, ct);
         figures["first_step_s"] = first.Timings.UNetRuns[0].TotalSeconds;
 
         var encoder = new List<double>();
@@ -173,17 +188,19 @@ public static class BenchProbe
     private static async Task RunImageAsync(ProbeRequest request, Dictionary<string, double> figures, IProgress<string> progress, CancellationToken ct)
     {
         using var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle,
-            new PipelineOptions { WarmUp = true, DefaultDecoder = request.Decoder, Session = request.Session }, cancellationToken: ct);
+            new PipelineOptions { WarmUp = true, DefaultDecoder = request.Decoder, Session = request.Session, MemoryBudget = request.MemoryBudget }, cancellationToken: ct);
         AddLoad(figures, pipeline);
+        if (pipeline.Memory.ExpectedPeakBytes is { } expected) figures["expected_peak_bytes"] = expected;
         var recipe = new GenerationRequest
         {
             Prompt = Prompt, Scheduler = request.Scheduler, Steps = request.Steps, GuidanceScale = request.GuidanceScale, Decoder = request.Decoder,
+            CacheInterval = request.CacheInterval,
         };
-        await pipeline.GenerateAsync(recipe with { Steps = 1, Seed = 1 }, null, ct); // the first generation's own first-run costs stay out
+        await GenerateAsync(pipeline, recipe with { Steps = 1, Seed = 1 }, ct); // the first generation's own first-run costs stay out
         var runs = new List<GenerationResult>();
         for (int i = 0; i < request.Repeats; i++)
         {
-            runs.Add(await pipeline.GenerateAsync(recipe with { Seed = 42 + i }, null, ct));
+            runs.Add(await GenerateAsync(pipeline, recipe with { Seed = 42 + i }, ct));
             progress.Report($"{request.Steps} steps {request.Scheduler}, {request.Decoder} decoder: {runs[^1].Timings.Total.TotalSeconds:F2} s");
         }
         figures["image_s"] = Median(runs.Select(r => r.Timings.Total.TotalSeconds));
@@ -192,6 +209,9 @@ public static class BenchProbe
         figures["decode_s"] = Median(runs.Select(r => r.Timings.Decode.TotalSeconds));
         figures["unet_calls"] = runs[0].UNetCalls;
         figures["unet_batch"] = runs[0].UNetBatch;
+        figures["shallow_unet_calls"] = runs[0].ShallowUNetCalls;
+        figures["decode_tile_size"] = runs[0].DecodeTileSize ?? 0;
+        if (runs.All(r => r.PeakMemoryBytes is not null)) figures["generation_peak_bytes"] = runs.Max(r => r.PeakMemoryBytes!.Value);
     }
 
     /// <summary>The UNet step (the model's Run), the pipeline step around it, and the pipeline's own share.</summary>
@@ -206,7 +226,7 @@ public static class BenchProbe
     private static async Task<GenerationResult> GenerateAsync(StableDiffusionPipeline pipeline, string scheduler, int steps, IProgress<string> progress, CancellationToken ct)
     {
         progress.Report($"generating: {steps} steps {scheduler}");
-        var result = await pipeline.GenerateAsync(new GenerationRequest { Prompt = Prompt, Steps = steps, Seed = 42, Scheduler = scheduler }, null, ct);
+        var result = await GenerateAsync(pipeline, new GenerationRequest { Prompt = Prompt, Steps = steps, Seed = 42, Scheduler = scheduler }, ct);
         progress.Report($"{steps} steps {scheduler}: {result.Timings.Total.TotalSeconds:F1} s");
         return result;
     }
@@ -236,7 +256,8 @@ public static class BenchProbe
     /// </summary>
     private static void AddProfile(string prefix, ProbeRequest request, Dictionary<string, double> figures)
     {
-        string file = Directory.GetFiles(Path.GetDirectoryName(prefix)!, Path.GetFileName(prefix) + "*.json").Single();
+        // One file per session: a DeepCache bundle's UNet has two, and only the full graph runs here.
+        string file = Directory.GetFiles(Path.GetDirectoryName(prefix)!, Path.GetFileName(prefix) + "*.json").MaxBy(f => new FileInfo(f).Length)!;
         using (var doc = JsonDocument.Parse(File.ReadAllText(file)))
         {
             var events = doc.RootElement.EnumerateArray().ToList();
@@ -254,7 +275,7 @@ public static class BenchProbe
             foreach (var (op, seconds) in byOp) figures[$"op:{op}"] = seconds;
             figures["largest_node_output_bytes"] = largest;
         }
-        File.Delete(file);
+        foreach (string written in Directory.GetFiles(Path.GetDirectoryName(prefix)!, Path.GetFileName(prefix) + "*.json")) File.Delete(written);
     }
 
     private static void RunVae(ProbeRequest request, Dictionary<string, double> figures, CancellationToken ct)

@@ -62,13 +62,24 @@ public sealed record VariantResult
 }
 
 /// <summary>One time-to-image row: a recipe, its whole generation (median of its runs) split into phases, and the process's peak RSS.</summary>
+/// <param name="GenerationPeakBytes">The largest of the generations' own peaks (what a job records), null where it cannot be measured.</param>
 public sealed record ImageRow(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder,
-    int UNetBatch, int UNetCalls, double ImageS, double EncodeS, double DenoiseS, double DecodeS, long PeakRssBytes)
+    int UNetBatch, int UNetCalls, int ShallowUNetCalls, double ImageS, double EncodeS, double DenoiseS, double DecodeS, long PeakRssBytes,
+    string? MemoryBudget = null, int? DecodeTileSize = null, long? GenerationPeakBytes = null, long? ExpectedPeakBytes = null)
 {
     public static ImageRow From(ImageRecipe recipe, ProbeResult r) => new(recipe.Label, recipe.Variant, recipe.Scheduler, recipe.Steps,
-        recipe.GuidanceScale, recipe.Decoder, (int)r.Figures["unet_batch"], (int)r.Figures["unet_calls"], r.Figures["image_s"],
-        r.Figures["encode_s"], r.Figures["denoise_s"], r.Figures["decode_s"], r.PeakRssBytes);
+        recipe.GuidanceScale, recipe.Decoder, (int)r.Figures["unet_batch"], (int)r.Figures["unet_calls"], (int)r.Figures["shallow_unet_calls"],
+        r.Figures["image_s"], r.Figures["encode_s"], r.Figures["denoise_s"], r.Figures["decode_s"], r.PeakRssBytes, recipe.MemoryBudget,
+        r.Figures.GetValueOrDefault("decode_tile_size") is > 0 and var tile ? (int)tile : null,
+        r.Figures.TryGetValue("generation_peak_bytes", out double peak) ? (long)peak : null,
+        r.Figures.TryGetValue("expected_peak_bytes", out double expected) ? (long)expected : null);
 }
+
+/// <summary>
+/// A multi-step recipe at one DeepCache interval (1 = its plain time-to-image row): the whole image against interval 1 of the same run,
+/// and the PSNR of the same recipe on the PSNR bundle against its own interval-1 image (null for interval 1).
+/// </summary>
+public sealed record DeepCacheRow(ImageRow Image, int Interval, double SpeedupVsInterval1, double? PsnrDb);
 
 /// <summary>One setting tried on one model: its figure, its ratio to the group's baseline (&gt; 1 = faster) and its peak RSS.</summary>
 public sealed record Finding(string Group, string Measure, string Setting, double Seconds, double SpeedupVsBaseline, long PeakRssBytes, double CreateS, string Note);
@@ -102,6 +113,12 @@ public sealed record BenchReport
     /// <summary>Whole images by recipe, (a) to (d) (empty without the production variant).</summary>
     public required IReadOnlyList<ImageRow> TimeToImage { get; init; }
 
+    /// <summary>The multi-step recipes at each DeepCache interval (empty when not run).</summary>
+    public required IReadOnlyList<DeepCacheRow> DeepCache { get; init; }
+
+    /// <summary>The bundle the DeepCache PSNRs come from.</summary>
+    public required string DeepCachePsnrBundle { get; init; }
+
     public static readonly JsonSerializerOptions Json = new()
     {
         PropertyNamingPolicy = JsonNamingPolicy.SnakeCaseLower, WriteIndented = true,
@@ -109,25 +126,45 @@ public sealed record BenchReport
     };
 
     public static BenchReport Create(BenchOptions options, IReadOnlyDictionary<string, VariantResult> variants, IReadOnlyList<Finding> findings,
-        IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> profiles, IReadOnlyList<ImageRow> images, bool sd15, TimeSpan duration) => new()
+        IReadOnlyDictionary<string, IReadOnlyDictionary<string, double>> profiles, IReadOnlyList<ImageRow> images, IReadOnlyList<DeepCacheRow> deepCache, bool sd15, TimeSpan duration) => new()
     {
         CreatedAt = DateTimeOffset.UtcNow, Command = options.Command, DurationS = duration.TotalSeconds, Machine = MachineInfo.Current,
         Model = sd15 ? "SD 1.5 graphs (fixtures/sd15-graphs) with random weights, 512×512, batch 2 (guidance), 77 tokens" : $"{options.Fp32Bundle} at its native size, batch 2",
-        Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, TimeToImage = images,
-        Targets = [.. JudgeTargets(variants), .. JudgeImageTargets(images)],
+        Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, TimeToImage = images, DeepCache = deepCache,
+        DeepCachePsnrBundle = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.PsnrBundle)),
+        Targets = [.. JudgeTargets(variants), .. JudgeImageTargets(images), .. JudgeDeepCacheTargets(deepCache)],
     };
 
-    /// <summary>The few-step targets: (d) within 5 s and 1.5 GB, and how many times faster than the seed's recipe (a).</summary>
+    /// <summary>The few-step targets ((d) within 5 s and 1.5 GB, how many times faster than the seed's recipe) and the budget rows' memory.</summary>
     private static List<Target> JudgeImageTargets(IReadOnlyList<ImageRow> images)
     {
-        if (images.FirstOrDefault(i => i.Label.StartsWith("(d)", StringComparison.Ordinal)) is not { } d) return [];
-        var targets = new List<Target>
+        ImageRow? Row(string label) => images.FirstOrDefault(i => i.Label.StartsWith(label, StringComparison.Ordinal));
+        var targets = new List<Target>();
+        if (Row("(d)") is { } d)
         {
-            new("time to a 512² image, (d) LCM 4 steps + TAESD", "≤ 5 s", $"{d.ImageS:F2} s", d.ImageS <= 5),
-            new("peak RSS, (d)", "≤ 1.5 GB", $"{d.PeakRssBytes / 1e9:F2} GB", d.PeakRssBytes <= 1.5e9),
-        };
-        if (images.FirstOrDefault(i => i.Label.StartsWith("(a)", StringComparison.Ordinal)) is { } a)
-            targets.Add(new Target("(a) / (d): the seed's recipe against the fast path", "report", $"{a.ImageS / d.ImageS:F1}×", true));
+            targets.Add(new("time to a 512² image, (d) LCM 4 steps + TAESD", "≤ 5 s", $"{d.ImageS:F2} s", d.ImageS <= 5));
+            targets.Add(new("peak RSS, (d)", "≤ 1.5 GB", $"{d.PeakRssBytes / 1e9:F2} GB", d.PeakRssBytes <= 1.5e9));
+            if (Row("(a)") is { } a)
+                targets.Add(new Target("(a) / (d): the seed's recipe against the fast path", "report", $"{a.ImageS / d.ImageS:F1}×", true));
+        }
+        // The memory targets: the full VAE in 2.5 GB, the few-step TAESD path in 1.5 GB, each as the process peaked (load included).
+        foreach (var (label, goal) in new[] { ("(e)", 2.5e9), ("(f)", 1.5e9) })
+            if (Row(label) is { } row)
+                targets.Add(new Target($"peak RSS, {row.Label}", $"≤ {goal / 1e9:0.#} GB", $"{row.PeakRssBytes / 1e9:F2} GB", row.PeakRssBytes <= goal));
+        return targets;
+    }
+
+    /// <summary>DeepCache's targets: the 20-step DPM++ image within 25 s and the seed's 50-step recipe within 60 s, at the fastest interval measured.</summary>
+    private static List<Target> JudgeDeepCacheTargets(IReadOnlyList<DeepCacheRow> rows)
+    {
+        var targets = new List<Target>();
+        foreach (var (scheduler, steps, goal) in new[] { ("dpmpp-2m", 20, 25.0), ("pndm", 50, 60.0) })
+        {
+            var fastest = rows.Where(r => r.Interval > 1 && r.Image.Scheduler == scheduler && r.Image.Steps == steps).MinBy(r => r.Image.ImageS);
+            if (fastest is null) continue;
+            targets.Add(new Target($"{steps} {scheduler} steps with DeepCache (fastest interval)", $"≤ {goal:0} s",
+                $"{fastest.Image.ImageS:F1} s at interval {fastest.Interval} ({fastest.SpeedupVsInterval1:F2}×, PSNR {fastest.PsnrDb:F1} dB)", fastest.Image.ImageS <= goal));
+        }
         return targets;
     }
 
@@ -188,11 +225,21 @@ public sealed record BenchReport
         {
             md.AppendLine().AppendLine("## Time to a 512² image on this machine").AppendLine();
             md.AppendLine("Each row: whole generations (encode + steps + decode) in a fresh process after the service's load and warm-up, median of its runs; peak RSS of that process. The batch-1 variant is the same SD 1.5 graph (an LCM-LoRA-fused UNet has this graph; an LCM-distilled one adds one small linear layer).").AppendLine();
-            md.AppendLine("| recipe | variant | scheduler | steps | guidance | decoder | UNet batch × calls | image s | encode s | denoise s | decode s | peak RSS GB | vs (a) |");
-            md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            md.AppendLine("Peak RSS: the process's, load included; generation peak: the largest a job records (the peak restarted when it begins). The budget rows run the service's `Model:MemoryBudget`: the pipeline measures its models at load and decodes the full VAE in tiles when a whole decode would not fit (tile column), and the text encoder and decoders hand their memory back after each run; planned: the peak the plan expected.").AppendLine();
+            md.AppendLine("| recipe | variant | scheduler | steps | guidance | decoder | budget | VAE tile px | UNet batch × calls | image s | encode s | denoise s | decode s | peak RSS GB | generation peak GB | planned GB | vs (a) |");
+            md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
             double a = TimeToImage[0].ImageS;
             foreach (var i in TimeToImage)
-                md.AppendLine($"| {i.Label} | `{i.Variant}` | {i.Scheduler} | {i.Steps} | {i.GuidanceScale:0.#} | {i.Decoder} | {i.UNetBatch} × {i.UNetCalls} | {S(i.ImageS)} | {S(i.EncodeS)} | {S(i.DenoiseS)} | {S(i.DecodeS)} | {Gb(i.PeakRssBytes)} | {X(a / i.ImageS)} |");
+                md.AppendLine($"| {i.Label} | `{i.Variant}` | {i.Scheduler} | {i.Steps} | {i.GuidanceScale:0.#} | {i.Decoder} | {i.MemoryBudget ?? "–"} | {(i.DecodeTileSize is { } t ? t.ToString(CultureInfo.InvariantCulture) : "–")} | {i.UNetBatch} × {i.UNetCalls} | {S(i.ImageS)} | {S(i.EncodeS)} | {S(i.DenoiseS)} | {S(i.DecodeS)} | {Gb(i.PeakRssBytes)} | {(i.GenerationPeakBytes is { } g ? Gb(g) : "–")} | {(i.ExpectedPeakBytes is { } e ? Gb(e) : "–")} | {X(a / i.ImageS)} |");
+        }
+        if (DeepCache.Count > 0)
+        {
+            md.AppendLine().AppendLine("## DeepCache: the multi-step recipes with cached deep features").AppendLine();
+            md.AppendLine("Each row a fresh process as above, the same variant (its full graph also outputs the cached feature). Every `interval`-th step runs the whole UNet, the steps between only the shallow branch (uniform schedule, branch 0). Speed-up against interval 1 of the same run; PSNR: the same optimizer recipe + DeepCache made of `{DeepCachePsnrBundle}`, at its native size, seed 42, against its own interval-1 image (the SD 1.5 graphs' random weights draw nothing to lose; tiny-sd's random weights say little of a real picture either: the paper's figures do).").AppendLine();
+            md.AppendLine("| recipe | interval | UNet calls (shallow) | image s | denoise s | decode s | speed-up vs interval 1 | PSNR dB | peak RSS GB |");
+            md.AppendLine("|---|---|---|---|---|---|---|---|---|");
+            foreach (var r in DeepCache)
+                md.AppendLine($"| {r.Image.Label} | {r.Interval} | {r.Image.UNetCalls} ({r.Image.ShallowUNetCalls}) | {S(r.Image.ImageS)} | {S(r.Image.DenoiseS)} | {S(r.Image.DecodeS)} | {X(r.SpeedupVsInterval1)} | {(r.PsnrDb is { } p ? (double.IsInfinity(p) ? "∞" : p.ToString("F1", CultureInfo.InvariantCulture)) : "–")} | {Gb(r.Image.PeakRssBytes)} |");
         }
         if (Targets.Count > 0)
         {

@@ -2,6 +2,7 @@ using System.Diagnostics;
 using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Optimizer;
 using SdFunctions.Optimizer.Quantization;
@@ -19,6 +20,9 @@ public sealed record BenchOptions
     /// <summary>Tokenizer, scheduler and config files for the bundle made from the graphs.</summary>
     public string TemplateBundle { get; init; } = Path.Combine("..", "shared", "fixtures", "tiny-sd");
 
+    /// <summary>The bundle DeepCache's PSNR is measured on: the given FP32 bundle, else the tiny template.</summary>
+    public string PsnrBundle => Fp32Bundle ?? TemplateBundle;
+
     /// <summary>Use this bundle as the FP32 variant instead of making one from the graphs (e.g. the tiny bundle).</summary>
     public string? Fp32Bundle { get; init; }
     public IReadOnlyList<string> Variants { get; init; } = BenchVariant.All.Select(v => v.Name).ToList();
@@ -30,6 +34,12 @@ public sealed record BenchOptions
 
     /// <summary>Also time whole 512² images: the seed's recipe, 20 DPM++ steps, and LCM 4 steps on a batch-1 UNet with each decoder.</summary>
     public bool TimeToImage { get; init; } = true;
+
+    /// <summary>Which time-to-image recipes to run, by key (a–d; see <see cref="ImageRecipe.All"/>).</summary>
+    public IReadOnlyList<string> Recipes { get; init; } = ImageRecipe.All.Select(r => r.Key).ToList();
+
+    /// <summary>DeepCache intervals (&gt; 1) to time the multi-step recipes at, beside their plain row (interval 1); empty: none.</summary>
+    public IReadOnlyList<int> DeepCacheIntervals { get; init; } = [2, 3, 5];
     public int CalibrationPrompts { get; init; } = 2;
     public int CalibrationSteps { get; init; } = 2;
     public string MarkdownPath { get; init; } = "BENCHMARKS.md";
@@ -38,13 +48,14 @@ public sealed record BenchOptions
 }
 
 /// <summary>One UNet variant: FP32 as exported, or what <c>sdf optimize</c> makes of it (at a static batch).</summary>
-public sealed record BenchVariant(string Name, string Description, bool Int8, double TomeRatio, int Batch = 2)
+public sealed record BenchVariant(string Name, string Description, bool Int8, double TomeRatio, int Batch = 2, bool DeepCache = false, bool Int8TextEncoder = false)
 {
     public static readonly IReadOnlyList<BenchVariant> All =
     [
         new("fp32", "FP32 as exported (ORT graph optimizations only)", false, 0),
         new("int8", "INT8 QDQ (mixed) + fused attention", true, 0),
-        new("int8_tome0.4", "INT8 QDQ (mixed) + fused attention + ToMe 0.4", true, 0.4),
+        // As production ships it: with the DeepCache graphs (the full graph is the UNet, plus the small shallow one) and int8 text encoder weights.
+        new("int8_tome0.4", "INT8 QDQ (mixed) + fused attention + ToMe 0.4 + DeepCache graphs; text encoder int8 weights", true, 0.4, DeepCache: true, Int8TextEncoder: true),
         new("int8_tome0.5", "INT8 QDQ (mixed) + fused attention + ToMe 0.5", true, 0.5),
     ];
 
@@ -52,18 +63,27 @@ public sealed record BenchVariant(string Name, string Description, bool Int8, do
     public const string Production = "int8_tome0.4";
 
     /// <summary>The production recipe at batch 1, for few-step requests without classifier-free guidance (LCM), with TAESD beside the VAE.</summary>
-    public static readonly BenchVariant FewStep = new("int8_tome0.4_b1", "INT8 QDQ (mixed) + fused attention + ToMe 0.4, batch 1, + TAESD", true, 0.4, Batch: 1);
+    public static readonly BenchVariant FewStep = new("int8_tome0.4_b1", "INT8 QDQ (mixed) + fused attention + ToMe 0.4, batch 1, + TAESD; text encoder int8 weights", true, 0.4, Batch: 1, Int8TextEncoder: true);
 }
 
 /// <summary>One way to make an image, timed whole (encode + steps + decode) after the service's load and warm-up.</summary>
-public sealed record ImageRecipe(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder)
+/// <param name="MemoryBudget">The service's Model:MemoryBudget for this row (null: none).</param>
+public sealed record ImageRecipe(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder, string? MemoryBudget = null)
 {
+    /// <summary>The letter in the label: what <c>--recipes</c> takes.</summary>
+    public string Key => Label[1..Label.IndexOf(')')];
+
+    /// <summary>Many steps with guidance on the production UNet, as the service runs without a budget: the recipes DeepCache is timed on.</summary>
+    public bool IsMultiStep => Variant == BenchVariant.Production && MemoryBudget is null;
+
     public static IReadOnlyList<ImageRecipe> All =>
     [
         new("(a) the seed's recipe", BenchVariant.Production, "pndm", 50, 7.5, "full"),
         new("(b) 20 DPM++ steps", BenchVariant.Production, "dpmpp-2m", 20, 7.5, "full"),
         new("(c) LCM 4 steps, batch 1", BenchVariant.FewStep.Name, "lcm", 4, 1.0, "full"),
         new("(d) = (c) with TAESD", BenchVariant.FewStep.Name, "lcm", 4, 1.0, "tiny"),
+        new("(e) = (b) in 2.5 GB", BenchVariant.Production, "dpmpp-2m", 20, 7.5, "full", "2.5GB"),
+        new("(f) = (d) in 1.5 GB", BenchVariant.FewStep.Name, "lcm", 4, 1.0, "tiny", "1.5GB"),
     ];
 }
 
@@ -83,6 +103,10 @@ public static class BenchRunner
         if (unknown.Count > 0) throw new ArgumentException($"--variants: unknown {string.Join(", ", unknown)}; choose from {string.Join(", ", BenchVariant.All.Select(v => v.Name))}.");
         if (options.Repeats < 1) throw new ArgumentException($"--repeats must be at least 1; got {options.Repeats}.");
         if (options.E2e50 is not ("fastest" or "all" or "none")) throw new ArgumentException($"--e2e50 must be fastest, all or none; got {options.E2e50}.");
+        var unknownRecipes = options.Recipes.Where(r => ImageRecipe.All.All(k => k.Key != r)).ToList();
+        if (unknownRecipes.Count > 0) throw new ArgumentException($"--recipes: unknown {string.Join(", ", unknownRecipes)}; choose from {string.Join(", ", ImageRecipe.All.Select(r => r.Key))}.");
+        if (options.DeepCacheIntervals.FirstOrDefault(i => i is < 2 or > DeepCacheSchedule.MaxInterval) is int badInterval and not 0)
+            throw new ArgumentException($"--deep-cache-intervals must be from 2 to {DeepCacheSchedule.MaxInterval} (interval 1 is the plain row); got {badInterval}.");
         var variants = BenchVariant.All.Where(v => options.Variants.Contains(v.Name)).ToList();
         string work = Path.GetFullPath(options.WorkDirectory);
         Directory.CreateDirectory(work);
@@ -146,25 +170,49 @@ public static class BenchRunner
         }
 
         var images = new List<ImageRow>();
+        var deepCache = new List<DeepCacheRow>();
         if (options.TimeToImage && bundles.ContainsKey(BenchVariant.Production))
         {
-            bundles[BenchVariant.FewStep.Name] = await EnsureVariantAsync(fp32, work, BenchVariant.FewStep, options, progress, ct);
-            EnsureTaesd(bundles[BenchVariant.FewStep.Name], options.GraphsDirectory);
-            foreach (var recipe in ImageRecipe.All)
+            var recipes = ImageRecipe.All.Where(r => options.Recipes.Contains(r.Key)).ToList();
+            if (recipes.Any(r => r.Variant == BenchVariant.FewStep.Name))
+            {
+                bundles[BenchVariant.FewStep.Name] = await EnsureVariantAsync(fp32, work, BenchVariant.FewStep, options, progress, ct);
+                EnsureTaesd(bundles[BenchVariant.FewStep.Name], options.GraphsDirectory);
+            }
+            async Task<ImageRow> TimeImageAsync(ImageRecipe recipe, int interval)
             {
                 // The long recipes once; the few-step ones are short enough for the usual repeats.
                 int repeats = recipe.Steps > 8 ? 1 : options.Repeats;
-                var r = await probes.RunAsync($"image-{recipe.Variant}-{recipe.Scheduler}{recipe.Steps}-{recipe.Decoder}", new ProbeRequest
+                var r = await probes.RunAsync($"image-{recipe.Variant}-{recipe.Scheduler}{recipe.Steps}-{recipe.Decoder}{(interval > 1 ? $"-cache{interval}" : "")}{(recipe.MemoryBudget is { } b ? $"-budget{b}" : "")}", new ProbeRequest
                 {
                     Kind = ProbeKind.Image, Bundle = bundles[recipe.Variant], Cache = CacheOf(recipe.Variant), Repeats = repeats,
-                    Scheduler = recipe.Scheduler, Steps = recipe.Steps, GuidanceScale = recipe.GuidanceScale, Decoder = recipe.Decoder,
+                    Scheduler = recipe.Scheduler, Steps = recipe.Steps, GuidanceScale = recipe.GuidanceScale, Decoder = recipe.Decoder, CacheInterval = interval,
+                    MemoryBudget = recipe.MemoryBudget is { } budget ? MemoryPlan.ParseBytes(budget) : null,
                 }, ct);
-                images.Add(ImageRow.From(recipe, r));
-                progress.Report($"{recipe.Label}: {images[^1].ImageS:F2} s, peak RSS {r.PeakRssBytes / 1e9:F2} GB");
+                var row = ImageRow.From(recipe, r);
+                progress.Report($"{recipe.Label}{(interval > 1 ? $", DeepCache interval {interval}" : "")}: {row.ImageS:F2} s, peak RSS {r.PeakRssBytes / 1e9:F2} GB");
+                return row;
+            }
+            foreach (var recipe in recipes) images.Add(await TimeImageAsync(recipe, 1));
+
+            var multiStep = recipes.Where(r => r.IsMultiStep).ToList();
+            if (options.DeepCacheIntervals.Count > 0 && multiStep.Count > 0)
+            {
+                var psnr = await DeepCachePsnrAsync(options.PsnrBundle, multiStep, options.DeepCacheIntervals, work, options, progress, ct);
+                foreach (var recipe in multiStep)
+                {
+                    var plain = images.Single(i => i.Label == recipe.Label);
+                    deepCache.Add(new DeepCacheRow(plain, 1, 1, null));
+                    foreach (int interval in options.DeepCacheIntervals)
+                    {
+                        var cached = await TimeImageAsync(recipe, interval);
+                        deepCache.Add(new DeepCacheRow(cached, interval, plain.ImageS / cached.ImageS, psnr[(recipe.Key, interval)]));
+                    }
+                }
             }
         }
 
-        var report = BenchReport.Create(options, results, findings, profiles, images, sd15: options.Fp32Bundle is null, total.Elapsed);
+        var report = BenchReport.Create(options, results, findings, profiles, images, deepCache, sd15: options.Fp32Bundle is null, total.Elapsed);
         await report.WriteAsync(options.MarkdownPath, options.JsonPath, ct);
         progress.Report($"wrote {options.MarkdownPath} and {options.JsonPath} in {total.Elapsed.TotalMinutes:F1} min");
         return report;
@@ -187,12 +235,39 @@ public static class BenchRunner
         var watch = Stopwatch.StartNew();
         await BundleOptimizer.OptimizeAsync(new OptimizeOptions
         {
-            ModelDirectory = fp32, OutputDirectory = dir, TomeRatio = variant.TomeRatio, FuseAttention = true, Batch = variant.Batch,
+            ModelDirectory = fp32, OutputDirectory = dir, TomeRatio = variant.TomeRatio, FuseAttention = true, Batch = variant.Batch, DeepCache = variant.DeepCache,
+            QuantizeTextEncoder = variant.Int8TextEncoder,
             Quantization = new QuantizationOptions(), CalibrationFile = prompts, CalibrationSteps = options.CalibrationSteps,
         }, new SynchronousProgress(m => progress.Report($"optimize {variant.Name}: {m}")), ct);
         progress.Report($"optimized {variant.Name} in {watch.Elapsed.TotalSeconds:F0} s");
         await File.WriteAllTextAsync(stamp, recipe, ct);
         return dir;
+    }
+
+    /// <summary>
+    /// What DeepCache costs in the picture, on <paramref name="bundleSource"/> (the tiny bundle: random-weight SD 1.5 graphs draw nothing to
+    /// lose): the production recipe with the DeepCache graphs made of it, each multi-step recipe at each interval against its own interval-1
+    /// image, same seed, at the bundle's native size.
+    /// </summary>
+    private static async Task<Dictionary<(string Recipe, int Interval), double>> DeepCachePsnrAsync(string bundleSource, IReadOnlyList<ImageRecipe> recipes,
+        IReadOnlyList<int> intervals, string work, BenchOptions options, IProgress<string> progress, CancellationToken ct)
+    {
+        var production = BenchVariant.All.Single(v => v.Name == BenchVariant.Production);
+        string bundle = await EnsureVariantAsync(Path.GetFullPath(bundleSource), work, production with { Name = "psnr-" + production.Name }, options, progress, ct);
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(bundle, new PipelineOptions { WarmUp = false }, cancellationToken: ct);
+        var psnr = new Dictionary<(string, int), double>();
+        foreach (var recipe in recipes)
+        {
+            var request = new GenerationRequest { Prompt = BenchProbe.Prompt, Scheduler = recipe.Scheduler, Steps = recipe.Steps, GuidanceScale = recipe.GuidanceScale, Seed = 42 };
+            var plain = await pipeline.GenerateAsync(request, null, ct);
+            foreach (int interval in intervals)
+            {
+                var cached = await pipeline.GenerateAsync(request with { CacheInterval = interval }, null, ct);
+                psnr[(recipe.Key, interval)] = ImageQuality.Psnr(plain.Rgb, cached.Rgb);
+                progress.Report($"{Path.GetFileName(bundleSource)}, {recipe.Label}, DeepCache interval {interval}: PSNR {psnr[(recipe.Key, interval)]:F1} dB against interval 1");
+            }
+        }
+        return psnr;
     }
 
     /// <summary>The real TAESD (sd15-graphs/taesd_decoder, random weights) beside a bundle's VAE, as a bundle carries it.</summary>
