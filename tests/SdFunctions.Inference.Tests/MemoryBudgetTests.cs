@@ -74,6 +74,7 @@ public class MemoryBudgetTests(ITestOutputHelper output)
         using var budgeted = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySd, new PipelineOptions { MemoryBudget = 1, Session = TinyPipelineFixture.CachedSessions });
         Assert.False(budgeted.Memory.Met);
         Assert.Equal(GenerationRequest.MinTileSize, budgeted.Memory.DecodeTileSize);
+        Assert.NotEqual(MemoryPlan.Sd15DecodeBytesPerPixel, budgeted.Memory.DecodeBytesPerPixel); // measured on this VAE
         output.WriteLine($"tiny bundle: expected peak {budgeted.Memory.ExpectedPeakBytes / 1e9:F3} GB");
         var result = await budgeted.GenerateAsync(Request with { TiledDecode = false }); // the budget wins over a whole decode
         Assert.Equal(GenerationRequest.MinTileSize, result.DecodeTileSize);
@@ -84,6 +85,19 @@ public class MemoryBudgetTests(ITestOutputHelper output)
         Assert.Equal(asked.Latents, result.Latents);
         Assert.Equal(asked.Rgb, result.Rgb); // releasing arenas changes no number
         Assert.Null((await plain.GenerateAsync(Request)).DecodeTileSize); // no budget: whole, as before
+    }
+
+    [Fact]
+    public async Task AServiceThatDecodesWithTaesdDoesNotLoadTheFullVaeToPlan()
+    {
+        using var budgeted = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySdWithTaesd,
+            new PipelineOptions { MemoryBudget = 1, DefaultDecoder = "tiny", Session = TinyPipelineFixture.CachedSessions });
+        Assert.DoesNotContain(budgeted.Sessions, s => s.Component == "vae_decoder");
+        Assert.Equal(MemoryPlan.Sd15DecodeBytesPerPixel, budgeted.Memory.DecodeBytesPerPixel); // not measured: SD 1.5's figure
+        Assert.Equal(GenerationRequest.MinTileSize, budgeted.Memory.DecodeTileSize); // for a request that asks for the full VAE
+        var result = await budgeted.GenerateAsync(Request);
+        Assert.Equal("tiny", result.Decoder);
+        Assert.Null(result.DecodeTileSize);
     }
 
     [Fact]

@@ -14,14 +14,16 @@ namespace SdFunctions.Inference.Pipeline;
 /// <param name="DecodeTileSize">The tile side (px) the full VAE decodes with when a request names none; null = whole.</param>
 /// <param name="ExpectedPeakBytes">What the plan expects a generation to peak at (null without a budget).</param>
 /// <param name="Met">False when even the smallest tile leaves the expected peak over the budget (the plan is then the leanest there is).</param>
-public sealed record MemoryPlan(long? Budget, int? DecodeTileSize, long? ExpectedPeakBytes, bool Met)
+/// <param name="DecodeBytesPerPixel">The full VAE's activations per output pixel the plan used (measured, or <see cref="Sd15DecodeBytesPerPixel"/>).</param>
+public sealed record MemoryPlan(long? Budget, int? DecodeTileSize, long? ExpectedPeakBytes, bool Met, double? DecodeBytesPerPixel = null)
 {
     /// <summary>Tile sides tried from the largest down (diffusers' default for SD 1.x is 512).</summary>
     public static readonly IReadOnlyList<int> TileSizes = [512, 384, 256, 192, 128, 96, GenerationRequest.MinTileSize];
 
     /// <summary>
     /// Measured on SD 1.5's VAE decoder here (whole 512² decode: ~1.45 GB of activations): used for the plan where the OS
-    /// cannot restart the peak that the per-pixel measurement reads.
+    /// cannot restart the peak that the per-pixel measurement reads, and where the full VAE is not the default decoder
+    /// (it is then not loaded to be measured).
     /// </summary>
     public const double Sd15DecodeBytesPerPixel = 5.6e3;
 
@@ -39,14 +41,14 @@ public sealed record MemoryPlan(long? Budget, int? DecodeTileSize, long? Expecte
         if (budget <= 0) throw new ArgumentOutOfRangeException(nameof(budget), budget, "The memory budget must be positive.");
         long Need(long pixels) => resident + (long)(decodeBytesPerPixel * pixels);
         long whole = Need((long)width * height);
-        if (whole <= budget) return new MemoryPlan(budget, null, whole, true);
+        if (whole <= budget) return new MemoryPlan(budget, null, whole, true, decodeBytesPerPixel);
         var tiles = TileSizes.Where(t => t < Math.Max(width, height)).ToList();
-        if (tiles.Count == 0) return new MemoryPlan(budget, null, whole, false); // the image is no larger than the smallest tile
+        if (tiles.Count == 0) return new MemoryPlan(budget, null, whole, false, decodeBytesPerPixel); // the image is no larger than the smallest tile
         foreach (int tile in tiles)
             if (Need((long)Math.Min(tile, width) * Math.Min(tile, height)) is var need && need <= budget)
-                return new MemoryPlan(budget, tile, need, true);
+                return new MemoryPlan(budget, tile, need, true, decodeBytesPerPixel);
         int smallest = tiles[^1];
-        return new MemoryPlan(budget, smallest, Need((long)Math.Min(smallest, width) * Math.Min(smallest, height)), false);
+        return new MemoryPlan(budget, smallest, Need((long)Math.Min(smallest, width) * Math.Min(smallest, height)), false, decodeBytesPerPixel);
     }
 
     /// <summary>Run options for the models that release their arena after the run (ONNX Runtime's arena shrinkage).</summary>

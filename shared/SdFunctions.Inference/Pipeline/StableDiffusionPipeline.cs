@@ -133,6 +133,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         var vae = Bundle.Decoders.FirstOrDefault(d => d.Name == DecoderComponent.Full);
         if (vae is null) return MemoryPlan.Choose(budget, ProcessMemory.Resident, 0, Width, Height);
         double perPixel = MemoryPlan.Sd15DecodeBytesPerPixel;
+        // A service whose default is TAESD never loads the full VAE unless a request asks: measuring it would cost what the budget saves.
+        if (DefaultDecoder != DecoderComponent.Full) return MemoryPlan.Choose(budget, ProcessMemory.Resident, perPixel, Width, Height);
         int probe = Math.Min(256, Math.Min(Width, Height)) / Bundle.VaeScaleFactor * Bundle.VaeScaleFactor;
         long resident;
         using (var tiled = new TiledVaeDecoder(_factory, Bundle, vae, probe))
