@@ -143,6 +143,7 @@ public class BenchTests
         Assert.Contains("| (f) = (d) in 1.5 GB | `int8_tome0.4_b1` | lcm | 4 | 1 | tiny | 1.5GB |", text);
         Assert.Contains("## What else buys speed", text);
         Assert.Contains("## DeepCache: the multi-step recipes with cached deep features", text);
+        Assert.Contains("DeepCache made of `tiny-sd`", text);
         Assert.Contains("| (b) 20 DPM++ steps | 2 | 20 (", text);
         Assert.Contains("ONNX Runtime " + Runtime.OnnxSessionFactory.OrtVersion, text);
     }

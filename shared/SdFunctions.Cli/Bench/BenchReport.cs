@@ -235,7 +235,7 @@ public sealed record BenchReport
         if (DeepCache.Count > 0)
         {
             md.AppendLine().AppendLine("## DeepCache: the multi-step recipes with cached deep features").AppendLine();
-            md.AppendLine("Each row a fresh process as above, the same variant (its full graph also outputs the cached feature). Every `interval`-th step runs the whole UNet, the steps between only the shallow branch (uniform schedule, branch 0). Speed-up against interval 1 of the same run; PSNR: the same optimizer recipe + DeepCache made of `{DeepCachePsnrBundle}`, at its native size, seed 42, against its own interval-1 image (the SD 1.5 graphs' random weights draw nothing to lose; tiny-sd's random weights say little of a real picture either: the paper's figures do).").AppendLine();
+            md.AppendLine($"Each row a fresh process as above, the same variant (its full graph also outputs the cached feature). Every `interval`-th step runs the whole UNet, the steps between only the shallow branch (uniform schedule, branch 0). Speed-up against interval 1 of the same run; PSNR: the same optimizer recipe + DeepCache made of `{DeepCachePsnrBundle}`, at its native size, seed 42, against its own interval-1 image (the SD 1.5 graphs' random weights draw nothing to lose; tiny-sd's random weights say little of a real picture either: the paper's figures do).").AppendLine();
             md.AppendLine("| recipe | interval | UNet calls (shallow) | image s | denoise s | decode s | speed-up vs interval 1 | PSNR dB | peak RSS GB |");
             md.AppendLine("|---|---|---|---|---|---|---|---|---|");
             foreach (var r in DeepCache)
