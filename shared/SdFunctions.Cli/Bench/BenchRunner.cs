@@ -35,7 +35,7 @@ public sealed record BenchOptions
     /// <summary>Also time whole 512² images: the seed's recipe, 20 DPM++ steps, and LCM 4 steps on a batch-1 UNet with each decoder.</summary>
     public bool TimeToImage { get; init; } = true;
 
-    /// <summary>Which time-to-image recipes to run, by key (a–d; see <see cref="ImageRecipe.All"/>).</summary>
+    /// <summary>Which time-to-image recipes to run, by key (a–f; see <see cref="ImageRecipe.All"/>).</summary>
     public IReadOnlyList<string> Recipes { get; init; } = ImageRecipe.All.Select(r => r.Key).ToList();
 
     /// <summary>DeepCache intervals (&gt; 1) to time the multi-step recipes at, beside their plain row (interval 1); empty: none.</summary>
@@ -105,8 +105,9 @@ public static class BenchRunner
         if (options.E2e50 is not ("fastest" or "all" or "none")) throw new ArgumentException($"--e2e50 must be fastest, all or none; got {options.E2e50}.");
         var unknownRecipes = options.Recipes.Where(r => ImageRecipe.All.All(k => k.Key != r)).ToList();
         if (unknownRecipes.Count > 0) throw new ArgumentException($"--recipes: unknown {string.Join(", ", unknownRecipes)}; choose from {string.Join(", ", ImageRecipe.All.Select(r => r.Key))}.");
-        if (options.DeepCacheIntervals.FirstOrDefault(i => i is < 2 or > DeepCacheSchedule.MaxInterval) is int badInterval and not 0)
-            throw new ArgumentException($"--deep-cache-intervals must be from 2 to {DeepCacheSchedule.MaxInterval} (interval 1 is the plain row); got {badInterval}.");
+        var badIntervals = options.DeepCacheIntervals.Where(i => i is < 2 or > DeepCacheSchedule.MaxInterval).ToList();
+        if (badIntervals.Count > 0)
+            throw new ArgumentException($"--deep-cache-intervals must be from 2 to {DeepCacheSchedule.MaxInterval} (interval 1 is the plain row); got {string.Join(", ", badIntervals)}.");
         var variants = BenchVariant.All.Where(v => options.Variants.Contains(v.Name)).ToList();
         string work = Path.GetFullPath(options.WorkDirectory);
         Directory.CreateDirectory(work);
