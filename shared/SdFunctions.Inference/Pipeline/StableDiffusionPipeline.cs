@@ -106,7 +106,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             if (DefaultDecoder == DecoderComponent.Full && Memory.DecodeTileSize is { } tile)
             {
                 var tiled = TiledDecoder(tile);
-                if (options.WarmUp) DecodeTiled(tiled, new float[LatentChannels * LatentHeight * LatentWidth], releasing!);
+                if (options.WarmUp) DecodeTiled(tiled, new float[LatentChannels * LatentHeight * LatentWidth], releasing ?? runOptions);
             }
             else
             {

@@ -31,8 +31,8 @@ public static class TextEncoderQuantizer
             && initializers[n.Input[0]].Dims.Aggregate(1L, (x, y) => x * y) >= MinTableElements).ToList();
         if (linear.Count == 0) throw new InvalidOperationException("The text encoder has no MatMul or Gemm with initializer weights to quantize.");
 
-        var counts = new Dictionary<string, int>(QdqQuantizer.Apply(model, new QdqPlan(linear), new Dictionary<string, ActivationRange>(), encoderDirectory));
-        var b = new GraphBuilder(graph, "/quant/");
+        // The tables first: QdqQuantizer.Apply then drops the float initializers nothing reads any more and sorts the graph.
+        var b = new GraphBuilder(graph, "/quant_table/");
         foreach (var gather in tables)
         {
             string dequantized = QuantizeTable(b, gather, initializers[gather.Input[0]], encoderDirectory);
@@ -40,12 +40,10 @@ public static class TextEncoderQuantizer
                 for (int i = 0; i < reader.Input.Count; i++)
                     if (reader.Input[i] == gather.Output[0]) reader.Input[i] = dequantized;
             graph.Node.Remove(gather);
-            counts["Gather"] = counts.GetValueOrDefault("Gather") + 1;
         }
         graph.Node.AddRange(b.Nodes);
-        var used = graph.Node.SelectMany(n => n.Input).ToHashSet();
-        foreach (var unused in graph.Initializer.Where(i => !used.Contains(i.Name)).ToList()) graph.Initializer.Remove(unused);
-        GraphEdits.SortTopologically(graph);
+        var counts = new Dictionary<string, int>(QdqQuantizer.Apply(model, new QdqPlan(linear), new Dictionary<string, ActivationRange>(), encoderDirectory));
+        if (tables.Count > 0) counts["Gather"] = tables.Count;
 
         await ModelFiles.WriteAsync(model, encoderDirectory, encoderDirectory, ct);
         return new Result(counts, before, ModelFiles.InitializerBytes(model));
