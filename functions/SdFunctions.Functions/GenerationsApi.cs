@@ -1,7 +1,9 @@
 using Microsoft.AspNetCore.Http;
+using Microsoft.AspNetCore.Http.Features;
 using Microsoft.AspNetCore.Mvc;
 using Microsoft.Azure.Functions.Worker;
 using Microsoft.Extensions.Logging;
+using Microsoft.Extensions.Options;
 using Microsoft.Net.Http.Headers;
 using SdFunctions.Jobs;
 
@@ -11,30 +13,39 @@ namespace SdFunctions.Functions;
 /// The HTTP API: submit, poll, download, cancel. Each function binds the request, calls
 /// <see cref="GenerationService"/> and maps the result or its problem to a response.
 /// </summary>
-public sealed class GenerationsApi(GenerationService service, ILogger<GenerationsApi> logger)
+public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptions> options, ILogger<GenerationsApi> logger)
 {
-    private const int MaxBodyBytes = 64 * 1024;
     private const string RetryAfterSeconds = "2";
+    private int MaxBodyBytes => options.Value.MaxImageRequestBytes; // the service holds requests without an image to MaxRequestBytes
 
     [Function("SubmitGeneration")]
     public async Task<IActionResult> Submit(
         [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct) =>
         await HttpResults.HandleAsync(req, logger, async () =>
         {
-            if (req.ContentType is { Length: > 0 } type && !IsJson(type))
+            bool multipart = req.ContentType is { Length: > 0 } type && IsMultipart(type);
+            if (req.ContentType is { Length: > 0 } contentType && !multipart && !IsJson(contentType))
                 return HttpResults.Problem(new Problem
                 {
                     Type = ProblemTypes.UnsupportedMediaType, Title = "Unsupported media type", Status = 415,
-                    Detail = "Send the request as application/json (UTF-8).",
+                    Detail = "Send the request as application/json (UTF-8), or as multipart/form-data with a request part (JSON) and an image part.",
                 }, req);
-            byte[]? body = await ReadBodyAsync(req, ct);
-            if (body is null)
-                return HttpResults.Problem(new Problem
-                {
-                    Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413, Detail = $"The body may be at most {MaxBodyBytes} bytes.",
-                }, req);
+            if (req.ContentLength > MaxBodyBytes) return TooLarge(req);
+            byte[]? body;
+            ImageUpload? upload = null;
+            if (multipart)
+            {
+                var form = await ReadFormAsync(req, ct);
+                if (form is null) return TooLarge(req);
+                (body, upload) = await MultipartRequest.ReadAsync(form, ct);
+            }
+            else
+            {
+                body = await ReadBodyAsync(req, ct);
+                if (body is null) return TooLarge(req);
+            }
 
-            var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), ct, Caller(req));
+            var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), ct, Caller(req), upload);
             req.HttpContext.Response.Headers.Location = HttpResults.JobUrl(req, job.Id);
             req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(JobResource.From(job, null), StatusCodes.Status202Accepted);
@@ -69,6 +80,36 @@ public sealed class GenerationsApi(GenerationService service, ILogger<Generation
             return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
         });
 
+    private ContentResult TooLarge(HttpRequest req) => HttpResults.Problem(new Problem
+    {
+        Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
+        Detail = $"The body may be at most {options.Value.MaxRequestBytes} bytes, or {MaxBodyBytes} bytes with an image.",
+    }, req);
+
+    private static bool IsMultipart(string contentType) =>
+        MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase);
+
+    // The whole form within the body bound; null when it is larger. A form that does not parse is a 400.
+    private async Task<IFormCollection?> ReadFormAsync(HttpRequest req, CancellationToken ct)
+    {
+        try
+        {
+            return await req.ReadFormAsync(new FormOptions
+            {
+                MultipartBodyLengthLimit = MaxBodyBytes, ValueLengthLimit = options.Value.MaxRequestBytes, ValueCountLimit = 8,
+                MultipartHeadersLengthLimit = 16 * 1024, BufferBodyLengthLimit = MaxBodyBytes,
+            }, ct);
+        }
+        catch (InvalidDataException e) when (e.Message.Contains("limit", StringComparison.OrdinalIgnoreCase)) { return null; }
+        catch (Exception e) when (e is InvalidDataException or IOException)
+        {
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.MalformedJson, Title = "Malformed request", Status = 400, Detail = $"The multipart body could not be read ({e.Message.TrimEnd('.')}).",
+            });
+        }
+    }
+
     // application/json exactly (any case), with no charset or UTF-8: JSON is UTF-8 (RFC 8259).
     private static bool IsJson(string contentType) =>
         MediaTypeHeaderValue.TryParse(contentType, out var media)
@@ -85,7 +126,7 @@ public sealed class GenerationsApi(GenerationService service, ILogger<Generation
         req.Headers["X-MS-CLIENT-PRINCIPAL-ID"].FirstOrDefault());
 
     // Reads at most MaxBodyBytes; null when the body is larger.
-    private static async Task<byte[]?> ReadBodyAsync(HttpRequest req, CancellationToken ct)
+    private async Task<byte[]?> ReadBodyAsync(HttpRequest req, CancellationToken ct)
     {
         using var buffer = new MemoryStream();
         var chunk = new byte[8192];

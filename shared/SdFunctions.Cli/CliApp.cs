@@ -44,6 +44,7 @@ public static class CliApp
         ["initialLatents"] = "--latents", ["karrasSigmas"] = "--karras", ["stepNoise"] = "--step-noise",
         ["tiledDecode"] = "--tiled-decode", ["tileSize"] = "--tile-size",
         ["cacheInterval"] = "--deep-cache-interval", ["cacheSchedule"] = "--deep-cache-schedule",
+        ["image"] = "--init-image", ["strength"] = "--strength", ["encoderNoise"] = "--encoder-noise",
     };
 
     public static async Task<int> RunAsync(string[] args, TextWriter stdout, TextWriter stderr, CancellationToken cancellationToken = default)
@@ -139,7 +140,16 @@ public static class CliApp
         var karras = new Option<bool>("--karras") { Description = "Karras sigmas (euler, lms, dpmpp-2m)." };
         var width = new Option<int?>("--width") { Description = "Image width (multiple of 64). Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height (multiple of 64). Default: the model's native size." };
-        var latents = new Option<string?>("--latents") { Description = "Initial latents: raw little-endian float32 [1,4,H/8,W/8], instead of the seed." };
+        var latents = new Option<string?>("--latents")
+        {
+            Description = "Initial latents: raw little-endian float32 [1,4,H/8,W/8], instead of the seed; with --init-image, the noise added to the encoded image.",
+        };
+        var initImage = new Option<string?>("--init-image") { Description = "Image-to-image: start from this PNG, JPEG or WebP (another size is scaled to cover and center-cropped)." };
+        var strength = new Option<double?>("--strength") { Description = $"With --init-image: how far to depart from it, 0 < s ≤ 1 (int(steps·s) steps run). Default: {GenerationRequest.DefaultStrength}." };
+        var encoderNoise = new Option<string?>("--encoder-noise")
+        {
+            Description = "With --init-image: the ε sampling the encoder's Gaussian, raw little-endian float32 [1,4,H/8,W/8], instead of the seed's stream.",
+        };
         var stepNoise = new Option<string?>("--step-noise")
         {
             Description = "Noise added between steps (lcm, euler-a): raw little-endian float32 [steps−1, 1, 4, H/8, W/8] for lcm, instead of the seed's stream.",
@@ -164,7 +174,7 @@ public static class CliApp
 
         var command = new Command("generate", "Generate one image from a prompt and write it as PNG.")
         {
-            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, cacheInterval, cacheSchedule, width, height, latents, stepNoise, output, cache, threads, memoryBudget,
+            model, prompt, negative, steps, guidance, seed, scheduler, karras, decoder, tiledDecode, tileSize, cacheInterval, cacheSchedule, width, height, latents, initImage, strength, encoderNoise, stepNoise, output, cache, threads, memoryBudget,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -185,6 +195,11 @@ public static class CliApp
             };
             // Everything that can be checked without the model is checked before spending time on loading it.
             request.ValidateParameters();
+            string? initImagePath = parse.GetValue(initImage);
+            if (initImagePath is null && parse.GetValue(strength) is not null) throw new CliUsageException("--strength needs --init-image.");
+            if (initImagePath is null && parse.GetValue(encoderNoise) is not null) throw new CliUsageException("--encoder-noise needs --init-image.");
+            if (parse.GetValue(strength) is { } s && !(s > 0 && s <= 1)) throw new CliUsageException($"--strength must be greater than 0 and at most 1; got {s}.");
+            if (initImagePath is not null && !File.Exists(initImagePath)) throw new CliUsageException($"--init-image: {initImagePath} does not exist.");
             if (parse.GetValue(threads) is < 1) throw new CliUsageException("--threads must be at least 1.");
             long? budget;
             try { budget = parse.GetValue(memoryBudget) is { } text ? MemoryPlan.ParseBytes(text) : null; }
@@ -207,6 +222,13 @@ public static class CliApp
             using var pipeline = await StableDiffusionPipeline.LoadAsync(modelDir, options, loggerFactory.CreateLogger("sdf"), ct);
 
             if (initialLatents is not null) request = request with { InitialLatents = initialLatents };
+            if (initImagePath is not null)
+                request = request with
+                {
+                    InitImage = InitImage.Decode(await File.ReadAllBytesAsync(initImagePath, ct), pipeline.Width, pipeline.Height),
+                    Strength = parse.GetValue(strength),
+                    EncoderNoise = parse.GetValue(encoderNoise) is { } epsPath ? ReadFloats("--encoder-noise", epsPath) : null,
+                };
             if (parse.GetValue(stepNoise) is { } noisePath)
             {
                 float[] values = ReadFloats("--step-noise", noisePath);
@@ -219,17 +241,22 @@ public static class CliApp
             var result = await pipeline.GenerateAsync(request, bar, ct);
             bar.Finish();
 
-            await using (var file = File.Create(outPath)) await result.WritePngAsync(file, ct);
+            string parameters = GenerationParameters.Format(request.Prompt, request.NegativePrompt, result, pipeline.Bundle.Name);
+            await File.WriteAllBytesAsync(outPath, await result.EncodeAsync(ImageFile.Png, parameters: parameters, cancellationToken: ct), ct);
             var t = result.Timings;
             var sorted = t.Steps.Order().ToArray();
             var median = sorted.Length == 0 ? TimeSpan.Zero : sorted[sorted.Length / 2];
             // PNDM runs one iteration more than the steps asked (its first PLMS step evaluates the UNet twice, as in diffusers).
-            string iterations = t.Steps.Count == result.Steps ? "" : $", {t.Steps.Count} iterations: its first step evaluates the UNet twice";
+            string iterations = result.Strength is not null ? $", the last {t.Steps.Count} run from the image"
+                : t.Steps.Count == result.Steps ? "" : $", {t.Steps.Count} iterations: its first step evaluates the UNet twice";
             stderr.WriteLine(
                 $"load {pipeline.LoadTime.TotalSeconds:F2} s | encode {t.Encode.TotalSeconds:F3} s | " +
                 $"{result.Steps} steps ({result.Scheduler}{iterations}, {result.UNetCalls} UNet calls at batch {result.UNetBatch}{(result.CacheInterval > 1 ? $" ({result.ShallowUNetCalls} shallow: DeepCache every {result.CacheInterval}, {result.CacheSchedule})" : "")}, guidance {result.GuidanceScale:0.##} {result.Conditioning}) " +
                 $"median {median.TotalSeconds:F3} s, total {t.Denoise.TotalSeconds:F2} s | decode ({result.Decoder}{(result.DecodeTileSize is { } tile ? $", tiles of {tile} px" : "")}) {t.Decode.TotalSeconds:F3} s | generation {t.Total.TotalSeconds:F2} s");
             string origin = initialLatents is null ? $"seed {result.Seed}" : $"latents from {parse.GetValue(latents)}";
+            if (initImagePath is not null)
+                origin += $", from {initImagePath}{(request.InitImage!.Resized ? $" ({request.InitImage.SourceWidth}×{request.InitImage.SourceHeight} fitted)" : "")} at strength {result.Strength:0.###}" +
+                    (result.Reproducible ? "" : "; not reproducible: the model's vae_encoder samples with an unseeded generator");
             string peak = result.PeakMemoryBytes is { } bytes ? $", peak memory {bytes / 1e9:F2} GB{(budget is { } b ? $" (budget {b / 1e9:F2} GB)" : "")}" : "";
             stderr.WriteLine($"wrote {outPath} ({result.Width}×{result.Height}, {origin}{(result.PromptTruncated ? ", prompt truncated to 77 tokens" : "")}{peak})");
             return Ok;
@@ -300,7 +327,7 @@ public static class CliApp
                 image = decoder.Image;
                 how = "whole";
             }
-            await using (var file = File.Create(outPath)) await GenerationResult.WritePngAsync(file, StableDiffusionPipeline.ToRgb8(image, h, w), w, h, ct);
+            await File.WriteAllBytesAsync(outPath, await ImageFile.EncodeAsync(StableDiffusionPipeline.ToRgb8(image, h, w), w, h, ImageFile.Png, cancellationToken: ct), ct);
             stderr.WriteLine($"wrote {outPath} ({w}×{h}, decoded {how} in {took.TotalSeconds:F2} s; session load {loaded.TotalSeconds:F2} s)");
             return Ok;
         });

@@ -20,19 +20,27 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     /// Idempotency keys are scoped by <paramref name="callerScope"/> (who is calling, as far as the platform tells: see
     /// <see cref="CallerScope"/>): two callers using the same key get two jobs and never learn of each other's.
     /// </summary>
+    /// <param name="upload">A multipart request's picture (image-to-image); a JSON body carries it as a data URI instead.</param>
     public async Task<(JobRecord Job, bool Created)> SubmitAsync(ReadOnlyMemory<byte> body, string? idempotencyKey, CancellationToken ct,
-        string callerScope = CallerScope.Anonymous)
+        string callerScope = CallerScope.Anonymous, ImageUpload? upload = null)
     {
         var request = SubmitRequest.Parse(body.Span);
-        var input = request.Validate(Options);
-        // What depends on the model (an LCM's negative prompt, its schedulers and decoders) is checked here when this
-        // instance has loaded it, else by the worker, which then fails the job with the same validation problem.
+        if (request.Image is null && upload is null && body.Length > Options.MaxRequestBytes)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
+                Detail = $"A request without an image may be at most {Options.MaxRequestBytes} bytes ({Options.MaxImageRequestBytes} with one).",
+            });
+        var submission = request.Validate(Options, upload);
+        var input = submission.Input;
+        // What depends on the model (an LCM's negative prompt, its schedulers and decoders, an encoder for image-to-image) is
+        // checked here when this instance has loaded it, else by the worker, which then fails the job with the same validation problem.
         if (pipelines.Loaded is { } pipeline)
         {
-            try { pipeline.Validate(GenerationWorker.ToRequest(input)); }
+            try { pipeline.Validate(GenerationWorker.ToRequest(input, submission.InitImage)); }
             catch (InvalidGenerationRequestException e) { throw new ProblemException(Refusal(e)); }
         }
-        if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), input, null, ct), true);
+        if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), submission, null, ct), true);
 
         if (idempotencyKey.Length is 0 or > MaxIdempotencyKeyLength)
             throw new ProblemException(new Problem
@@ -41,8 +49,9 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
                 Detail = $"The Idempotency-Key header must be 1 to {MaxIdempotencyKeyLength} characters.",
                 Errors = new Dictionary<string, string[]> { ["Idempotency-Key"] = [$"1 to {MaxIdempotencyKeyLength} characters."] },
             });
-        // The same request is the same JSON after parsing (field order and spacing do not matter), seed as sent.
-        string requestHash = JobStore.Hash(JsonSerializer.Serialize(request, JobJson.Options));
+        // The same request is the same JSON after parsing (field order and spacing do not matter), seed as sent; a picture counts by
+        // its SHA-256, so the same picture sent as a data URI or as a multipart part is the same request.
+        string requestHash = JobStore.Hash(JsonSerializer.Serialize(request with { Image = input.Image?.Sha256 }, JobJson.Options));
         string scopedKey = $"{callerScope}\n{idempotencyKey}";
         var (claimed, claim) = await store.ClaimIdempotencyKeyAsync(scopedKey, new JobStore.IdempotencyClaim(JobIds.New(), requestHash), ct);
         if (claim.RequestHash != requestHash)
@@ -53,17 +62,20 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             });
         if (!claimed && await store.GetAsync(claim.JobId, ct) is { } existing) return (await QueueIfNeverQueuedAsync(existing, ct), false);
         // Claimed now, or claimed by an earlier call that failed before its job existed: make the job under that id.
-        return (await CreateAndQueueAsync(claim.JobId, input, scopedKey, ct), true);
+        return (await CreateAndQueueAsync(claim.JobId, submission, scopedKey, ct), true);
     }
 
-    private async Task<JobRecord> CreateAndQueueAsync(string id, GenerationInput input, string? scopedKey, CancellationToken ct)
+    private async Task<JobRecord> CreateAndQueueAsync(string id, Submission submission, string? scopedKey, CancellationToken ct)
     {
+        var input = submission.Input;
         using var span = JobsTelemetry.StartSend(id, queue.QueueName);
         using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
         var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow(), TraceParent = JobsTelemetry.CurrentTraceParent() };
         // Marked before the record exists, cleared once the message is sent: a crash in between leaves the mark, and the
         // job is queued by a replay or the sweep (InterruptedJobSweeper) instead of waiting forever.
         await store.MarkAsync(JobMark.Pending, id, ct);
+        // The picture before the record: a record that exists always has its picture, whichever delivery runs it.
+        if (submission.ImageBytes is { } picture) await store.UploadInputImageAsync(id, picture, input.Image!.MediaType, ct);
         if (!await store.TryCreateAsync(job, ct)) return (await store.GetAsync(id, ct))!; // a concurrent replay made it first
         try
         {
@@ -88,6 +100,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         try
         {
             await store.DeleteAsync(id, CancellationToken.None);
+            await store.DeleteInputImageAsync(id, CancellationToken.None);
             if (scopedKey is not null) await store.ReleaseIdempotencyKeyAsync(scopedKey, CancellationToken.None);
             await store.ClearMarkAsync(JobMark.Pending, id, CancellationToken.None);
         }

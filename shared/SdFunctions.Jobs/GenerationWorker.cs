@@ -88,7 +88,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             var pipeline = await pipelines.GetAsync(run.Token);
             double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
 
-            var result = await pipeline.GenerateAsync(ToRequest(job.Input), reporter, run.Token);
+            var initImage = await LoadInitImageAsync(job, run.Token);
+            var result = await pipeline.GenerateAsync(ToRequest(job.Input, initImage), reporter, run.Token);
             telemetry.RecordGeneration(result);
             await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
             run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
@@ -328,12 +329,22 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogWarning(e, "Could not clear the {Mark} mark of job {JobId}", mark, id); }
     }
 
-    internal static GenerationRequest ToRequest(GenerationInput input) => new()
+    internal static GenerationRequest ToRequest(GenerationInput input, InitImage? initImage) => new()
     {
         Prompt = input.Prompt, NegativePrompt = input.NegativePrompt, Steps = input.Steps, GuidanceScale = input.GuidanceScale,
         Seed = input.Seed, Scheduler = input.Scheduler, Decoder = input.Decoder, TiledDecode = input.TiledDecode,
         CacheInterval = input.CacheInterval, CacheSchedule = input.CacheSchedule, Width = input.Width, Height = input.Height,
+        InitImage = initImage, Strength = initImage is null ? null : input.Strength,
     };
+
+    /// <summary>Image-to-image: the job's stored picture, decoded and fitted again (every delivery redoes the job from it).</summary>
+    private async Task<InitImage?> LoadInitImageAsync(JobRecord job, CancellationToken ct)
+    {
+        if (job.Input.Image is null) return null;
+        var bytes = await store.DownloadInputImageAsync(job.Id, ct)
+            ?? throw new InvalidGenerationRequestException("image", "The job's init image is no longer stored (it expired or was deleted); submit the job again.");
+        return InitImage.Decode(bytes.ToArray(), job.Input.Width, job.Input.Height);
+    }
 
     private static string Truncate(string text) => text.Length <= 200 ? text : text[..200] + "…";
 

@@ -28,7 +28,21 @@ public sealed record GenerationInput
     public string? CacheSchedule { get; init; }
     public int Width { get; init; }
     public int Height { get; init; }
+
+    /// <summary>Image-to-image: the init picture as received (kept beside the record, so a redelivered message can redo the job).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public InputImage? Image { get; init; }
+
+    /// <summary>Image-to-image: how far to depart from the picture (0 &lt; s ≤ 1; int(steps·s) steps run); null for text-to-image.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public double? Strength { get; init; }
 }
+
+/// <summary>
+/// An init picture as the client sent it: its format, its own size (it is scaled to cover the service's size and center-cropped),
+/// its length and SHA-256, so a client can tell which picture a job used.
+/// </summary>
+public sealed record InputImage(string MediaType, int Width, int Height, long Bytes, string Sha256);
 
 /// <summary>
 /// Progress in denoising iterations: <see cref="Total"/> is how many the scheduler runs, <see cref="Steps"/> the steps asked for

@@ -77,6 +77,22 @@ public sealed class JobStore(BlobContainerClient container)
 
     public async Task DeleteAsync(string id, CancellationToken ct) => await JobBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
 
+    // Image-to-image's init picture, as received: job data, kept (and expired) with the record.
+    private BlobClient InputImageBlob(string id) => container.GetBlobClient($"inputs/{id}");
+
+    /// <summary>Stores (or, for a replay, rewrites the same) init picture of a job.</summary>
+    public async Task UploadInputImageAsync(string id, byte[] bytes, string mediaType, CancellationToken ct) =>
+        await InputImageBlob(id).UploadAsync(new BinaryData(bytes), new BlobUploadOptions { HttpHeaders = new BlobHttpHeaders { ContentType = mediaType } }, ct);
+
+    /// <summary>A job's init picture; null when it is gone (expired or deleted).</summary>
+    public async Task<BinaryData?> DownloadInputImageAsync(string id, CancellationToken ct)
+    {
+        try { return (await InputImageBlob(id).DownloadContentAsync(ct)).Value.Content; }
+        catch (RequestFailedException e) when (e.Status == 404) { return null; }
+    }
+
+    public async Task DeleteInputImageAsync(string id, CancellationToken ct) => await InputImageBlob(id).DeleteIfExistsAsync(cancellationToken: ct);
+
     private BlobClient MarkBlob(JobMark mark, string id) => container.GetBlobClient($"{MarkPrefix(mark)}{id}");
 
     private static string MarkPrefix(JobMark mark) => mark == JobMark.Pending ? "pending/" : "running/";

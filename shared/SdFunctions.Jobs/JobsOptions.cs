@@ -31,6 +31,13 @@ public sealed class JobsOptions
 
     public int MaxPromptLength { get; set; } = 1000;
 
+    /// <summary>The largest request body without an image (JSON), and with one (JSON with a data URI, or multipart).</summary>
+    public int MaxRequestBytes { get; set; } = 64 * 1024;
+    public int MaxImageRequestBytes { get; set; } = 8 * 1024 * 1024;
+
+    /// <summary>The largest init picture file accepted (what its data URI or part decodes to).</summary>
+    public int MaxImageBytes { get; set; } = 6 * 1024 * 1024;
+
     /// <summary>
     /// How often a running job's record is touched even when its progress has not moved (during the model load, a slow step):
     /// the heartbeat that shows its run is alive.

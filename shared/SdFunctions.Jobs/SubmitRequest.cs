@@ -3,6 +3,8 @@ using System.Text.Json.Serialization;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Schedulers;
+using System.Security.Cryptography;
+using System.Text.RegularExpressions;
 
 namespace SdFunctions.Jobs;
 
@@ -22,6 +24,12 @@ public sealed record SubmitRequest
     public string? CacheSchedule { get; init; }
     public int? Width { get; init; }
     public int? Height { get; init; }
+
+    /// <summary>Image-to-image: the init picture as a data URI, data:image/png|jpeg|webp;base64,… (or a multipart image part instead).</summary>
+    public string? Image { get; init; }
+
+    /// <summary>Image-to-image: 0 &lt; s ≤ 1, default 0.8 (diffusers' StableDiffusionImg2ImgPipeline).</summary>
+    public double? Strength { get; init; }
 
     // Stricter than the API's output settings: numbers must be JSON numbers ("steps": "1" is refused), and a field may
     // appear once (in any letter case: "prompt" and "Prompt" are the same field), so no value silently wins over another.
@@ -67,9 +75,11 @@ public sealed record SubmitRequest
     /// Checks every rule that needs no model, reports every broken one, and chooses a seed when absent. Steps and guidance
     /// stay absent when not sent: they take the model's defaults (which differ for LCM models) when the job runs.
     /// </summary>
-    public GenerationInput Validate(JobsOptions options)
+    /// <param name="upload">The picture of a multipart request (its image part); a JSON request carries it in <see cref="Image"/>.</param>
+    public Submission Validate(JobsOptions options, ImageUpload? upload = null)
     {
         var errors = new Dictionary<string, string[]>();
+        var (imageBytes, initImage) = ValidateImage(options, upload, errors);
         if (Prompt is null || !HasVisibleText(Prompt)) errors["prompt"] = ["A prompt with visible text is required."];
         else if (Prompt.Length > options.MaxPromptLength) errors["prompt"] = [$"At most {options.MaxPromptLength} characters."];
         if (NegativePrompt is { } n && n.Length > options.MaxPromptLength) errors["negativePrompt"] = [$"At most {options.MaxPromptLength} characters."];
@@ -92,13 +102,19 @@ public sealed record SubmitRequest
             errors["cacheSchedule"] = [$"One of: {string.Join(", ", DeepCacheSchedule.Names)}."];
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
+        if (Strength is { } strength)
+        {
+            if (imageBytes is null && !errors.ContainsKey("image")) errors["strength"] = ["A strength needs an image (image-to-image)."];
+            else if (!(strength > 0 && strength <= 1)) errors["strength"] = ["Greater than 0 and at most 1."];
+            else if (Steps is { } st && (int)(st * strength) < 1) errors["strength"] = [$"With {st} steps, int(steps × strength) must be at least 1 step."];
+        }
         if (errors.Count > 0)
         {
             var problem = Invalid(ProblemTypes.Validation, "The request has invalid fields.", errors).Problem;
             throw new ProblemException(problem with { Allowed = errors.ContainsKey("width") || errors.ContainsKey("height") ? [$"{options.Width}x{options.Height}"] : null });
         }
 
-        return new GenerationInput
+        var input = new GenerationInput
         {
             Prompt = Prompt!,
             NegativePrompt = NegativePrompt ?? "",
@@ -112,11 +128,67 @@ public sealed record SubmitRequest
             CacheSchedule = CacheSchedule,
             Width = options.Width,
             Height = options.Height,
+            Image = initImage is null ? null
+                : new InputImage(initImage.SourceMediaType, initImage.SourceWidth, initImage.SourceHeight, imageBytes!.Length, Convert.ToHexStringLower(SHA256.HashData(imageBytes))),
+            Strength = initImage is null ? null : Strength ?? GenerationRequest.DefaultStrength,
         };
+        return new Submission(input, imageBytes, initImage);
     }
+
+    /// <summary>The picture from the data URI or the upload, checked by decoding it at the service's size; errors go under "image".</summary>
+    private (byte[]? Bytes, InitImage? Image) ValidateImage(JobsOptions options, ImageUpload? upload, Dictionary<string, string[]> errors)
+    {
+        if (upload is not null && Image is not null)
+        {
+            errors["image"] = ["Send the image once: as the multipart image part or as a data URI, not both."];
+            return (null, null);
+        }
+        string? declared = upload?.MediaType;
+        byte[]? bytes = upload?.Bytes;
+        if (Image is { } uri)
+        {
+            var match = DataUri.Match(uri);
+            if (!match.Success)
+            {
+                errors["image"] = [$"A data URI is expected: data:<{string.Join("|", InitImage.MediaTypes)}>;base64,<data>."];
+                return (null, null);
+            }
+            declared = match.Groups[1].Value.ToLowerInvariant();
+            try { bytes = Convert.FromBase64String(match.Groups[2].Value); }
+            catch (FormatException) { errors["image"] = ["The data URI's data is not valid base64."]; return (null, null); }
+        }
+        if (bytes is null) return (null, null);
+        if (bytes.Length == 0) { errors["image"] = ["The image is empty."]; return (null, null); }
+        if (bytes.Length > options.MaxImageBytes) { errors["image"] = [$"At most {options.MaxImageBytes} bytes; this one has {bytes.Length}."]; return (null, null); }
+        try
+        {
+            var image = InitImage.Decode(bytes, options.Width, options.Height);
+            if (declared is not null && declared != "application/octet-stream" && declared != image.SourceMediaType)
+            {
+                errors["image"] = [$"The image was sent as {declared} but is {image.SourceMediaType}."];
+                return (null, null);
+            }
+            return (bytes, image);
+        }
+        catch (InvalidGenerationRequestException e)
+        {
+            errors["image"] = [e.Message];
+            return (null, null);
+        }
+    }
+
+    // RFC 2397, base64 only, for the three formats the service decodes (media type in any case).
+    private static readonly Regex DataUri = new(@"^data:(image/(?:png|jpeg|webp));base64,([A-Za-z0-9+/=\s]*)$",
+        RegexOptions.IgnoreCase | RegexOptions.CultureInvariant, TimeSpan.FromSeconds(2));
 
     private static ProblemException Invalid(string type, string detail, Dictionary<string, string[]>? errors) => new(new Problem
     {
         Type = type, Title = type == ProblemTypes.Validation ? "Invalid request" : "Malformed request", Status = 400, Detail = detail, Errors = errors,
     });
 }
+
+/// <summary>The picture of a multipart request: its bytes and the part's declared media type (null when it declared none).</summary>
+public sealed record ImageUpload(byte[] Bytes, string? MediaType);
+
+/// <summary>A validated request: what is stored with the job, and the picture (bytes as received, decoded and fitted) for image-to-image.</summary>
+public sealed record Submission(GenerationInput Input, byte[]? ImageBytes, InitImage? InitImage);

@@ -107,6 +107,21 @@ public sealed class TestApp : IAsyncDisposable
         return (result, req.HttpContext.Response);
     }
 
+    /// <summary>POST /api/generations as multipart/form-data, the parts made by HttpClient's own encoder.</summary>
+    public async Task<(ContentResult Result, HttpResponse Response)> SubmitMultipartAsync(System.Net.Http.MultipartFormDataContent form,
+        IDictionary<string, string>? headers = null)
+    {
+        var req = Request("POST", "/api/generations", headers: headers);
+        var body = new MemoryStream();
+        await form.CopyToAsync(body);
+        body.Position = 0;
+        req.Body = body;
+        req.ContentLength = body.Length;
+        req.ContentType = form.Headers.ContentType!.ToString();
+        var result = (ContentResult)await Api.Submit(req, default);
+        return (result, req.HttpContext.Response);
+    }
+
     public async Task<ContentResult> GetAsync(string id) => (ContentResult)await Api.Get(Request("GET", $"/api/generations/{id}"), id, default);
 
     public async Task<ContentResult> CancelAsync(string id) => (ContentResult)await Api.Cancel(Request("POST", $"/api/generations/{id}/cancel"), id, default);

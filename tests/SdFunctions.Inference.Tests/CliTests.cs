@@ -53,6 +53,29 @@ public class CliTests
     }
 
     [Fact]
+    public async Task ImageToImageWithReferenceNoiseWritesDiffusersImage()
+    {
+        string png = TempPng();
+        var (code, _, err) = await Run("generate", "--model", Fixtures.TinySdWithParameterEncoder, "--prompt", "a drawing of a green pokemon with red eyes",
+            "--scheduler", "ddim", "--steps", "10", "--init-image", Path.Combine(Fixtures.Reference, "img2img_init_image.png"), "--strength", "0.8",
+            "--encoder-noise", Fixtures.FileOf("img2img", "ddim_s08/encoder_eps"), "--latents", Fixtures.FileOf("img2img", "ddim_s08/noise"),
+            "--out", png, "--cache", TinyPipelineFixture.SharedCache);
+        Assert.True(code == 0, err);
+        Assert.Contains("10 steps (ddim, the last 8 run from the image, 8 UNet calls", err);
+        Assert.Contains("at strength 0.8", err);
+        Assert.True(Close.MaxLevels(Fixtures.Pixels(Path.Combine(Fixtures.Reference, "img2img_ddim_s08.png")), Fixtures.Pixels(png)) <= 1,
+            "the PNG differs from diffusers' by more than one level");
+
+        var (refused, _, why) = await Run("generate", "--model", Fixtures.TinySd, "--prompt", "x", "--strength", "0.5", "--out", TempPng());
+        Assert.Equal(CliApp.BadInput, refused);
+        Assert.Contains("--strength needs --init-image", why);
+        var (tooLow, _, lowWhy) = await Run("generate", "--model", Fixtures.TinySdWithParameterEncoder, "--prompt", "x", "--steps", "4",
+            "--init-image", Path.Combine(Fixtures.Reference, "img2img_init_image.png"), "--strength", "0.1", "--out", TempPng(), "--cache", TinyPipelineFixture.SharedCache);
+        Assert.Equal(CliApp.BadInput, tooLow);
+        Assert.Contains("--strength", lowWhy);
+    }
+
+    [Fact]
     public async Task GenerateFromReferenceLatentsWritesTheReferenceImage()
     {
         string latents = Path.Combine(Fixtures.Reference, "pipeline", "ddim__initial_latents.bin");

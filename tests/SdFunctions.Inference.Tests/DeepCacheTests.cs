@@ -50,7 +50,7 @@ public class DeepCacheTests(TinyPipelineFixture plain, DeepCacheFixture deepCach
     public async Task CachedStepsMatchDeepCacheOnDiffusers(string scheduler, int batch)
     {
         var pipeline = batch == 2 ? deepCache.Batch2 : deepCache.Batch1;
-        var calls = new CallRecorder();
+        var calls = new UNetCallRecorder();
         var result = await pipeline.GenerateAsync(Request(scheduler, 3), progress: null, calls);
         string run = $"{scheduler}_deepcache";
 
@@ -188,20 +188,5 @@ public class DeepCacheTests(TinyPipelineFixture plain, DeepCacheFixture deepCach
             { Prompt = "a castle", Steps = 20, Seed = 5, Scheduler = "ddim", CacheInterval = 3, CacheSchedule = DeepCacheSchedule.NonUniform });
         Assert.Equal(20 - 7, result.ShallowUNetCalls);
         Assert.Equal(DeepCacheSchedule.NonUniform, result.CacheSchedule);
-    }
-
-    /// <summary>Keeps every UNet call's output and whether it was a cached (shallow) call.</summary>
-    private sealed class CallRecorder : IUNetInputObserver
-    {
-        public List<float[]> Outputs { get; } = [];
-        public List<bool> Shallow { get; } = [];
-
-        public void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates, ReadOnlySpan<float> timestepCond) { }
-
-        public void ObserveOutput(ReadOnlySpan<float> output, bool shallow)
-        {
-            Outputs.Add(output.ToArray());
-            Shallow.Add(shallow);
-        }
     }
 }

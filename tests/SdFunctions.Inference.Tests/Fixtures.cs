@@ -125,6 +125,20 @@ public static class Fixtures
         return dest;
     }
 
+    /// <summary>
+    /// tiny-sd whose vae_encoder is its deterministic export (vae_encoder-parameters: optimum ≥ 1.24's latent_parameters), so
+    /// image-to-image can be checked against diffusers with the reference ε (made once per test run).
+    /// </summary>
+    public static string TinySdWithParameterEncoder => TinySdWithParameterEncoderFolder.Value;
+    private static readonly Lazy<string> TinySdWithParameterEncoderFolder = new(() =>
+    {
+        string dir = CopyTinySd();
+        Directory.Delete(Path.Combine(dir, "vae_encoder"), recursive: true);
+        Directory.Move(Path.Combine(dir, "vae_encoder-parameters"), Path.Combine(dir, "vae_encoder"));
+        File.Copy(Path.Combine(TinySd, "vae_encoder", "config.json"), Path.Combine(dir, "vae_encoder", "config.json"));
+        return dir;
+    });
+
     /// <summary>tiny-sd with tiny-taesd's decoder as <c>taesd_decoder/</c> beside its VAE (made once per test run).</summary>
     public static string TinySdWithTaesd => TinySdWithTaesdFolder.Value;
     private static readonly Lazy<string> TinySdWithTaesdFolder = new(() =>

@@ -81,7 +81,7 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         using var pipeline = await StableDiffusionPipeline.LoadAsync(Fixtures.TinyLcm,
             new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
-        var calls = new CallRecorder();
+        var calls = new UNetCallRecorder();
         var result = await pipeline.GenerateAsync(new GenerationRequest
         {
             Prompt = "a drawing of a green pokemon with red eyes", // steps, guidance 8.5 and the scheduler are this model's defaults
@@ -108,7 +108,7 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
         using var pipeline = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySd,
             new PipelineOptions { WarmUp = false, Session = TinyPipelineFixture.CachedSessions });
         Assert.Equal(new GenerationDefaults("lcm", 4, 1.0, 50), pipeline.DefaultsFor("lcm"));
-        var calls = new CallRecorder();
+        var calls = new UNetCallRecorder();
         var result = await pipeline.GenerateAsync(new GenerationRequest
         {
             Prompt = "a photo of an astronaut riding a horse on mars", Scheduler = "lcm",
@@ -165,22 +165,5 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
         int worst = Close.MaxLevels(Fixtures.Pixels(Path.Combine(Fixtures.Reference, png)), rgb);
         output.WriteLine($"{png}: worst pixel channel {worst} levels");
         Assert.True(worst <= 1, $"{png}: a pixel channel differs by {worst} levels");
-    }
-
-    /// <summary>Keeps what the UNet was given at each call.</summary>
-    private sealed class CallRecorder : IUNetInputObserver
-    {
-        public List<double> Timesteps { get; } = [];
-        public List<float[]> Samples { get; } = [];
-        public List<float[]> TextStates { get; } = [];
-        public List<float[]> TimestepCond { get; } = [];
-
-        public void Observe(ReadOnlySpan<float> sample, double timestep, ReadOnlySpan<float> encoderHiddenStates, ReadOnlySpan<float> timestepCond)
-        {
-            Timesteps.Add(timestep);
-            Samples.Add(sample.ToArray());
-            TextStates.Add(encoderHiddenStates.ToArray());
-            TimestepCond.Add(timestepCond.ToArray());
-        }
     }
 }

@@ -21,6 +21,9 @@ public sealed class ModelBundle
     public required OnnxModelInfo Unet { get; init; }
     public required OnnxModelInfo VaeDecoder { get; init; }
     public OnnxModelInfo? VaeEncoder { get; init; }
+
+    /// <summary>The image encoder image-to-image needs; null when the bundle has no vae_encoder/.</summary>
+    public VaeEncoderComponent? Encoder { get; init; }
     public required SchedulerConfig Scheduler { get; init; }
 
     /// <summary>The image decoders a request can choose: "full" (AutoencoderKL) and/or "tiny" (TAESD), the default first.</summary>
@@ -121,6 +124,7 @@ public sealed class ModelBundle
             ? ReadJson(unetConfig, r => r.TryGetProperty("sample_size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt32() : (int?)null)
             : null;
         var (vaeIsTiny, scale, scaling, vaeSampleSize) = ReadVaeConfig(vaeConfig);
+        VaeEncoderComponent? encoder = vaeEncoder is null ? null : OpenEncoder(dir, vaeEncoder, scaling);
         var decoders = new List<DecoderComponent>();
         decoders.Add(new DecoderComponent(vaeIsTiny ? DecoderComponent.Tiny : DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling, vaeSampleSize));
         if (!vaeIsTiny && taesd is not null)
@@ -134,10 +138,26 @@ public sealed class ModelBundle
         return new ModelBundle
         {
             Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
-            TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder,
+            TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder, Encoder = encoder,
             UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, Decoders = decoders, UnetTimestepCondDim = condDim,
             DeepCache = deepCache,
         };
+    }
+
+    /// <summary>Checks vae_encoder's I/O and tells how it samples (from its output and its operators, not its folder's name).</summary>
+    /// <param name="decoderScaling">What a vae_encoder without a config.json scales by: its VAE's decoder's factor.</param>
+    private static VaeEncoderComponent OpenEncoder(string dir, OnnxModelInfo model, float decoderScaling)
+    {
+        ExpectInput(model, "sample", [OnnxElementType.Float], rank: 4);
+        var output = model.Outputs.FirstOrDefault(o => o.Name is "latent_parameters" or "latent_sample") ?? model.Outputs.FirstOrDefault();
+        if (output is null || output.ElementType != OnnxElementType.Float || output.Dims.Count != 4)
+            throw new ModelBundleException($"{model.Path}: expected a float output of rank 4 (latent_sample or latent_parameters); it has {string.Join("; ", model.Outputs)}.");
+        var kind = output.Name == "latent_parameters" || output.Dims[1].Value == 8 ? VaeEncoderKind.Parameters
+            : model.OpTypes.Overlaps(VaeEncoderComponent.RandomOps) ? VaeEncoderKind.SampledInGraph
+            : VaeEncoderKind.Deterministic;
+        string config = Path.Combine(dir, "vae_encoder", "config.json");
+        float scaling = File.Exists(config) ? ReadVaeConfig(config).Scaling : decoderScaling;
+        return new VaeEncoderComponent(model, output, kind, scaling);
     }
 
     /// <summary>DeepCache's reused tensor: an output of <see cref="DeepCacheFullFile"/>, an input of <see cref="DeepCacheShallowFile"/>.</summary>
@@ -241,11 +261,6 @@ public sealed class ModelBundle
 }
 
 /// <summary>
-/// One image decoder of a bundle: its request name (<see cref="Full"/> = AutoencoderKL, <see cref="Tiny"/> = TAESD), its
-/// folder, graph, and the scaling_factor latents are divided by before it decodes them. Both output images in about [−1, 1].
-/// </summary>
-/// <param name="SampleSize">The config's sample_size (image px): the tile side diffusers' tiled decode uses by default.</param>
-/// <summary>
 /// DeepCache's two UNet graphs over the UNet's weights: <see cref="Full"/> is the whole UNet that also outputs
 /// <see cref="ModelBundle.DeepFeature"/>; <see cref="Shallow"/> takes it and runs only the outer branch.
 /// </summary>
@@ -254,8 +269,33 @@ public sealed record DeepCacheGraphs(OnnxModelInfo Full, OnnxModelInfo Shallow)
     public IReadOnlyList<long> FeatureShape => Full.Outputs.First(o => o.Name == ModelBundle.DeepFeature).Dims.Select(d => d.Value!.Value).ToList();
 }
 
+/// <summary>
+/// One image decoder of a bundle: its request name (<see cref="Full"/> = AutoencoderKL, <see cref="Tiny"/> = TAESD), its
+/// folder, graph, and the scaling_factor latents are divided by before it decodes them. Both output images in about [−1, 1].
+/// </summary>
+/// <param name="SampleSize">The config's sample_size (image px): the tile side diffusers' tiled decode uses by default.</param>
 public sealed record DecoderComponent(string Name, string Folder, OnnxModelInfo Model, float ScalingFactor, int? SampleSize = null)
 {
     public const string Full = "full", Tiny = "tiny";
     public static readonly IReadOnlyList<string> Names = [Full, Tiny];
+}
+
+/// <summary>How a bundle's vae_encoder hands back latents.</summary>
+public enum VaeEncoderKind
+{
+    /// <summary>concat(mean, logvar) (optimum ≥ 1.24's <c>latent_parameters</c>): sampled by the pipeline with seeded ε.</summary>
+    Parameters,
+
+    /// <summary>Latents with no randomness (TAESD's encoder).</summary>
+    Deterministic,
+
+    /// <summary>A sample drawn inside the graph by an unseeded RandomNormalLike (optimum ≤ 1.23): not reproducible.</summary>
+    SampledInGraph,
+}
+
+/// <summary>A bundle's image encoder (image-to-image): its graph, the output read, how it samples, and the scaling_factor latents are multiplied by.</summary>
+public sealed record VaeEncoderComponent(OnnxModelInfo Model, OnnxValueInfo Output, VaeEncoderKind Kind, float ScalingFactor)
+{
+    /// <summary>The operators that draw random numbers: an encoder using one samples inside the graph.</summary>
+    public static readonly IReadOnlySet<string> RandomOps = new HashSet<string> { "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial" };
 }

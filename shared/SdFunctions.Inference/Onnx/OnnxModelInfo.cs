@@ -35,6 +35,9 @@ public sealed class OnnxModelInfo
     public required IReadOnlyDictionary<string, long> OpsetImports { get; init; }
     public required IReadOnlyCollection<string> ExternalDataFiles { get; init; }
 
+    /// <summary>The operator types the main graph uses (not its subgraphs'): e.g. whether an encoder samples noise inside.</summary>
+    public required IReadOnlySet<string> OpTypes { get; init; }
+
     public OnnxValueInfo? FindInput(string name) => Inputs.FirstOrDefault(i => i.Name == name);
 
     public static OnnxModelInfo Read(string path)
@@ -46,6 +49,7 @@ public sealed class OnnxModelInfo
         var opsets = new Dictionary<string, long>();
         var external = new HashSet<string>(StringComparer.Ordinal);
         var initializerNames = new HashSet<string>(StringComparer.Ordinal);
+        var opTypes = new HashSet<string>(StringComparer.Ordinal);
         bool sawGraph = false;
 
         // ModelProto: 7 = graph, 8 = opset_import.
@@ -55,10 +59,20 @@ public sealed class OnnxModelInfo
             {
                 sawGraph = true;
                 long end = reader.ReadLength() + stream.Position;
-                // GraphProto: 5 = initializer, 11 = input, 12 = output.
+                // GraphProto: 1 = node, 5 = initializer, 11 = input, 12 = output.
                 while (reader.TryReadTag(end, out int gField, out int gWire))
                 {
-                    if (gWire == 2 && gField is 11 or 12)
+                    if (gWire == 2 && gField == 1)
+                    {
+                        long nEnd = reader.ReadLength() + stream.Position;
+                        // NodeProto: 4 = op_type.
+                        while (reader.TryReadTag(nEnd, out int nField, out int nWire))
+                        {
+                            if (nField == 4 && nWire == 2) opTypes.Add(reader.ReadString());
+                            else reader.Skip(nWire);
+                        }
+                    }
+                    else if (gWire == 2 && gField is 11 or 12)
                     {
                         long vEnd = reader.ReadLength() + stream.Position;
                         (gField == 11 ? inputs : outputs).Add(ReadValueInfo(reader, vEnd));
@@ -90,7 +104,7 @@ public sealed class OnnxModelInfo
 
         // Models older than IR 4 list their initializers as inputs too; those are not inputs to feed.
         inputs.RemoveAll(i => initializerNames.Contains(i.Name));
-        return new OnnxModelInfo { Path = path, Inputs = inputs, Outputs = outputs, OpsetImports = opsets, ExternalDataFiles = external };
+        return new OnnxModelInfo { Path = path, Inputs = inputs, Outputs = outputs, OpsetImports = opsets, ExternalDataFiles = external, OpTypes = opTypes };
     }
 
     private static OnnxValueInfo ReadValueInfo(ProtoReader r, long end)

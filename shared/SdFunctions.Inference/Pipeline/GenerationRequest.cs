@@ -3,14 +3,16 @@ using SdFunctions.Inference.Schedulers;
 namespace SdFunctions.Inference.Pipeline;
 
 /// <summary>
-/// One text-to-image request. What it leaves out takes the model's defaults (<see cref="GenerationDefaults"/>): diffusers'
-/// StableDiffusionPipeline's for SD bundles, LatentConsistencyModelPipeline's for LCM ones.
+/// One text-to-image request, or image-to-image with an <see cref="InitImage"/>. What it leaves out takes the model's defaults
+/// (<see cref="GenerationDefaults"/>): diffusers' StableDiffusionPipeline's for SD bundles, LatentConsistencyModelPipeline's for
+/// LCM ones, StableDiffusionImg2ImgPipeline's strength (0.8).
 /// </summary>
 public sealed record GenerationRequest
 {
     public const int MinSteps = 1, MaxSteps = 150;
     public const double MinGuidance = 0, MaxGuidance = 30;
     public const int MinTileSize = 64, MaxTileSize = 2048;
+    public const double DefaultStrength = 0.8;
 
     /// <summary>Chosen seeds stay at or below 2^53 − 1, so JSON clients (JavaScript numbers) can hand them back exactly.</summary>
     public const long MaxSeed = (1L << 53) - 1;
@@ -58,8 +60,26 @@ public sealed record GenerationRequest
     public int? Width { get; init; }
     public int? Height { get; init; }
 
-    /// <summary>Explicit initial latents [1, 4, H/8, W/8] (NCHW), instead of drawing them from the seed.</summary>
+    /// <summary>
+    /// Explicit initial latents [1, 4, H/8, W/8] (NCHW), instead of drawing them from the seed; for image-to-image, the noise
+    /// added to the encoded image (diffusers' prepare_latents noise).
+    /// </summary>
     public float[]? InitialLatents { get; init; }
+
+    /// <summary>Image-to-image: the picture to start from, at the compiled size (<see cref="Pipeline.InitImage.Decode"/> fits one).</summary>
+    public InitImage? InitImage { get; init; }
+
+    /// <summary>
+    /// How far image-to-image departs from <see cref="InitImage"/>, 0 &lt; s ≤ 1: the last int(steps·s) of the schedule's steps run,
+    /// from the encoded image noised to the first of them (1 = from pure noise). null = <see cref="DefaultStrength"/>.
+    /// </summary>
+    public double? Strength { get; init; }
+
+    /// <summary>
+    /// Image-to-image: the ε [1, 4, H/8, W/8] that samples the encoder's Gaussian (mean + std·ε); null = the seed's stream.
+    /// Read only by encoders exported with their parameters (<see cref="Bundle.VaeEncoderKind.Parameters"/>).
+    /// </summary>
+    public float[]? EncoderNoise { get; init; }
 
     /// <summary>
     /// Where schedulers that add noise between steps (lcm, euler-a) take it from; null = the seed's stream, continued after
@@ -82,6 +102,14 @@ public sealed record GenerationRequest
             throw new InvalidGenerationRequestException("seed", $"The seed must be between 0 and {MaxSeed}; got {seed}.");
         if (InitialLatents is { } latents && !latents.All(float.IsFinite))
             throw new InvalidGenerationRequestException("initialLatents", "The initial latents hold NaN or infinite values.");
+        if (InitImage is null && Strength is not null)
+            throw new InvalidGenerationRequestException("strength", "A strength needs an init image (image-to-image).");
+        if (InitImage is null && EncoderNoise is not null)
+            throw new InvalidGenerationRequestException("encoderNoise", "Encoder noise needs an init image (image-to-image).");
+        if (Strength is { } strength && !(strength > 0 && strength <= 1))
+            throw new InvalidGenerationRequestException("strength", $"The strength must be greater than 0 and at most 1; got {strength}.");
+        if (EncoderNoise is { } eps && !eps.All(float.IsFinite))
+            throw new InvalidGenerationRequestException("encoderNoise", "The encoder noise holds NaN or infinite values.");
         if (TileSize is { } tile)
         {
             if (TiledDecode != true) throw new InvalidGenerationRequestException("tileSize", "A tile size needs tiled decoding on (tiledDecode).");

@@ -1,7 +1,3 @@
-using SixLabors.ImageSharp;
-using SixLabors.ImageSharp.Formats.Png;
-using SixLabors.ImageSharp.PixelFormats;
-
 namespace SdFunctions.Inference.Pipeline;
 
 /// <summary>
@@ -22,8 +18,11 @@ public sealed record GenerationTimings(TimeSpan Encode, IReadOnlyList<TimeSpan> 
 {
     public TimeSpan Denoise => Steps.Aggregate(TimeSpan.Zero, (a, b) => a + b);
 
-    /// <summary>Everything but the three models' Run calls: tokenizing, scheduling, guidance, copies, pixel conversion.</summary>
-    public TimeSpan Overhead => Total - TextEncoderRuns - UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b) - VaeRun;
+    /// <summary>Image-to-image: preparing and encoding the init image (zero for text-to-image).</summary>
+    public TimeSpan ImageEncode { get; init; }
+
+    /// <summary>Everything but the models' Run calls: tokenizing, scheduling, guidance, copies, pixel conversion.</summary>
+    public TimeSpan Overhead => Total - TextEncoderRuns - UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b) - VaeRun - ImageEncode;
 }
 
 /// <summary>A finished generation: the RGB pixels, the final latents, and what produced them.</summary>
@@ -53,6 +52,15 @@ public sealed class GenerationResult
     public string? CacheSchedule { get; init; }
     public int ShallowUNetCalls { get; init; }
 
+    /// <summary>Image-to-image's strength (null for text-to-image): int(steps·strength) of the steps ran.</summary>
+    public double? Strength { get; init; }
+
+    /// <summary>
+    /// Whether the same request gives the same image again: false only for image-to-image with an encoder that samples inside its
+    /// graph with an unseeded generator (optimum ≤ 1.23's vae_encoder).
+    /// </summary>
+    public bool Reproducible { get; init; } = true;
+
     /// <summary>RGB, 8 bits per channel, rows top to bottom (HWC).</summary>
     public required byte[] Rgb { get; init; }
 
@@ -65,21 +73,9 @@ public sealed class GenerationResult
     public required bool PromptTruncated { get; init; }
     public required GenerationTimings Timings { get; init; }
 
-    /// <summary>Encodes the image as PNG (ImageSharp 2.1, lossless).</summary>
-    public Task WritePngAsync(Stream destination, CancellationToken cancellationToken = default) =>
-        WritePngAsync(destination, Rgb, Width, Height, cancellationToken);
+    /// <summary>The image as a file (<see cref="ImageFile"/>): PNG by default, with the generation parameters in a PNG when given.</summary>
+    public Task<byte[]> EncodeAsync(string format = ImageFile.Png, int? quality = null, string? parameters = null, CancellationToken cancellationToken = default) =>
+        ImageFile.EncodeAsync(Rgb, Width, Height, format, quality, parameters, cancellationToken);
 
-    /// <summary>Encodes RGB bytes (HWC) as an 8-bit RGB PNG.</summary>
-    public static async Task WritePngAsync(Stream destination, byte[] rgb, int width, int height, CancellationToken cancellationToken = default)
-    {
-        using var image = Image.LoadPixelData<Rgb24>(rgb, width, height);
-        await image.SaveAsPngAsync(destination, new PngEncoder { ColorType = PngColorType.Rgb, BitDepth = PngBitDepth.Bit8 }, cancellationToken);
-    }
-
-    public async Task<byte[]> ToPngAsync(CancellationToken cancellationToken = default)
-    {
-        using var stream = new MemoryStream();
-        await WritePngAsync(stream, cancellationToken);
-        return stream.ToArray();
-    }
+    public Task<byte[]> ToPngAsync(CancellationToken cancellationToken = default) => EncodeAsync(cancellationToken: cancellationToken);
 }

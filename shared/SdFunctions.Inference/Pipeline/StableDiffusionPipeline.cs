@@ -11,10 +11,11 @@ using SdFunctions.Inference.Text;
 namespace SdFunctions.Inference.Pipeline;
 
 /// <summary>
-/// Stable Diffusion 1.x text-to-image on ONNX Runtime, computing what diffusers' StableDiffusionPipeline (and, for LCM
-/// bundles, LatentConsistencyModelPipeline) computes: tokenize, encode the prompt, denoise in one loop whose UNet
-/// conditioning is a small part chosen per request (<see cref="ClassifierFreeGuidance"/>, <see cref="EmbeddedGuidance"/>,
-/// <see cref="NoGuidance"/>), decode with the chosen decoder (VAE or TAESD), 8-bit RGB. Sessions are created once with
+/// Stable Diffusion 1.x text-to-image and image-to-image on ONNX Runtime, computing what diffusers' StableDiffusionPipeline
+/// (for LCM bundles LatentConsistencyModelPipeline, with an init image StableDiffusionImg2ImgPipeline) computes: tokenize, encode
+/// the prompt, denoise in one loop whose UNet conditioning (<see cref="ClassifierFreeGuidance"/>, <see cref="EmbeddedGuidance"/>,
+/// <see cref="NoGuidance"/>) and start (<see cref="NoiseStart"/>, <see cref="ImageStart"/>) are small parts chosen per request,
+/// decode with the chosen decoder (VAE or TAESD), 8-bit RGB. Sessions are created once with
 /// static shapes and their buffers reused across steps and requests. Safe to share: generations run one at a time (each
 /// already uses every core), later callers wait their turn.
 /// </summary>
@@ -26,6 +27,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly Dictionary<int, UNetModel> _unets = [];
     private readonly Dictionary<string, VaeDecoderModel> _decoders = [];
     private TiledVaeDecoder? _tiledDecoder; // one tile size at a time: a request for another replaces it
+    private VaeEncoderModel? _encoder; // built when image-to-image is first asked for
     private readonly int? _defaultTileSize;
     private readonly float[] _emptyPromptEmbedding;
     private readonly SemaphoreSlim _gate = new(1, 1);
@@ -47,6 +49,9 @@ public sealed class StableDiffusionPipeline : IDisposable
 
     /// <summary>The decoders a request may name (full, tiny), and the one it gets when it names none.</summary>
     public IReadOnlyList<string> SupportedDecoders { get; }
+
+    /// <summary>Whether requests may start from an image: the bundle has a vae_encoder.</summary>
+    public bool SupportsImageToImage => Bundle.Encoder is not null;
     public string DefaultDecoder { get; }
 
     /// <summary>The UNet batch loaded first: fixed by an optimized UNet's graph, else 2 (guidance), or 1 for guidance-distilled UNets.</summary>
@@ -215,6 +220,21 @@ public sealed class StableDiffusionPipeline : IDisposable
         if (request.InitialLatents is { } l && l.Length != latentSize)
             throw new InvalidGenerationRequestException("initialLatents",
                 $"Initial latents must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {latentSize} floats; got {l.Length}.");
+        if (request.InitImage is { } image)
+        {
+            if (!SupportsImageToImage)
+                throw new InvalidGenerationRequestException("image", "This model has no image encoder (vae_encoder/), so it cannot start from an image.");
+            if (image.Width != Width || image.Height != Height || image.Rgb.Length != Width * Height * 3)
+                throw new InvalidGenerationRequestException("image", $"The init image must be {Width}×{Height} RGB (InitImage.Decode fits one); got {image.Width}×{image.Height}.");
+            int steps = request.Steps ?? defaults.Steps;
+            double strength = request.Strength ?? GenerationRequest.DefaultStrength;
+            if (ImageStart.BeginIndex(steps, strength) >= steps)
+                throw new InvalidGenerationRequestException("strength",
+                    $"With {steps} steps and strength {strength} no step would run (int(steps × strength) = 0); raise the strength or the steps.");
+            if (request.EncoderNoise is { } eps && eps.Length != latentSize)
+                throw new InvalidGenerationRequestException("encoderNoise",
+                    $"Encoder noise must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {latentSize} floats; got {eps.Length}.");
+        }
     }
 
     /// <summary>Generates one image. Checks <paramref name="cancellationToken"/> between steps and aborts a running model call.</summary>
@@ -295,28 +315,37 @@ public sealed class StableDiffusionPipeline : IDisposable
 
         int n = LatentChannels * LatentHeight * LatentWidth;
         var noise = new SeededGaussianNoise(seed);
-        float[] latents = InitialLatents(request, noise, scheduler.InitNoiseSigma, n);
+        LatentStart start = request.InitImage is { } image
+            ? new ImageStart(Encoder(), image, steps, request.Strength ?? GenerationRequest.DefaultStrength, request.EncoderNoise, request.InitialLatents)
+            : new NoiseStart(request.InitialLatents);
+        float[] latents = new float[n];
+        var imageEncodeWatch = Stopwatch.StartNew();
+        int begin;
+        using (start is ImageStart ? PipelineTelemetry.Source.StartActivity("encode image") : null) // a phase of its own only for image-to-image
+            begin = start.Prepare(scheduler, latents, noise, onceRunOptions);
+        var imageEncoderTime = start is ImageStart ? imageEncodeWatch.Elapsed : TimeSpan.Zero;
         var stepNoise = request.StepNoise ?? noise;
 
-        var cache = DeepCacheSchedule.Create(request.CacheInterval ?? 1, request.CacheSchedule ?? DeepCacheSchedule.Uniform, scheduler.Timesteps, steps);
+        var timesteps = scheduler.Timesteps.Skip(begin).ToList();
+        var cache = DeepCacheSchedule.Create(request.CacheInterval ?? 1, request.CacheSchedule ?? DeepCacheSchedule.Uniform, timesteps, steps);
         float[] modelInput = new float[n], noisePrediction = new float[n];
-        var stepTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
-        var unetTimes = new List<TimeSpan>(scheduler.Timesteps.Count);
-        using (PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", scheduler.Timesteps.Count)
-            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch).SetTag("sdf.cache_interval", cache.Interval))
+        var stepTimes = new List<TimeSpan>(timesteps.Count);
+        var unetTimes = new List<TimeSpan>(timesteps.Count);
+        using (PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", timesteps.Count)
+            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch).SetTag("sdf.cache_interval", cache.Interval).SetTag("sdf.start", start.Name))
         {
-            for (int i = 0; i < scheduler.Timesteps.Count; i++)
+            for (int i = 0; i < timesteps.Count; i++)
             {
                 ct.ThrowIfCancellationRequested();
                 var stepWatch = Stopwatch.StartNew();
-                double t = scheduler.Timesteps[i];
+                double t = timesteps[i];
                 scheduler.ScaleModelInput(latents, t, modelInput);
                 modelWatch.Restart();
                 conditioning.Predict(modelInput, t, noisePrediction, runOptions, cache.IsFull(i) ? UNetPass.Full : UNetPass.Shallow);
                 unetTimes.Add(modelWatch.Elapsed);
                 scheduler.Step(noisePrediction, t, latents, stepNoise);
                 stepTimes.Add(stepWatch.Elapsed);
-                progress?.Report(new GenerationProgress(i + 1, scheduler.Timesteps.Count, total.Elapsed) { Steps = steps });
+                progress?.Report(new GenerationProgress(i + 1, timesteps.Count, total.Elapsed) { Steps = steps });
             }
         }
 
@@ -343,22 +372,14 @@ public sealed class StableDiffusionPipeline : IDisposable
         {
             Seed = seed, Scheduler = scheduler.Name, Steps = steps, GuidanceScale = guidanceScale, Width = Width, Height = Height,
             Decoder = decoderName, DecodeTileSize = tileSize, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
-            UNetCalls = scheduler.Timesteps.Count * conditioning.CallsPerStep,
+            UNetCalls = timesteps.Count * conditioning.CallsPerStep,
+            Strength = start is ImageStart ? request.Strength ?? GenerationRequest.DefaultStrength : null,
+            Reproducible = start is not ImageStart || Bundle.Encoder!.Kind != VaeEncoderKind.SampledInGraph,
             CacheInterval = cache.Interval, CacheSchedule = cache.Interval > 1 ? cache.Kind : null,
             ShallowUNetCalls = cache.ShallowCalls * conditioning.CallsPerStep,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated, PeakMemoryBytes = ownPeak ? ProcessMemory.Peak : null,
-            Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime),
+            Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime) { ImageEncode = imageEncoderTime },
         };
-    }
-
-    /// <summary>Where the denoise loop starts: the given latents or the seed's noise, times the scheduler's initial sigma.</summary>
-    private static float[] InitialLatents(GenerationRequest request, SeededGaussianNoise noise, float initNoiseSigma, int n)
-    {
-        float[] latents = new float[n];
-        if (request.InitialLatents is { } given) given.CopyTo(latents, 0);
-        else noise.Fill(latents);
-        for (int k = 0; k < n; k++) latents[k] *= initNoiseSigma;
-        return latents;
     }
 
     /// <summary>Final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) → RGB bytes, and the decoder's own run time.</summary>
@@ -382,6 +403,27 @@ public sealed class StableDiffusionPipeline : IDisposable
         {
             using var runOptions = new RunOptions();
             return Decode(Decoder(decoder ?? DefaultDecoder), latents, runOptions).Rgb;
+        }
+        finally { _gate.Release(); }
+    }
+
+    /// <summary>
+    /// An init image's latents as image-to-image starts from them before noise (diffusers' init_latents): scaling·(mean + std·ε),
+    /// ε = <paramref name="epsilon"/> (read only by an encoder that returns its Gaussian's parameters).
+    /// </summary>
+    public async Task<float[]> EncodeImageAsync(InitImage image, float[] epsilon, CancellationToken cancellationToken = default)
+    {
+        ObjectDisposedException.ThrowIf(_disposed, this);
+        Validate(new GenerationRequest { Prompt = "", InitImage = image, EncoderNoise = epsilon, Steps = 1, Strength = 1 });
+        await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
+        try
+        {
+            using var runOptions = new RunOptions();
+            var encoder = Encoder();
+            encoder.SetImage(image.Rgb);
+            var latents = new float[LatentChannels * LatentHeight * LatentWidth];
+            encoder.Encode(epsilon, latents, runOptions);
+            return latents;
         }
         finally { _gate.Release(); }
     }
@@ -442,6 +484,19 @@ public sealed class StableDiffusionPipeline : IDisposable
         return _tiledDecoder;
     }
 
+    private VaeEncoderModel Encoder()
+    {
+        if (_encoder is not null) return _encoder;
+        var component = Bundle.Encoder ?? throw new InvalidGenerationRequestException("image", "This model has no image encoder (vae_encoder/).");
+        _encoder = new VaeEncoderModel(_factory, Bundle, component, Height, Width);
+        _loadInfo.Add(_encoder.LoadInfo);
+        if (component.Kind == VaeEncoderKind.SampledInGraph)
+            _logger.LogWarning("{Path} samples its latents inside the graph with an unseeded RandomNormalLike (optimum ≤ 1.23): " +
+                "image-to-image results vary from run to run for the same seed; re-export with optimum ≥ 1.24 (latent_parameters) to make them reproducible",
+                component.Model.Path);
+        return _encoder;
+    }
+
     private VaeDecoderModel Decoder(string name)
     {
         if (_decoders.TryGetValue(name, out var decoder)) return decoder;
@@ -468,6 +523,8 @@ public sealed class StableDiffusionPipeline : IDisposable
         _decoders.Clear();
         _tiledDecoder?.Dispose();
         _tiledDecoder = null;
+        _encoder?.Dispose();
+        _encoder = null;
     }
 
     public void Dispose()

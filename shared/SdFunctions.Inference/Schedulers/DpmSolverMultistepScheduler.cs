@@ -70,6 +70,15 @@ public sealed class DpmSolverMultistepScheduler : SchedulerBase
         StepIndex++;
     }
 
+    /// <summary>α_t·x0 + σ_t·ε from the step's σ (diffusers 0.24), which Karras sigmas move off the training grid.</summary>
+    public override void AddNoise(ReadOnlySpan<float> original, ReadOnlySpan<float> noise, int stepIndex, Span<float> destination)
+    {
+        CheckStepIndex(stepIndex, nameof(stepIndex));
+        float sigma = Sigmas[stepIndex];
+        float alpha = 1f / MathF.Sqrt(sigma * sigma + 1f), sigmaT = sigma * alpha;
+        for (int i = 0; i < destination.Length; i++) destination[i] = alpha * original[i] + sigmaT * noise[i];
+    }
+
     private static (double Alpha, double Sigma) AlphaSigma(double sigma)
     {
         double alpha = 1 / Math.Sqrt(sigma * sigma + 1);

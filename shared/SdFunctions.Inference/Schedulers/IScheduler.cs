@@ -25,6 +25,18 @@ public interface IScheduler
     /// <summary>Prepares the timesteps for a generation of <paramref name="numInferenceSteps"/> steps and resets state.</summary>
     void SetTimesteps(int numInferenceSteps);
 
+    /// <summary>
+    /// Starts the run at step <paramref name="beginIndex"/> of <see cref="Timesteps"/> (image-to-image skips the noisiest
+    /// steps), as diffusers' set_begin_index: call after <see cref="SetTimesteps"/>, then step from that timestep on.
+    /// </summary>
+    void SetBeginIndex(int beginIndex);
+
+    /// <summary>
+    /// Noises a clean sample to the level of step <paramref name="stepIndex"/> (diffusers' add_noise at
+    /// timesteps[stepIndex]): where image-to-image starts its loop. No <see cref="InitNoiseSigma"/> factor.
+    /// </summary>
+    void AddNoise(ReadOnlySpan<float> original, ReadOnlySpan<float> noise, int stepIndex, Span<float> destination);
+
     /// <summary>Writes the UNet input for the current step: <paramref name="sample"/> scaled as the scheduler needs.</summary>
     void ScaleModelInput(ReadOnlySpan<float> sample, double timestep, Span<float> destination);
 

@@ -26,10 +26,12 @@ public sealed class LmsDiscreteScheduler(SchedulerConfig config) : SigmaSchedule
         int order = Math.Min(StepIndex + 1, Order);
         Span<float> coeffs = stackalloc float[order];
         for (int k = 0; k < order; k++) coeffs[k] = (float)Coefficient(order, StepIndex, k);
+        // A run begun past step 0 (image-to-image) has fewer derivatives than its order: diffusers zips the two, using as many terms as it has.
+        int terms = Math.Min(order, _derivatives.Count);
         for (int i = 0; i < sample.Length; i++)
         {
             float sum = 0;
-            for (int k = 0; k < order; k++) sum += coeffs[k] * _derivatives[^(k + 1)][i];
+            for (int k = 0; k < terms; k++) sum += coeffs[k] * _derivatives[^(k + 1)][i];
             sample[i] += sum;
         }
         StepIndex++;

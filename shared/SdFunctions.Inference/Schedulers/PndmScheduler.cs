@@ -31,6 +31,12 @@ public sealed class PndmScheduler : SchedulerBase
         _curSample = null;
     }
 
+    /// <summary>
+    /// Checks the index but keeps the step counter at 0: diffusers' PLMS counts its own steps (its counter) wherever the
+    /// timesteps start, so a shortened run warms its multistep history up again from the first step it takes.
+    /// </summary>
+    public override void SetBeginIndex(int beginIndex) => CheckStepIndex(beginIndex, nameof(beginIndex));
+
     public override void Step(ReadOnlySpan<float> modelOutput, double timestep, Span<float> sample, IGaussianNoise? noise = null)
     {
         EnsureStarted();

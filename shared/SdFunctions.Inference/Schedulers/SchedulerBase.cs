@@ -36,6 +36,28 @@ public abstract class SchedulerBase : IScheduler
         Reset(numInferenceSteps);
     }
 
+    public virtual void SetBeginIndex(int beginIndex)
+    {
+        CheckStepIndex(beginIndex, nameof(beginIndex));
+        StepIndex = beginIndex;
+    }
+
+    /// <summary>DDPM-style, as DDIM, PNDM and LCM do it: √ᾱ_t·x0 + √(1 − ᾱ_t)·ε, in float32 like torch.</summary>
+    public virtual void AddNoise(ReadOnlySpan<float> original, ReadOnlySpan<float> noise, int stepIndex, Span<float> destination)
+    {
+        CheckStepIndex(stepIndex, nameof(stepIndex));
+        float alpha = AlphasCumprod[(int)Timesteps[stepIndex]];
+        float signal = MathF.Sqrt(alpha), noiseScale = MathF.Sqrt(1f - alpha);
+        for (int i = 0; i < destination.Length; i++) destination[i] = signal * original[i] + noiseScale * noise[i];
+    }
+
+    protected void CheckStepIndex(int index, string name)
+    {
+        if (NumInferenceSteps == 0) throw new InvalidOperationException("Call SetTimesteps first.");
+        if (index < 0 || index >= Timesteps.Count)
+            throw new ArgumentOutOfRangeException(name, index, $"a step index from 0 to {Timesteps.Count - 1}");
+    }
+
     /// <summary>Computes the timesteps (and sigmas) and clears per-generation state.</summary>
     protected abstract void Reset(int numInferenceSteps);
 
@@ -97,6 +119,14 @@ public abstract class SigmaSchedulerBase(SchedulerConfig config) : SchedulerBase
     }
 
     protected virtual void OnSigmasSet() { }
+
+    /// <summary>x0 + σ·ε: the σ-space form (no √(σ² + 1) factor, as diffusers).</summary>
+    public override void AddNoise(ReadOnlySpan<float> original, ReadOnlySpan<float> noise, int stepIndex, Span<float> destination)
+    {
+        CheckStepIndex(stepIndex, nameof(stepIndex));
+        float sigma = Sigmas[stepIndex];
+        for (int i = 0; i < destination.Length; i++) destination[i] = original[i] + sigma * noise[i];
+    }
 
     public override void ScaleModelInput(ReadOnlySpan<float> sample, double timestep, Span<float> destination)
     {
