@@ -66,8 +66,15 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
         [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}/image")] HttpRequest req, string id, CancellationToken ct) =>
         await HttpResults.HandleAsync(req, logger, async () =>
         {
-            var png = await service.GetImageAsync(id, ct);
-            return new FileContentResult(png.ToArray(), "image/png") { FileDownloadName = $"{id}.png" };
+            string? indexText = req.Query["index"].FirstOrDefault();
+            if (req.Query["index"].Count > 1 || (indexText is not null && !(int.TryParse(indexText, System.Globalization.NumberStyles.None, null, out _))))
+                return HttpResults.Problem(new Problem
+                {
+                    Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400, Detail = "index is the image's number: a whole number from 0, given once.",
+                    Errors = new Dictionary<string, string[]> { ["index"] = ["A whole number from 0."] },
+                }, req);
+            var image = await service.GetImageAsync(id, indexText is null ? 0 : int.Parse(indexText, System.Globalization.CultureInfo.InvariantCulture), ct);
+            return new FileContentResult(image.File.ToArray(), image.ContentType) { FileDownloadName = image.FileName };
         });
 
     [Function("CancelGeneration")]

@@ -34,7 +34,7 @@ public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jo
             ImageSize = $"{jobs.Value.Width}x{jobs.Value.Height}",
             OnnxRuntime = OnnxSessionFactory.OrtVersion,
             Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },
-            InstanceId = Environment.GetEnvironmentVariable("WEBSITE_INSTANCE_ID") is { Length: > 0 } id ? id : Environment.MachineName,
+            InstanceId = JobUsage.CurrentInstanceId,
         });
     }
 }

@@ -15,6 +15,10 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     private JobsOptions Options => options.Value;
     public const int MaxIdempotencyKeyLength = 200;
 
+    /// <summary>How stale a queued job's position may be before a GET reads the queue again (one read per instance per period).</summary>
+    public static readonly TimeSpan QueuePositionRefresh = TimeSpan.FromSeconds(5);
+    private QueuePosition? _lastCount;
+
     /// <summary>
     /// Validates and queues a request. Returns the job and whether this call created it (false: idempotent replay).
     /// Idempotency keys are scoped by <paramref name="callerScope"/> (who is calling, as far as the platform tells: see
@@ -70,7 +74,10 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         var input = submission.Input;
         using var span = JobsTelemetry.StartSend(id, queue.QueueName);
         using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
-        var job = new JobRecord { Id = id, Input = input, CreatedAt = time.GetUtcNow(), TraceParent = JobsTelemetry.CurrentTraceParent() };
+        var job = new JobRecord
+        {
+            Id = id, Input = input, CreatedAt = time.GetUtcNow(), TraceParent = JobsTelemetry.CurrentTraceParent(),
+        };
         // Marked before the record exists, cleared once the message is sent: a crash in between leaves the mark, and the
         // job is queued by a replay or the sweep (InterruptedJobSweeper) instead of waiting forever.
         await store.MarkAsync(JobMark.Pending, id, ct);
@@ -91,7 +98,20 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         }
         await ClearPendingAsync(id);
         logger.LogInformation("Queued job {JobId}", id);
-        return job;
+        return await RecordQueuePositionAsync(job);
+    }
+
+    // Read once the message is in (the count holds it: ahead = count − 1); best effort, as the job is queued either way.
+    private async Task<JobRecord> RecordQueuePositionAsync(JobRecord job)
+    {
+        if (await QueueCountAsync(CancellationToken.None) is not { } count) return job;
+        var position = count with { ApproximateAhead = Math.Max(0, count.ApproximateAhead - 1) };
+        try { return await store.UpdateAsync(job.Id, r => r.Status == JobStatus.Queued && r.Queue is null ? r with { Queue = position } : null, CancellationToken.None) ?? job; }
+        catch (Exception e) when (StorageErrors.IsOutage(e))
+        {
+            logger.LogWarning(e, "Could not record the queue position of job {JobId}", job.Id);
+            return job with { Queue = position };
+        }
     }
 
     // Best effort: where storage is down for this too, the pending mark stays and the sweep finds the job.
@@ -143,12 +163,36 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             });
     }
 
-    /// <summary>The job as clients see it, with a fresh image link when it has succeeded.</summary>
+    /// <summary>The job as clients see it, with fresh image links when it has succeeded (SAS, else the image route with ?index=).</summary>
     public async Task<JobResource> GetResourceAsync(string id, string imageRoute, CancellationToken ct)
     {
         var job = await GetAsync(id, ct);
-        string? url = job.Status == JobStatus.Succeeded ? await images.GetReadUrlAsync(id, ct) ?? imageRoute : null;
-        return JobResource.From(job, url);
+        if (job is { Status: JobStatus.Queued, Queue: { } position } && time.GetUtcNow() - position.AsOf > QueuePositionRefresh
+            && await QueueCountAsync(ct) is { } now)
+            // Our own message is in the count; those queued after it are too, so the count only bounds what is ahead.
+            job = job with { Queue = new QueuePosition(Math.Min(position.ApproximateAhead, Math.Max(0, now.ApproximateAhead - 1)), now.AsOf) };
+        if (job.Status != JobStatus.Succeeded) return JobResource.From(job, null);
+        var urls = new List<string>();
+        for (int k = 0; k < job.Input.N; k++)
+            urls.Add(await images.GetReadUrlAsync(id, k, job.Input.OutputFormat, ct) ?? (k == 0 ? imageRoute : $"{imageRoute}?index={k}"));
+        return JobResource.From(job, urls);
+    }
+
+    /// <summary>The queue's approximate count, read at most once per <see cref="QueuePositionRefresh"/>; null when the queue cannot tell (an outage).</summary>
+    private async Task<QueuePosition?> QueueCountAsync(CancellationToken ct)
+    {
+        if (_lastCount is { } last && time.GetUtcNow() - last.AsOf <= QueuePositionRefresh) return last;
+        try
+        {
+            var read = new QueuePosition(await queue.ApproximateCountAsync(ct), time.GetUtcNow());
+            _lastCount = read;
+            return read;
+        }
+        catch (Exception e) when (StorageErrors.IsOutage(e))
+        {
+            logger.LogWarning(e, "Could not read the queue's length; the position is left out");
+            return null;
+        }
     }
 
     /// <summary>A queued job is canceled at once; a running one is flagged and its worker stops at the next check.</summary>
@@ -175,16 +219,25 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         return job;
     }
 
-    public async Task<BinaryData> GetImageAsync(string id, CancellationToken ct)
+    /// <summary>Image <paramref name="index"/> of a succeeded job, as a file of the job's format.</summary>
+    public async Task<ImageDownload> GetImageAsync(string id, int index, CancellationToken ct)
     {
         var job = await GetAsync(id, ct);
+        if (index < 0 || index >= job.Input.N)
+            throw new ProblemException(new Problem
+            {
+                Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400,
+                Detail = $"Job {id} has {job.Input.N} image{(job.Input.N == 1 ? "" : "s")}: index is from 0 to {job.Input.N - 1}; got {index}.",
+                Errors = new Dictionary<string, string[]> { ["index"] = [$"From 0 to {job.Input.N - 1}."] },
+            });
         if (job.Status != JobStatus.Succeeded)
             throw new ProblemException(new Problem
             {
                 Type = ProblemTypes.NotFinished, Title = "Image not ready", Status = 409,
                 Detail = $"Job {id} is {job.Status.ToString().ToLowerInvariant()}; its image exists once it has succeeded.",
             });
-        return await images.DownloadAsync(id, ct) ?? throw NotFound(id);
+        var file = await images.DownloadAsync(id, index, job.Input.OutputFormat, ct) ?? throw NotFound(id);
+        return new ImageDownload(file, ImageFile.ContentType(job.Input.OutputFormat), ImageStore.BlobName(id, index, job.Input.OutputFormat));
     }
 
     /// <summary>The 400 problem for a request the model cannot run, naming the field.</summary>
@@ -199,3 +252,6 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         Type = ProblemTypes.NotFound, Title = "Job not found", Status = 404, Detail = $"There is no job {id}.",
     });
 }
+
+/// <summary>An image file as the image route serves it.</summary>
+public sealed record ImageDownload(BinaryData File, string ContentType, string FileName);

@@ -77,6 +77,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         await ClearMarkQuietlyAsync(JobMark.Pending, id); // it was delivered: the sweep need not queue it
 
         var total = Stopwatch.StartNew();
+        UsageMeter? usage = null; // from the first generation: what a failure or a cancel records
         var run = new RunControl(CancellationTokenSource.CreateLinkedTokenSource(ct));
         using var stopMonitor = new CancellationTokenSource();
         var reporter = new LatestStep();
@@ -89,12 +90,25 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
 
             var initImage = await LoadInitImageAsync(job, run.Token);
-            var result = await pipeline.GenerateAsync(ToRequest(job.Input, initImage), reporter, run.Token);
-            telemetry.RecordGeneration(result);
+            var input = job.Input;
+            usage = UsageMeter.Start(pipeline.Bundle.Name);
+            var results = new List<GenerationResult>(input.N);
+            // One image after another, seeds seed + k: the UNet's batch is fixed by guidance (an optimized UNet is compiled for it),
+            // and on these CPUs a bigger batch is no faster per image (the note on issue 15 has the measurement).
+            for (int k = 0; k < input.N; k++)
+            {
+                var result = await pipeline.GenerateAsync(ToRequest(input, initImage) with { Seed = input.Seed + k }, reporter.ForImage(k, input.N), run.Token);
+                telemetry.RecordGeneration(result);
+                usage.Add(result);
+                results.Add(result);
+            }
             await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
             run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
 
-            byte[] png = await result.ToPngAsync(ct);
+            var files = new List<byte[]>(results.Count);
+            foreach (var result in results)
+                files.Add(await result.EncodeAsync(input.OutputFormat, input.Quality,
+                    GenerationParameters.Format(input.Prompt, input.NegativePrompt, result, pipeline.Bundle.Name), ct));
             // No upload for a job that was finished or taken over meanwhile.
             if (await store.GetAsync(id, ct) is not { IsFinished: false } current || current.RunOwner != owner)
             {
@@ -103,42 +117,41 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
                 return;
             }
             var uploadWatch = Stopwatch.StartNew();
-            using (JobsTelemetry.StartUpload()?.SetTag("sdf.image.bytes", png.Length))
+            using (JobsTelemetry.StartUpload()?.SetTag("sdf.image.bytes", files.Sum(f => f.Length)).SetTag("sdf.images", files.Count))
             {
-                await images.UploadAsync(id, png, new Dictionary<string, string>
-                {
-                    ["seed"] = result.Seed.ToString(CultureInfo.InvariantCulture),
-                    ["steps"] = result.Steps.ToString(CultureInfo.InvariantCulture),
-                    ["scheduler"] = result.Scheduler,
-                    ["decoder"] = result.Decoder,
-                    ["model"] = Uri.EscapeDataString(pipeline.Bundle.Name), // metadata must be ASCII
-                }, ct);
+                for (int k = 0; k < files.Count; k++)
+                    await images.UploadAsync(id, k, input.OutputFormat, files[k], ImageMetadata(input, results[k], pipeline.Bundle.Name), ct);
             }
-            var t = result.Timings;
+            var first = results[0];
             var timings = new JobTimings
             {
                 QueuedSeconds = (started - job.CreatedAt).TotalSeconds,
                 ModelLoadSeconds = loadSeconds,
-                EncodeSeconds = t.Encode.TotalSeconds,
-                DenoiseSeconds = t.Denoise.TotalSeconds,
-                StepMedianSeconds = t.Steps.Count == 0 ? 0 : t.Steps.Order().ElementAt(t.Steps.Count / 2).TotalSeconds,
-                DecodeSeconds = t.Decode.TotalSeconds,
+                EncodeSeconds = results.Sum(r => r.Timings.Encode.TotalSeconds + r.Timings.ImageEncode.TotalSeconds),
+                DenoiseSeconds = results.Sum(r => r.Timings.Denoise.TotalSeconds),
+                StepMedianSeconds = Median(results.SelectMany(r => r.Timings.Steps)),
+                DecodeSeconds = results.Sum(r => r.Timings.Decode.TotalSeconds),
                 UploadSeconds = uploadWatch.Elapsed.TotalSeconds,
                 TotalSeconds = total.Elapsed.TotalSeconds,
             };
-            int iterations = t.Steps.Count;
+            int iterations = results.Sum(r => r.Timings.Steps.Count);
+            var finalUsage = usage.Stop(billable: true);
             var (_, succeeded) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
             {
-                Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(iterations, iterations, result.Steps),
+                Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(iterations, iterations, first.Steps),
                 Output = new JobOutput
                 {
-                    Seed = result.Seed, Width = result.Width, Height = result.Height, Scheduler = result.Scheduler,
-                    Steps = result.Steps, GuidanceScale = result.GuidanceScale, Decoder = result.Decoder, DecodeTileSize = result.DecodeTileSize, UNetBatch = result.UNetBatch,
-                    Conditioning = result.Conditioning, UNetCalls = result.UNetCalls, Model = pipeline.Bundle.Name, Timings = timings,
-                    CacheInterval = result.CacheInterval > 1 ? result.CacheInterval : null, CacheSchedule = result.CacheSchedule,
-                    ShallowUNetCalls = result.CacheInterval > 1 ? result.ShallowUNetCalls : null, PeakMemoryBytes = result.PeakMemoryBytes,
+                    Seed = first.Seed, Width = first.Width, Height = first.Height, Scheduler = first.Scheduler,
+                    Steps = first.Steps, GuidanceScale = first.GuidanceScale, Decoder = first.Decoder, DecodeTileSize = first.DecodeTileSize, UNetBatch = first.UNetBatch,
+                    Conditioning = first.Conditioning, UNetCalls = results.Sum(r => r.UNetCalls), Model = pipeline.Bundle.Name, Timings = timings,
+                    CacheInterval = first.CacheInterval > 1 ? first.CacheInterval : null, CacheSchedule = first.CacheSchedule,
+                    ShallowUNetCalls = first.CacheInterval > 1 ? results.Sum(r => r.ShallowUNetCalls) : null,
+                    PeakMemoryBytes = results.Max(r => r.PeakMemoryBytes),
+                    Images = [.. results.Select((r, k) => new JobImage(k, r.Seed, null))],
+                    ContentType = ImageFile.ContentType(input.OutputFormat),
+                    Reproducible = first.Reproducible ? null : false,
                 },
-                LastError = null, RunOwner = null,
+                Usage = finalUsage, LastError = null, RunOwner = null,
             }, ct);
             if (!succeeded) { Outcome(span, "lost_ownership"); return; }
             telemetry.RecordEnded(JobStatus.Succeeded);
@@ -148,7 +161,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
         catch (OperationCanceledException) when (run.Reason == StopReason.CancelRequested && !ct.IsCancellationRequested)
         {
-            await FinishCanceledAsync(id, CancellationToken.None);
+            await FinishCanceledAsync(id, CancellationToken.None, usage?.Stop(billable: true) ?? JobUsage.Nothing(billable: true));
             Outcome(span, "canceled");
         }
         catch (OperationCanceledException) when (run.Reason == StopReason.LostOwnership && !ct.IsCancellationRequested)
@@ -171,7 +184,8 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
         catch (InvalidGenerationRequestException e)
         {
-            await FailAsync(id, owner, GenerationService.Refusal(e), CancellationToken.None); // the same input would fail again: no retry
+            // The same input would fail again: no retry. The request's fault, so what ran (if anything) is billable.
+            await FailAsync(id, owner, GenerationService.Refusal(e), usage?.Stop(billable: true) ?? JobUsage.Nothing(billable: true), CancellationToken.None);
             Outcome(span, "failed", error: true);
         }
         catch (Exception e)
@@ -185,7 +199,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             if (dequeueCount >= Options.MaxDequeueCount || job.Attempt >= Options.MaxDequeueCount)
             {
                 logger.LogError(e, "Job {JobId} failed on its last attempt (correlation id {CorrelationId})", id, correlationId);
-                await FailAsync(id, owner, internalError, CancellationToken.None);
+                await FailAsync(id, owner, internalError, usage?.Stop(billable: false) ?? JobUsage.Nothing(billable: false), CancellationToken.None);
                 Outcome(span, "failed", error: true);
                 return;
             }
@@ -221,7 +235,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         // A live run is left to finish: a duplicate delivery's failures are not the job's.
         var (job, failed) = await store.ChangeAsync(message.JobId, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
-            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null,
+            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = JobUsage.Nothing(billable: false),
             Error = r.LastError is { CorrelationId: { } correlationId } ? ServerProblems.GenerationFailed(correlationId)
                 : ServerProblems.GenerationFailed(ServerProblems.NewCorrelationId()) with
                 {
@@ -246,7 +260,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     /// <summary>A job whose every run died mid-generation (its instance crashed or was killed): failed, not run again.</summary>
     private JobRecord Abandoned(JobRecord r) => r with
     {
-        Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null,
+        Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = JobUsage.Nothing(billable: false),
         Error = ServerProblems.GenerationFailed(ServerProblems.NewCorrelationId()) with
         {
             Detail = $"The job's run stopped {r.Attempt} times before it finished (its worker was stopped or crashed).",
@@ -285,21 +299,23 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }
     }
 
-    private async Task FinishCanceledAsync(string id, CancellationToken ct)
+    /// <param name="usage">What the stopped run used; null for a job canceled before it ran.</param>
+    private async Task FinishCanceledAsync(string id, CancellationToken ct, JobUsage? usage = null)
     {
-        var (_, canceled) = await store.ChangeAsync(id, r => r.IsFinished ? null : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null }, ct);
+        var (_, canceled) = await store.ChangeAsync(id, r => r.IsFinished ? null
+            : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = usage ?? r.Usage }, ct);
         if (canceled) telemetry.RecordEnded(JobStatus.Canceled);
         await ClearMarkQuietlyAsync(JobMark.Running, id);
         logger.LogInformation("Job {JobId} canceled", id);
     }
 
     /// <summary>Records the outcome; clients see the refusal as is, or for a server-side failure only a safe text and the correlation id.</summary>
-    private async Task FailAsync(string id, string owner, Problem problem, CancellationToken ct)
+    private async Task FailAsync(string id, string owner, Problem problem, JobUsage usage, CancellationToken ct)
     {
         var shown = problem.CorrelationId is { } correlationId ? ServerProblems.GenerationFailed(correlationId) : problem;
         var (_, failed) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
         {
-            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null,
+            Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null, Usage = usage,
         }, ct);
         if (failed) telemetry.RecordEnded(JobStatus.Failed);
         await ClearMarkQuietlyAsync(JobMark.Running, id);
@@ -346,6 +362,43 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         return InitImage.Decode(bytes.ToArray(), job.Input.Width, job.Input.Height);
     }
 
+    /// <summary>
+    /// An image blob's metadata: the generation parameters (as the PNG's text, for any format), one per key. Metadata is ASCII:
+    /// texts are percent-encoded, and a prompt longer than 2000 encoded characters is cut (the job record keeps it whole).
+    /// </summary>
+    internal static Dictionary<string, string> ImageMetadata(GenerationInput input, GenerationResult result, string model)
+    {
+        var inv = CultureInfo.InvariantCulture;
+        var metadata = new Dictionary<string, string>
+        {
+            ["prompt"] = Escaped(input.Prompt),
+            ["negativeprompt"] = Escaped(input.NegativePrompt),
+            ["seed"] = result.Seed.ToString(inv),
+            ["steps"] = result.Steps.ToString(inv),
+            ["scheduler"] = result.Scheduler,
+            ["guidancescale"] = result.GuidanceScale.ToString(inv),
+            ["size"] = $"{result.Width}x{result.Height}",
+            ["decoder"] = result.Decoder,
+            ["model"] = Escaped(model),
+        };
+        if (result.Strength is { } strength) metadata["strength"] = strength.ToString(inv);
+        return metadata;
+
+        static string Escaped(string text)
+        {
+            string escaped = Uri.EscapeDataString(text);
+            if (escaped.Length <= 2000) return escaped;
+            int cut = escaped[1999] == '%' ? 1999 : escaped[1998] == '%' ? 1998 : 2000; // never inside a %XX
+            return escaped[..cut];
+        }
+    }
+
+    private static double Median(IEnumerable<TimeSpan> values)
+    {
+        var sorted = values.Order().ToList();
+        return sorted.Count == 0 ? 0 : sorted[sorted.Count / 2].TotalSeconds;
+    }
+
     private static string Truncate(string text) => text.Length <= 200 ? text : text[..200] + "…";
 
     /// <summary>Keeps the last reported step; the monitor reads it. Reports arrive on the generating thread.</summary>
@@ -355,6 +408,15 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         public void Report(GenerationProgress value) => Volatile.Write(ref _latest, value);
         public (int Step, int? Total, int? Steps) Current =>
             Volatile.Read(ref _latest) is GenerationProgress p ? (p.Step, p.Total, p.Steps) : (0, null, null);
+
+        /// <summary>Image <paramref name="index"/> of <paramref name="count"/>: its steps counted after the images before it.</summary>
+        public IProgress<GenerationProgress> ForImage(int index, int count) => index == 0 && count == 1 ? this
+            : new Offset(this, index, count);
+
+        private sealed class Offset(LatestStep target, int index, int count) : IProgress<GenerationProgress>
+        {
+            public void Report(GenerationProgress p) => target.Report(p with { Step = index * p.Total + p.Step, Total = count * p.Total });
+        }
     }
 
     private enum StopReason { None, CancelRequested, LostOwnership }

@@ -3,11 +3,13 @@ using Azure.Storage.Blobs;
 using Azure.Storage.Blobs.Models;
 using Azure.Storage.Blobs.Specialized;
 using Azure.Storage.Sas;
+using SdFunctions.Inference.Pipeline;
 
 namespace SdFunctions.Jobs;
 
 /// <summary>
-/// The PNGs (images/{id}.png, private) and short-lived read-only links to them: a service SAS where the
+/// A job's images (private: images/{id}.{ext} for the first, images/{id}-{k}.{ext} for image k of several) and short-lived
+/// read-only links to them: a service SAS where the
 /// client holds the account key (connection strings, Azurite), a user-delegation SAS where it signs in with an
 /// identity (Azure), else none (clients then use the API's image route).
 /// </summary>
@@ -18,32 +20,30 @@ public sealed class ImageStore(BlobContainerClient container, TimeSpan urlLifeti
 
     public Task EnsureCreatedAsync(CancellationToken ct) => container.CreateIfNotExistsAsync(PublicAccessType.None, cancellationToken: ct);
 
-    private BlobClient Blob(string id) => container.GetBlobClient($"{id}.png");
+    /// <summary>The blob of image <paramref name="index"/> of a job, in a format of <see cref="ImageFile.Formats"/>.</summary>
+    public static string BlobName(string id, int index, string format) =>
+        $"{id}{(index == 0 ? "" : $"-{index}")}.{ImageFile.Extension(format)}";
 
-    /// <summary>Writes (or rewrites: a retried job overwrites its own image) the PNG with its metadata.</summary>
-    public async Task UploadAsync(string id, byte[] png, IDictionary<string, string> metadata, CancellationToken ct) =>
-        await Blob(id).UploadAsync(new BinaryData(png), new BlobUploadOptions
+    private BlobClient Blob(string id, int index, string format) => container.GetBlobClient(BlobName(id, index, format));
+
+    /// <summary>Writes (or rewrites: a retried job overwrites its own images) an image with its metadata.</summary>
+    public async Task UploadAsync(string id, int index, string format, byte[] file, IDictionary<string, string> metadata, CancellationToken ct) =>
+        await Blob(id, index, format).UploadAsync(new BinaryData(file), new BlobUploadOptions
         {
-            HttpHeaders = new BlobHttpHeaders { ContentType = "image/png", CacheControl = "private, max-age=31536000, immutable" },
+            HttpHeaders = new BlobHttpHeaders { ContentType = ImageFile.ContentType(format), CacheControl = "private, max-age=31536000, immutable" },
             Metadata = metadata,
         }, ct);
 
-    public async Task<BinaryData?> DownloadAsync(string id, CancellationToken ct)
+    public async Task<BinaryData?> DownloadAsync(string id, int index, string format, CancellationToken ct)
     {
-        try { return (await Blob(id).DownloadContentAsync(ct)).Value.Content; }
-        catch (RequestFailedException e) when (e.Status == 404) { return null; }
-    }
-
-    public async Task<IDictionary<string, string>?> GetMetadataAsync(string id, CancellationToken ct)
-    {
-        try { return (await Blob(id).GetPropertiesAsync(cancellationToken: ct)).Value.Metadata; }
+        try { return (await Blob(id, index, format).DownloadContentAsync(ct)).Value.Content; }
         catch (RequestFailedException e) when (e.Status == 404) { return null; }
     }
 
     /// <summary>A read-only SAS URL valid for the configured lifetime, or null when this client cannot sign one.</summary>
-    public async Task<string?> GetReadUrlAsync(string id, CancellationToken ct)
+    public async Task<string?> GetReadUrlAsync(string id, int index, string format, CancellationToken ct)
     {
-        var blob = Blob(id);
+        var blob = Blob(id, index, format);
         var expires = DateTimeOffset.UtcNow.Add(urlLifetime);
         var sas = new BlobSasBuilder(BlobSasPermissions.Read, expires)
         {

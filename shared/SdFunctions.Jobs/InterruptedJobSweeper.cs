@@ -41,7 +41,7 @@ public sealed class InterruptedJobSweeper(JobStore store, JobQueue queue, JobsTe
                 {
                     var (_, written) = await store.ChangeAsync(id, r => r.Status != JobStatus.Queued || r.Attempt > 0 ? null : r with
                     {
-                        Status = JobStatus.Failed, CompletedAt = now,
+                        Status = JobStatus.Failed, CompletedAt = now, Usage = JobUsage.Nothing(billable: false),
                         Error = ServerProblems.Unavailable($"The job could not be queued within {o.MaxQueueWait.TotalMinutes:0} minutes; submit it again."),
                     }, ct);
                     if (written) telemetry.RecordEnded(JobStatus.Failed);

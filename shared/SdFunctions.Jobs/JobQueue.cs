@@ -43,6 +43,9 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
     public async Task SendAsync(string jobId, string? traceParent, CancellationToken ct, TimeSpan? delay = null) =>
         await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId, traceParent), JobJson.Options), delay, cancellationToken: ct);
 
+    /// <summary>The queue's approximate message count (visible and invisible ones: Storage counts them lazily).</summary>
+    public async Task<int> ApproximateCountAsync(CancellationToken ct) => (await queue.GetPropertiesAsync(ct)).Value.ApproximateMessagesCount;
+
     /// <summary>Moves a message that can never succeed straight to the poison queue (no pointless retries).</summary>
     public async Task SendToPoisonAsync(string text, CancellationToken ct) => await poison.SendMessageAsync(text, ct);
 }

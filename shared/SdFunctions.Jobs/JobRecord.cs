@@ -1,5 +1,6 @@
 using System.Text.Json;
 using System.Text.Json.Serialization;
+using SdFunctions.Inference.Pipeline;
 
 namespace SdFunctions.Jobs;
 
@@ -36,7 +37,21 @@ public sealed record GenerationInput
     /// <summary>Image-to-image: how far to depart from the picture (0 &lt; s ≤ 1; int(steps·s) steps run); null for text-to-image.</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? Strength { get; init; }
+
+    /// <summary>How many images the job makes; image k has seed <see cref="Seed"/> + k.</summary>
+    public int N { get; init; } = 1;
+
+    /// <summary>png, webp or jpeg, and the quality of the lossy two (null for png).</summary>
+    public string OutputFormat { get; init; } = ImageFile.Png;
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public int? Quality { get; init; }
 }
+
+/// <summary>About how many jobs are ahead of a queued one (Storage queues only count approximately), and when that was read.</summary>
+public sealed record QueuePosition(int ApproximateAhead, DateTimeOffset AsOf);
+
+/// <summary>One image of a finished job: its index (the image route's ?index=), its seed and a read-only link.</summary>
+public sealed record JobImage(int Index, long Seed, string? Url);
 
 /// <summary>
 /// An init picture as the client sent it: its format, its own size (it is scaled to cover the service's size and center-cropped),
@@ -65,7 +80,10 @@ public sealed record JobTimings
 
 public sealed record JobOutput
 {
+    /// <summary>The first image's link (the only one for n = 1); <see cref="Images"/> lists every image.</summary>
     public string? ImageUrl { get; init; }
+    public IReadOnlyList<JobImage> Images { get; init; } = [];
+    public string? ContentType { get; init; }
     public long Seed { get; init; }
     public int Width { get; init; }
     public int Height { get; init; }
@@ -92,6 +110,10 @@ public sealed record JobOutput
     public int? ShallowUNetCalls { get; init; }
     public string? Model { get; init; }
 
+    /// <summary>Present (false) only when the same request would not give the same images: an encoder that samples without a seed.</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public bool? Reproducible { get; init; }
+
     /// <summary>The instance's peak resident memory during the generation (absent where the OS cannot restart the peak).</summary>
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public long? PeakMemoryBytes { get; init; }
@@ -114,6 +136,12 @@ public sealed record JobRecord
     public required GenerationInput Input { get; init; }
     public JobOutput? Output { get; init; }
     public Problem? Error { get; init; }
+
+    /// <summary>The queue's approximate message count when the job was queued: about how many jobs were ahead of it.</summary>
+    public QueuePosition? Queue { get; init; }
+
+    /// <summary>What the run used, once the job has ended after running (or failed without running); null while it has not.</summary>
+    public JobUsage? Usage { get; init; }
     public bool CancelRequested { get; init; }
 
     /// <summary>The latest failure between retries, with its internal detail (never shown to clients; its correlation id is).</summary>
@@ -140,11 +168,17 @@ public sealed record JobRecord
 /// <summary>The job as clients see it (GET /api/generations/{id}).</summary>
 public sealed record JobResource(
     string Id, JobStatus Status, JobProgress Progress, DateTimeOffset CreatedAt, DateTimeOffset? StartedAt,
-    DateTimeOffset? CompletedAt, int Attempt, GenerationInput Input, JobOutput? Output, Problem? Error)
+    DateTimeOffset? CompletedAt, int Attempt, GenerationInput Input, JobOutput? Output, Problem? Error, JobUsage? Usage,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] QueuePosition? Queue = null)
 {
-    public static JobResource From(JobRecord r, string? imageUrl) => new(
+    /// <param name="imageUrls">One link per image (SAS or the image route), or null where none is shown (not succeeded).</param>
+    public static JobResource From(JobRecord r, IReadOnlyList<string>? imageUrls) => new(
         r.Id, r.Status, r.Progress, r.CreatedAt, r.StartedAt, r.CompletedAt, r.Attempt, r.Input,
-        r.Output is { } o ? o with { ImageUrl = imageUrl } : null, r.Error);
+        r.Output is { } o ? o with
+        {
+            ImageUrl = imageUrls?.FirstOrDefault(),
+            Images = [.. o.Images.Select(i => i with { Url = imageUrls is { } urls && i.Index < urls.Count ? urls[i.Index] : null })],
+        } : null, r.Error, r.Usage, r.Status == JobStatus.Queued ? r.Queue : null);
 }
 
 /// <summary>JSON settings shared by the store and the HTTP API: camelCase, enums as lower-case strings, no nulls dropped.</summary>

@@ -31,6 +31,15 @@ public sealed record SubmitRequest
     /// <summary>Image-to-image: 0 &lt; s ≤ 1, default 0.8 (diffusers' StableDiffusionImg2ImgPipeline).</summary>
     public double? Strength { get; init; }
 
+    /// <summary>How many images (1–4), with seeds seed, seed + 1, …; default 1.</summary>
+    public int? N { get; init; }
+
+    /// <summary>png (default), webp or jpeg; <see cref="Quality"/> 1–100 for the lossy two (default 90).</summary>
+    public string? OutputFormat { get; init; }
+    public int? Quality { get; init; }
+
+    public const int MaxImages = 4;
+
     // Stricter than the API's output settings: numbers must be JSON numbers ("steps": "1" is refused), and a field may
     // appear once (in any letter case: "prompt" and "Prompt" are the same field), so no value silently wins over another.
     private static readonly JsonSerializerOptions ParseOptions = new(JobJson.Options)
@@ -100,6 +109,15 @@ public sealed record SubmitRequest
             errors["cacheInterval"] = [$"From 1 (off) to {DeepCacheSchedule.MaxInterval}."];
         if (CacheSchedule is { } schedule && !DeepCacheSchedule.Names.Contains(schedule))
             errors["cacheSchedule"] = [$"One of: {string.Join(", ", DeepCacheSchedule.Names)}."];
+        if (N is < 1 or > MaxImages) errors["n"] = [$"From 1 to {MaxImages} images."];
+        else if (N is { } count && Seed is { } first && first + count - 1 > GenerationRequest.MaxSeed)
+            errors["seed"] = [$"Image k gets seed + k: with n = {count} the seed may be at most {GenerationRequest.MaxSeed - count + 1}."];
+        if (OutputFormat is { } format && !ImageFile.Formats.Contains(format)) errors["outputFormat"] = [$"One of: {string.Join(", ", ImageFile.Formats)}."];
+        else if (Quality is { } quality)
+        {
+            if (!ImageFile.IsLossy(OutputFormat ?? ImageFile.Png)) errors["quality"] = ["A quality is for the lossy formats (webp, jpeg); png is lossless."];
+            else if (quality is < ImageFile.MinQuality or > ImageFile.MaxQuality) errors["quality"] = [$"From {ImageFile.MinQuality} to {ImageFile.MaxQuality}."];
+        }
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Strength is { } strength)
@@ -120,7 +138,7 @@ public sealed record SubmitRequest
             NegativePrompt = NegativePrompt ?? "",
             Steps = Steps,
             GuidanceScale = GuidanceScale,
-            Seed = Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1),
+            Seed = Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed - MaxImages + 2), // seed + k stays a valid seed
             Scheduler = Scheduler,
             Decoder = Decoder,
             TiledDecode = TiledDecode,
@@ -131,6 +149,9 @@ public sealed record SubmitRequest
             Image = initImage is null ? null
                 : new InputImage(initImage.SourceMediaType, initImage.SourceWidth, initImage.SourceHeight, imageBytes!.Length, Convert.ToHexStringLower(SHA256.HashData(imageBytes))),
             Strength = initImage is null ? null : Strength ?? GenerationRequest.DefaultStrength,
+            N = N ?? 1,
+            OutputFormat = OutputFormat ?? ImageFile.Png,
+            Quality = ImageFile.IsLossy(OutputFormat ?? ImageFile.Png) ? Quality ?? ImageFile.DefaultQuality : null,
         };
         return new Submission(input, imageBytes, initImage);
     }
