@@ -65,12 +65,18 @@ param retentionDays int = 7
 @maxValue(730)
 param logRetentionDays int = 30
 
+@secure()
+@description('Standard Webhooks signing secret (whsec_ + base64 of 24–64 random bytes). Empty: requests with a webhook are refused.')
+param webhookSigningSecret string = ''
+
 var suffix = uniqueString(resourceGroup().id, namePrefix)
 var dataAccountName = take('${namePrefix}data${suffix}', 24)
 var hostAccountName = take('${namePrefix}host${suffix}', 24)
 var contentAccountName = take('${namePrefix}app${suffix}', 24)
 var appName = '${namePrefix}-${suffix}'
 var queueName = 'generations'
+// The webhook deliveries' queue (WebhookQueue.Name): events wait there, never blocking a generation.
+var webhookQueueName = 'webhooks'
 // Must equal host.json's extensions.queues.maxDequeueCount.
 var maxDequeueCount = 3
 
@@ -132,6 +138,8 @@ resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-
   for name in [
     queueName
     '${queueName}-poison'
+    webhookQueueName
+    '${webhookQueueName}-poison'
   ]: {
     parent: queueService
     name: name
@@ -331,6 +339,14 @@ resource app 'Microsoft.Web/sites@2024-04-01' = {
           value: queueName
         }
         {
+          name: 'Webhooks__QueueName'
+          value: webhookQueueName
+        }
+        {
+          name: 'Webhooks__SigningSecret'
+          value: webhookSigningSecret
+        }
+        {
           name: 'Jobs__JobsContainer'
           value: containers[0].name
         }
@@ -388,7 +404,7 @@ resource hostBlobRole 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
 }
 
 // On the data account, each grant as narrow as its use: read and write jobs and images, read the model (the app cannot
-// rewrite it), delegate a key for the image links, and use the two queues.
+// rewrite it), delegate a key for the image links, and use the four queues (generations, webhooks, and their poison queues).
 resource appJobsImagesRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
   for i in range(0, 2): {
     name: guid(containers[i].id, app.id, roles.storageBlobDataContributor)
@@ -422,7 +438,7 @@ resource appDelegatorRole 'Microsoft.Authorization/roleAssignments@2022-04-01' =
 }
 
 resource appQueueRoles 'Microsoft.Authorization/roleAssignments@2022-04-01' = [
-  for i in range(0, 2): {
+  for i in range(0, 4): {
     name: guid(queues[i].id, app.id, roles.storageQueueDataContributor)
     scope: queues[i]
     properties: {

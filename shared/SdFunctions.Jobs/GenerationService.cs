@@ -10,7 +10,8 @@ namespace SdFunctions.Jobs;
 /// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
 /// </summary>
 public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, JobsTelemetry telemetry,
-    IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationService> logger)
+    Webhooks.WebhookQueue webhooks, IOptions<JobsOptions> options, IOptions<Webhooks.WebhookOptions> webhookOptions, TimeProvider time,
+    ILogger<GenerationService> logger)
 {
     private JobsOptions Options => options.Value;
     public const int MaxIdempotencyKeyLength = 200;
@@ -35,7 +36,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
                 Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
                 Detail = $"A request without an image may be at most {Options.MaxRequestBytes} bytes ({Options.MaxImageRequestBytes} with one).",
             });
-        var submission = request.Validate(Options, upload);
+        var submission = request.Validate(Options, upload, webhookOptions.Value);
         var input = submission.Input;
         // What depends on the model (an LCM's negative prompt, its schedulers and decoders, an encoder for image-to-image) is
         // checked here when this instance has loaded it, else by the worker, which then fails the job with the same validation problem.
@@ -209,7 +210,11 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
                 : r with { CancelRequested = true }; // the run stops at its next progress check, and ends the job
         }, ct);
         if (job is null) throw NotFound(id);
-        if (written && job.Status == JobStatus.Canceled) telemetry.RecordEnded(JobStatus.Canceled);
+        if (written && job.Status == JobStatus.Canceled)
+        {
+            telemetry.RecordEnded(JobStatus.Canceled);
+            await webhooks.NotifyAsync(job, Webhooks.Events.Completed);
+        }
         if (finishedAs is { } status)
             throw new ProblemException(new Problem
             {

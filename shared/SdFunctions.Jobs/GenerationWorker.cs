@@ -16,7 +16,7 @@ namespace SdFunctions.Jobs;
 /// the instance dies with it. A finished or canceled job is left alone; a malformed message goes straight to the poison queue.
 /// </summary>
 public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, JobsTelemetry telemetry,
-    IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationWorker> logger)
+    Webhooks.WebhookQueue webhooks, IOptions<JobsOptions> options, TimeProvider time, ILogger<GenerationWorker> logger)
 {
     private JobsOptions Options => options.Value;
 
@@ -57,6 +57,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             {
                 logger.LogError("Job {JobId} failed: its run stopped {Attempts} times without finishing", id, job.Attempt);
                 telemetry.RecordEnded(JobStatus.Failed);
+                await webhooks.NotifyAsync(job, Webhooks.Events.Completed);
             }
             Outcome(span, abandoned ? "failed" : "already_ended", error: abandoned);
             await ClearMarkQuietlyAsync(JobMark.Running, id);
@@ -73,6 +74,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         span?.SetTag("sdf.job.attempt", job.Attempt);
         if (job.Attempt == 1) telemetry.RecordQueueWait(started - job.CreatedAt);
         logger.LogInformation("Job {JobId} attempt {Attempt} started", id, job.Attempt);
+        await webhooks.NotifyAsync(job, Webhooks.Events.Started);
         await MarkQuietlyAsync(JobMark.Running, id); // first: should this instance die from here on, the sweep queues the job again
         await ClearMarkQuietlyAsync(JobMark.Pending, id); // it was delivered: the sweep need not queue it
 
@@ -136,7 +138,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             };
             int iterations = results.Sum(r => r.Timings.Steps.Count);
             var finalUsage = usage.Stop(billable: true);
-            var (_, succeeded) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+            var (finished, succeeded) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
             {
                 Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = new JobProgress(iterations, iterations, first.Steps),
                 Output = new JobOutput
@@ -155,6 +157,7 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
             }, ct);
             if (!succeeded) { Outcome(span, "lost_ownership"); return; }
             telemetry.RecordEnded(JobStatus.Succeeded);
+            await webhooks.NotifyAsync(finished!, Webhooks.Events.Completed);
             Outcome(span, "succeeded");
             await ClearMarkQuietlyAsync(JobMark.Running, id);
             logger.LogInformation("Job {JobId} succeeded in {Seconds:F1} s", id, total.Elapsed.TotalSeconds);
@@ -244,7 +247,11 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
         }, ct);
         if (job is null) return;
         logger.LogError("Job {JobId} ended in the poison queue: {Status}", message.JobId, job.Status);
-        if (failed) telemetry.RecordEnded(JobStatus.Failed);
+        if (failed)
+        {
+            telemetry.RecordEnded(JobStatus.Failed);
+            await webhooks.NotifyAsync(job, Webhooks.Events.Completed);
+        }
         if (job.IsFinished) await ClearMarkQuietlyAsync(JobMark.Running, message.JobId);
     }
 
@@ -302,9 +309,13 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     /// <param name="usage">What the stopped run used; null for a job canceled before it ran.</param>
     private async Task FinishCanceledAsync(string id, CancellationToken ct, JobUsage? usage = null)
     {
-        var (_, canceled) = await store.ChangeAsync(id, r => r.IsFinished ? null
+        var (job, canceled) = await store.ChangeAsync(id, r => r.IsFinished ? null
             : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = usage ?? r.Usage }, ct);
-        if (canceled) telemetry.RecordEnded(JobStatus.Canceled);
+        if (canceled)
+        {
+            telemetry.RecordEnded(JobStatus.Canceled);
+            await webhooks.NotifyAsync(job!, Webhooks.Events.Completed);
+        }
         await ClearMarkQuietlyAsync(JobMark.Running, id);
         logger.LogInformation("Job {JobId} canceled", id);
     }
@@ -313,11 +324,15 @@ public sealed class GenerationWorker(JobStore store, JobQueue queue, ImageStore 
     private async Task FailAsync(string id, string owner, Problem problem, JobUsage usage, CancellationToken ct)
     {
         var shown = problem.CorrelationId is { } correlationId ? ServerProblems.GenerationFailed(correlationId) : problem;
-        var (_, failed) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+        var (job, failed) = await store.ChangeAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null, Usage = usage,
         }, ct);
-        if (failed) telemetry.RecordEnded(JobStatus.Failed);
+        if (failed)
+        {
+            telemetry.RecordEnded(JobStatus.Failed);
+            await webhooks.NotifyAsync(job!, Webhooks.Events.Completed);
+        }
         await ClearMarkQuietlyAsync(JobMark.Running, id);
     }
 

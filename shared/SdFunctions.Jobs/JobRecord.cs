@@ -38,6 +38,10 @@ public sealed record GenerationInput
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public double? Strength { get; init; }
 
+    /// <summary>Where to POST the job resource when it completes (and, if asked, starts).</summary>
+    [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
+    public Webhooks.Webhook? Webhook { get; init; }
+
     /// <summary>How many images the job makes; image k has seed <see cref="Seed"/> + k.</summary>
     public int N { get; init; } = 1;
 
@@ -137,6 +141,9 @@ public sealed record JobRecord
     public JobOutput? Output { get; init; }
     public Problem? Error { get; init; }
 
+    /// <summary>Each webhook event's delivery: pending (retrying), delivered or failed, with its attempts and last error.</summary>
+    public IReadOnlyList<Webhooks.WebhookDeliveryState> Webhooks { get; init; } = [];
+
     /// <summary>The queue's approximate message count when the job was queued: about how many jobs were ahead of it.</summary>
     public QueuePosition? Queue { get; init; }
 
@@ -169,7 +176,8 @@ public sealed record JobRecord
 public sealed record JobResource(
     string Id, JobStatus Status, JobProgress Progress, DateTimeOffset CreatedAt, DateTimeOffset? StartedAt,
     DateTimeOffset? CompletedAt, int Attempt, GenerationInput Input, JobOutput? Output, Problem? Error, JobUsage? Usage,
-    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] QueuePosition? Queue = null)
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] QueuePosition? Queue = null,
+    [property: JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)] IReadOnlyList<Webhooks.WebhookDeliveryState>? Webhooks = null)
 {
     /// <param name="imageUrls">One link per image (SAS or the image route), or null where none is shown (not succeeded).</param>
     public static JobResource From(JobRecord r, IReadOnlyList<string>? imageUrls) => new(
@@ -178,7 +186,7 @@ public sealed record JobResource(
         {
             ImageUrl = imageUrls?.FirstOrDefault(),
             Images = [.. o.Images.Select(i => i with { Url = imageUrls is { } urls && i.Index < urls.Count ? urls[i.Index] : null })],
-        } : null, r.Error, r.Usage, r.Status == JobStatus.Queued ? r.Queue : null);
+        } : null, r.Error, r.Usage, r.Status == JobStatus.Queued ? r.Queue : null, r.Input.Webhook is null ? null : r.Webhooks);
 }
 
 /// <summary>JSON settings shared by the store and the HTTP API: camelCase, enums as lower-case strings, no nulls dropped.</summary>

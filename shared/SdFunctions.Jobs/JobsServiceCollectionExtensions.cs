@@ -36,6 +36,9 @@ public static class JobsServiceCollectionExtensions
                 $"Model:DecodeTileSize must be a multiple of 8 from {GenerationRequest.MinTileSize} to {GenerationRequest.MaxTileSize} pixels")
             .Validate(o => IsSize(o.MemoryBudget), "Model:MemoryBudget must be a positive size such as 3GB, 2.5GB, 1536MiB or a byte count")
             .ValidateOnStart();
+        services.AddOptions<Webhooks.WebhookOptions>().Bind(configuration.GetSection(Webhooks.WebhookOptions.Section))
+            .Validate(o => o.MaxAttempts >= 1 && o.RetryDelay >= TimeSpan.Zero && o.Timeout > TimeSpan.Zero, "Webhooks settings out of range")
+            .ValidateOnStart();
         services.AddSingleton(TimeProvider.System);
 
         string storage = configuration.GetSection(StorageSetting).Exists() ? StorageSetting : HostStorageSetting;
@@ -46,6 +49,12 @@ public static class JobsServiceCollectionExtensions
         services.AddSingleton(sp => new JobStore(blobs.GetBlobContainerClient(Jobs(sp).JobsContainer)));
         services.AddSingleton(sp => new ImageStore(blobs.GetBlobContainerClient(Jobs(sp).ImagesContainer), Jobs(sp).ImageUrlLifetime));
         services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
+        services.AddSingleton(sp =>
+        {
+            string name = sp.GetRequiredService<IOptions<Webhooks.WebhookOptions>>().Value.QueueName;
+            return new Webhooks.WebhookQueue(queues.GetQueueClient(name), queues.GetQueueClient(name + "-poison"), sp.GetRequiredService<ILogger<Webhooks.WebhookQueue>>());
+        });
+        services.AddSingleton<Webhooks.WebhookSender>();
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
         services.AddSingleton<InterruptedJobSweeper>();

@@ -7,7 +7,7 @@ namespace SdFunctions.Jobs;
 /// Creates the queues and private containers at start-up if they are missing (a fresh Azurite, a new account).
 /// Where the identity may not create them (they come from the deployment), it logs and carries on.
 /// </summary>
-public sealed class StorageInitializer(JobStore store, ImageStore images, JobQueue queue, ILogger<StorageInitializer> logger) : IHostedService
+public sealed class StorageInitializer(JobStore store, ImageStore images, JobQueue queue, Webhooks.WebhookQueue webhooks, ILogger<StorageInitializer> logger) : IHostedService
 {
     public async Task StartAsync(CancellationToken cancellationToken)
     {
@@ -16,6 +16,7 @@ public sealed class StorageInitializer(JobStore store, ImageStore images, JobQue
             await store.EnsureCreatedAsync(cancellationToken);
             await images.EnsureCreatedAsync(cancellationToken);
             await queue.EnsureCreatedAsync(cancellationToken);
+            await webhooks.EnsureCreatedAsync(cancellationToken);
         }
         catch (Exception e) when (StorageErrors.IsOutage(e))
         {

@@ -40,6 +40,9 @@ public sealed record SubmitRequest
 
     public const int MaxImages = 4;
 
+    /// <summary>{url, events?}: POST the job resource to url when it completes (events: completed, started).</summary>
+    public Webhooks.WebhookRequest? Webhook { get; init; }
+
     // Stricter than the API's output settings: numbers must be JSON numbers ("steps": "1" is refused), and a field may
     // appear once (in any letter case: "prompt" and "Prompt" are the same field), so no value silently wins over another.
     private static readonly JsonSerializerOptions ParseOptions = new(JobJson.Options)
@@ -85,7 +88,8 @@ public sealed record SubmitRequest
     /// stay absent when not sent: they take the model's defaults (which differ for LCM models) when the job runs.
     /// </summary>
     /// <param name="upload">The picture of a multipart request (its image part); a JSON request carries it in <see cref="Image"/>.</param>
-    public Submission Validate(JobsOptions options, ImageUpload? upload = null)
+    /// <param name="webhooks">The service's webhook settings; null = webhooks are not offered.</param>
+    public Submission Validate(JobsOptions options, ImageUpload? upload = null, Webhooks.WebhookOptions? webhooks = null)
     {
         var errors = new Dictionary<string, string[]>();
         var (imageBytes, initImage) = ValidateImage(options, upload, errors);
@@ -117,6 +121,17 @@ public sealed record SubmitRequest
         {
             if (!ImageFile.IsLossy(OutputFormat ?? ImageFile.Png)) errors["quality"] = ["A quality is for the lossy formats (webp, jpeg); png is lossless."];
             else if (quality is < ImageFile.MinQuality or > ImageFile.MaxQuality) errors["quality"] = [$"From {ImageFile.MinQuality} to {ImageFile.MaxQuality}."];
+        }
+        Webhooks.Webhook? webhook = null;
+        if (Webhook is { } hook)
+        {
+            var events = hook.Events ?? [Webhooks.Events.Completed];
+            if (webhooks?.SigningSecret is not { Length: > 0 }) errors["webhook"] = ["This service sends no webhooks (it has no signing secret); poll the job instead."];
+            else if (hook.Url is null) errors["webhook.url"] = ["A URL is required."];
+            else if (Webhooks.OutboundAddress.RefuseUrl(hook.Url, webhooks.AllowHttpLoopback) is { } why) errors["webhook.url"] = [why];
+            else if (events.Count == 0 || events.Any(e => !Webhooks.Events.All.Contains(e)) || events.Distinct().Count() != events.Count)
+                errors["webhook.events"] = [$"Some of: {string.Join(", ", Webhooks.Events.All)}, each once."];
+            else webhook = new Webhooks.Webhook(hook.Url, events);
         }
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
@@ -150,6 +165,7 @@ public sealed record SubmitRequest
                 : new InputImage(initImage.SourceMediaType, initImage.SourceWidth, initImage.SourceHeight, imageBytes!.Length, Convert.ToHexStringLower(SHA256.HashData(imageBytes))),
             Strength = initImage is null ? null : Strength ?? GenerationRequest.DefaultStrength,
             N = N ?? 1,
+            Webhook = webhook,
             OutputFormat = OutputFormat ?? ImageFile.Png,
             Quality = ImageFile.IsLossy(OutputFormat ?? ImageFile.Png) ? Quality ?? ImageFile.DefaultQuality : null,
         };

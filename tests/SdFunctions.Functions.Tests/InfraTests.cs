@@ -48,6 +48,7 @@ public class InfraTests
         var settings = AppSettings();
         var readable = Bindable(typeof(JobsOptions)).Select(p => $"{JobsOptions.Section}__{p}")
             .Concat(Bindable(typeof(ModelOptions)).Select(p => $"{ModelOptions.Section}__{p}"))
+            .Concat(Bindable(typeof(SdFunctions.Jobs.Webhooks.WebhookOptions)).Select(p => $"{SdFunctions.Jobs.Webhooks.WebhookOptions.Section}__{p}"))
             .Concat(["AzureWebJobsStorage__accountName", "AzureWebJobsStorage__credential", // the host's identity-based connection
                 $"{JobsServiceCollectionExtensions.StorageSetting}__accountName", $"{JobsServiceCollectionExtensions.StorageSetting}__credential"]) // the trigger's and StorageClients
             .Concat(PlatformSettings).ToHashSet();
@@ -72,6 +73,7 @@ public class InfraTests
         var variables = template.GetProperty("variables");
         // The queue trigger listens on a constant; the infra must create that queue and its poison queue.
         Assert.Equal(JobQueue.Name, variables.GetProperty("queueName").GetString());
+        Assert.Equal(SdFunctions.Jobs.Webhooks.WebhookQueue.Name, variables.GetProperty("webhookQueueName").GetString());
         using var host = JsonDocument.Parse(File.ReadAllText(Path.Combine(AzuriteFixture.RepoRoot(), "host.json")));
         Assert.Equal(host.RootElement.GetProperty("extensions").GetProperty("queues").GetProperty("maxDequeueCount").GetInt32(),
             variables.GetProperty("maxDequeueCount").GetInt32());

@@ -38,6 +38,7 @@ public class MetadataTests
     [Theory]
     [InlineData("ProcessGeneration", "generations")]
     [InlineData("FailPoisonedGeneration", "generations-poison")]
+    [InlineData("DeliverWebhook", "webhooks")]
     public void QueueFunctionsListenOnTheirQueues(string name, string queue)
     {
         var trigger = Trigger(name);
@@ -56,8 +57,8 @@ public class MetadataTests
     }
 
     [Fact]
-    public void ThereAreExactlyTheseEightFunctions() =>
-        Assert.Equal(["CancelGeneration", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration",
+    public void ThereAreExactlyTheseNineFunctions() =>
+        Assert.Equal(["CancelGeneration", "DeliverWebhook", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration",
             "RequeueInterruptedJobs", "SubmitGeneration"], Functions.Keys.Order());
 
     [Fact]

@@ -24,6 +24,8 @@ public sealed class TestApp : IAsyncDisposable
     public GenerationQueueFunctions Queue { get; }
     public HealthApi Health { get; }
     public MaintenanceFunctions Maintenance { get; }
+    public WebhookFunctions WebhookFunctions { get; }
+    public QueueClient WebhookMessages { get; }
     public JobStore Store => Services.GetRequiredService<JobStore>();
     public QueueClient Messages { get; }
     public QueueClient Poison { get; }
@@ -43,6 +45,7 @@ public sealed class TestApp : IAsyncDisposable
             ["Jobs:QueueName"] = $"gen-{suffix}",
             ["Jobs:JobsContainer"] = $"jobs-{suffix}",
             ["Jobs:ImagesContainer"] = $"images-{suffix}",
+            ["Webhooks:QueueName"] = $"hooks-{suffix}",
             ["Jobs:Width"] = "256",
             ["Jobs:Height"] = "256",
             ["Jobs:ProgressInterval"] = "00:00:00.100",
@@ -59,9 +62,11 @@ public sealed class TestApp : IAsyncDisposable
         Queue = ActivatorUtilities.CreateInstance<GenerationQueueFunctions>(Services);
         Health = ActivatorUtilities.CreateInstance<HealthApi>(Services);
         Maintenance = ActivatorUtilities.CreateInstance<MaintenanceFunctions>(Services);
+        WebhookFunctions = ActivatorUtilities.CreateInstance<WebhookFunctions>(Services);
         var queues = Services.GetRequiredService<QueueServiceClient>();
         Messages = queues.GetQueueClient($"gen-{suffix}");
         Poison = queues.GetQueueClient($"gen-{suffix}-poison");
+        WebhookMessages = queues.GetQueueClient($"hooks-{suffix}");
         Images = Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient($"images-{suffix}");
     }
 
@@ -136,6 +141,16 @@ public sealed class TestApp : IAsyncDisposable
         return message;
     }
 
+    /// <summary>Delivers the next webhook event on the queue (as its trigger would); false when none is visible.</summary>
+    public async Task<bool> RunNextWebhookAsync(CancellationToken ct = default)
+    {
+        var message = (await WebhookMessages.ReceiveMessageAsync(TimeSpan.FromMinutes(1), ct)).Value;
+        if (message is null) return false;
+        await WebhookFunctions.Deliver(message.Body.ToString(), ct);
+        await WebhookMessages.DeleteMessageAsync(message.MessageId, message.PopReceipt, CancellationToken.None);
+        return true;
+    }
+
     public async ValueTask DisposeAsync()
     {
         // Straight to Azurite, not through whatever proxy the test put in front of it.
@@ -143,6 +158,8 @@ public sealed class TestApp : IAsyncDisposable
         var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);
         await queues.GetQueueClient(Messages.Name).DeleteIfExistsAsync();
         await queues.GetQueueClient(Poison.Name).DeleteIfExistsAsync();
+        await queues.GetQueueClient(WebhookMessages.Name).DeleteIfExistsAsync();
+        await queues.GetQueueClient(WebhookMessages.Name + "-poison").DeleteIfExistsAsync();
         await blobs.GetBlobContainerClient(Images.Name).DeleteIfExistsAsync();
         await blobs.GetBlobContainerClient(Options.JobsContainer).DeleteIfExistsAsync();
         await Services.DisposeAsync();
