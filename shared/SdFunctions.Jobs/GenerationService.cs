@@ -173,10 +173,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
             // Our own message is in the count; those queued after it are too, so the count only bounds what is ahead.
             job = job with { Queue = new QueuePosition(Math.Min(position.ApproximateAhead, Math.Max(0, now.ApproximateAhead - 1)), now.AsOf) };
         if (job.Status != JobStatus.Succeeded) return JobResource.From(job, null);
-        var urls = new List<string>();
-        for (int k = 0; k < job.Input.N; k++)
-            urls.Add(await images.GetReadUrlAsync(id, k, job.Input.OutputFormat, ct) ?? (k == 0 ? imageRoute : $"{imageRoute}?index={k}"));
-        return JobResource.From(job, urls);
+        return JobResource.From(job, await images.GetReadUrlsAsync(job, imageRoute, ct));
     }
 
     /// <summary>The queue's approximate count, read at most once per <see cref="QueuePositionRefresh"/>; null when the queue cannot tell (an outage).</summary>

@@ -40,6 +40,23 @@ public sealed class ImageStore(BlobContainerClient container, TimeSpan urlLifeti
         catch (RequestFailedException e) when (e.Status == 404) { return null; }
     }
 
+    /// <summary>
+    /// A link to every image of a succeeded job: a read-only SAS, or where this client cannot sign one, <paramref name="imageRoute"/>
+    /// (the API's image route, with ?index=k past the first); null when there is no route to fall back to.
+    /// </summary>
+    public async Task<IReadOnlyList<string>?> GetReadUrlsAsync(JobRecord job, string? imageRoute, CancellationToken ct)
+    {
+        var urls = new List<string>();
+        for (int k = 0; k < job.Input.N; k++)
+        {
+            string? url = await GetReadUrlAsync(job.Id, k, job.Input.OutputFormat, ct)
+                ?? (imageRoute is null ? null : k == 0 ? imageRoute : $"{imageRoute}?index={k}");
+            if (url is null) return null;
+            urls.Add(url);
+        }
+        return urls;
+    }
+
     /// <summary>A read-only SAS URL valid for the configured lifetime, or null when this client cannot sign one.</summary>
     public async Task<string?> GetReadUrlAsync(string id, int index, string format, CancellationToken ct)
     {

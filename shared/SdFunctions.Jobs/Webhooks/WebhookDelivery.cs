@@ -158,10 +158,7 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
     private async Task<JobResource> ResourceAsync(JobRecord job, CancellationToken ct)
     {
         if (job.Status != JobStatus.Succeeded) return JobResource.From(job, null);
-        var urls = new List<string>();
-        for (int k = 0; k < job.Input.N; k++)
-            if (await images.GetReadUrlAsync(job.Id, k, job.Input.OutputFormat, ct) is { } url) urls.Add(url);
-        return JobResource.From(job, urls.Count == job.Input.N ? urls : null);
+        return JobResource.From(job, await images.GetReadUrlsAsync(job, imageRoute: null, ct));
     }
 
     public void Dispose()
