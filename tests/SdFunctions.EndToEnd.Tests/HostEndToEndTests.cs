@@ -16,17 +16,32 @@ public class HostEndToEndTests(FunctionsHostFixture host, Xunit.Abstractions.ITe
 {
     private readonly FunctionsHostFixture host = host;
 
+    /// <summary>The host's own answers: the OpenAPI document served anonymously (the repository's bytes), and the 401 it documents for every keyed route.</summary>
     [Fact]
-    public async Task HealthIsAnonymousAndEveryOtherRouteNeedsAKey()
+    public async Task HealthAndTheOpenApiDocumentAreAnonymousAndEveryOtherRouteNeedsAKey()
     {
         Assert.Equal(HttpStatusCode.OK, (await host.Http.GetAsync(Api("health", key: false))).StatusCode);
+        var served = await host.Http.GetAsync(Api("openapi.json", key: false));
+        Assert.Equal(HttpStatusCode.OK, served.StatusCode);
+        Assert.Equal("application/json", served.Content.Headers.ContentType!.MediaType);
+        byte[] document = await File.ReadAllBytesAsync(Path.Combine(FunctionsHostFixture.RepoRoot(), "functions", "SdFunctions.Functions", "openapi.json"));
+        Assert.Equal(document, await served.Content.ReadAsByteArrayAsync());
+        var paths = JsonDocument.Parse(document).RootElement.GetProperty("paths");
+
         string id = Guid.NewGuid().ToString("N");
-        foreach (var (method, path) in new[] { (HttpMethod.Post, "generations"), (HttpMethod.Get, $"generations/{id}"), (HttpMethod.Get, $"generations/{id}/image"), (HttpMethod.Post, $"generations/{id}/cancel") })
+        foreach (var (method, path, documented) in new[]
+        {
+            (HttpMethod.Post, "generations", "/generations"), (HttpMethod.Get, $"generations/{id}", "/generations/{id}"),
+            (HttpMethod.Get, $"generations/{id}/image", "/generations/{id}/image"), (HttpMethod.Post, $"generations/{id}/cancel", "/generations/{id}/cancel"),
+        })
         {
             var noKey = await host.Http.SendAsync(new HttpRequestMessage(method, Api(path, key: false)));
             Assert.True(noKey.StatusCode == HttpStatusCode.Unauthorized, $"{method} {path} without a key: {noKey.StatusCode}");
             var wrongKey = await host.Http.SendAsync(new HttpRequestMessage(method, Api(path, key: false) + "?code=wrong"));
             Assert.Equal(HttpStatusCode.Unauthorized, wrongKey.StatusCode);
+            // As the document says: a 401 with no body.
+            Assert.True(paths.GetProperty(documented).GetProperty(method.Method.ToLowerInvariant()).GetProperty("responses").TryGetProperty("401", out _));
+            Assert.Empty(await noKey.Content.ReadAsByteArrayAsync());
         }
         Assert.Equal(HttpStatusCode.NotFound, (await host.Http.GetAsync(Api($"generations/{id}"))).StatusCode); // ?code=
         var header = new HttpRequestMessage(HttpMethod.Get, Api($"generations/{id}", key: false));

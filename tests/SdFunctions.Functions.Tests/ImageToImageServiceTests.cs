@@ -16,7 +16,7 @@ public class ImageToImageServiceTests
     private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
     /// <summary>A picture with some structure (gradients), encoded as the format asks.</summary>
-    private static byte[] Picture(int width, int height, string format = "png")
+    internal static byte[] Picture(int width, int height, string format = "png")
     {
         using var image = new Image<Rgb24>(width, height);
         for (int y = 0; y < height; y++)

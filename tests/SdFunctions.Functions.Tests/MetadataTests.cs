@@ -26,6 +26,7 @@ public class MetadataTests
     [InlineData("GetGenerationImage", "get", "generations/{id}/image", "Function")]
     [InlineData("CancelGeneration", "post", "generations/{id}/cancel", "Function")]
     [InlineData("Health", "get", "health", "Anonymous")]
+    [InlineData("OpenApiDocument", "get", "openapi.json", "Anonymous")]
     public void HttpFunctionsHaveTheirRouteMethodAndAuthLevel(string name, string method, string route, string auth)
     {
         var trigger = Trigger(name);
@@ -57,8 +58,8 @@ public class MetadataTests
     }
 
     [Fact]
-    public void ThereAreExactlyTheseNineFunctions() =>
-        Assert.Equal(["CancelGeneration", "DeliverWebhook", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "ProcessGeneration",
+    public void ThereAreExactlyTheseTenFunctions() =>
+        Assert.Equal(["CancelGeneration", "DeliverWebhook", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "OpenApiDocument", "ProcessGeneration",
             "RequeueInterruptedJobs", "SubmitGeneration"], Functions.Keys.Order());
 
     [Fact]

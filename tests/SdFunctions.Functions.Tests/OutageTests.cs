@@ -13,7 +13,7 @@ namespace SdFunctions.Functions.Tests;
 public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
 {
     // Nothing listens on port 1; the SAS is a dummy (the connection is refused before it matters).
-    private const string Unreachable =
+    internal const string Unreachable =
         "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;SharedAccessSignature=sv=2021-08-06&sig=dummy";
 
     private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
