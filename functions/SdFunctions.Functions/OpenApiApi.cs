@@ -8,18 +8,9 @@ namespace SdFunctions.Functions;
 public sealed class OpenApiApi
 {
     /// <summary>The document's bytes, embedded at build time (so the served copy is the repository's, byte for byte).</summary>
-    public static readonly byte[] Document = ReadDocument();
+    public static readonly byte[] Document = EmbeddedFiles.Read("SdFunctions.Functions.openapi.json");
 
     [Function("OpenApiDocument")]
     public IActionResult Run([HttpTrigger(AuthorizationLevel.Anonymous, "get", Route = "openapi.json")] HttpRequest req) =>
         new FileContentResult(Document, "application/json; charset=utf-8");
-
-    private static byte[] ReadDocument()
-    {
-        using var stream = typeof(OpenApiApi).Assembly.GetManifestResourceStream("SdFunctions.Functions.openapi.json")
-            ?? throw new InvalidOperationException("openapi.json is not embedded in the app");
-        using var copy = new MemoryStream();
-        stream.CopyTo(copy);
-        return copy.ToArray();
-    }
 }

@@ -209,7 +209,8 @@ public class FunctionsHostFixture : IAsyncLifetime
         catch (ArgumentException) { } // already gone
     }
 
-    private static async Task RunAsync(string file, string[] args, string? workingDirectory = null)
+    /// <summary>Runs a command to its end; throws with its stderr when it fails.</summary>
+    internal static async Task RunAsync(string file, string[] args, string? workingDirectory = null)
     {
         var start = new ProcessStartInfo(file, args) { RedirectStandardOutput = true, RedirectStandardError = true, WorkingDirectory = workingDirectory ?? "" };
         using var p = Process.Start(start)!;

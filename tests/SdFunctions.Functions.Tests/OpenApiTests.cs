@@ -54,6 +54,8 @@ public class OpenApiTests
             ProblemTypes.ServiceUnavailable],
         ["get /health"] = [],
         ["get /openapi.json"] = [],
+        ["get /playground"] = [],
+        ["get /playground/{file}"] = [ProblemTypes.NotFound],
     };
 
     private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
@@ -277,6 +279,31 @@ public class OpenApiTests
             Check("/generations/{id}/cancel", "post", await down.Api.Cancel(req, queued, default), req);
         }
         AssertEveryDocumentedStatusSeen("/generations/{id}/cancel", "post");
+    }
+
+    [Fact]
+    public void ThePlaygroundPageMatches()
+    {
+        var req = TestApp.Request("GET", "/api/playground");
+        Check("/playground", "get", new PlaygroundApi().Page(req), req);
+        AssertEveryDocumentedStatusSeen("/playground", "get");
+    }
+
+    [Fact]
+    public void ThePlaygroundsFilesAndTheirProblemMatch()
+    {
+        var files = Contract.Operation("/playground/{file}", "get").GetProperty("parameters")[0].GetProperty("schema").GetProperty("enum");
+        foreach (string file in files.EnumerateArray().Select(f => f.GetString()!))
+        {
+            var req = TestApp.Request("GET", $"/api/playground/{file}");
+            Check("/playground/{file}", "get", new PlaygroundApi().Asset(req, file), req);
+        }
+        foreach (string missing in new[] { "index.html", "nothing.js" }) // the page is served at /playground only
+        {
+            var req = TestApp.Request("GET", $"/api/playground/{missing}");
+            Assert.Equal(404, Check("/playground/{file}", "get", new PlaygroundApi().Asset(req, missing), req).GetProperty("status").GetInt32());
+        }
+        AssertEveryDocumentedStatusSeen("/playground/{file}", "get");
     }
 
     /// <summary>Between them the route tests answer every problem type there is.</summary>
