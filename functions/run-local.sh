@@ -47,6 +47,7 @@ fi
 
 if command -v func >/dev/null 2>&1; then
   cd "$root/functions/SdFunctions.Functions"
+  echo "run-local: the playground page will be at http://localhost:7071/api/playground (Core Tools needs no key locally)"
   func start # Core Tools does not check function keys locally
   exit
 fi
@@ -81,6 +82,7 @@ cat <<MSG
 run-local: the app runs at http://127.0.0.1:$port/api (this host enforces function keys)
   key: $key   (send it as ?code=$key or the x-functions-key header; /api/health needs none)
   e.g. curl -s -X POST "http://127.0.0.1:$port/api/generations?code=$key" -H 'Content-Type: application/json' -d '{"prompt": "a fox", "steps": 4}'
+  or in a browser: http://127.0.0.1:$port/api/playground (paste the key into "Function key")
   Ctrl+C stops the host, its worker and Azurite.
 MSG
 wait "$host_pid"

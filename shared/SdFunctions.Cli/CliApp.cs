@@ -456,13 +456,25 @@ public static class CliApp
         };
         var markdown = new Option<string>("--out") { Description = "The report.", DefaultValueFactory = _ => "BENCHMARKS.md" };
         var json = new Option<string>("--json") { Description = "The figures as JSON.", DefaultValueFactory = _ => "BENCHMARKS.json" };
-        var command = new Command("bench",
-            "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md and BENCHMARKS.json.")
+        var fromJson = new Option<string?>("--from-json")
         {
-            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json,
+            Description = "Measure nothing: write the report and its chart (--out, and the .svg beside it) from the figures an earlier run saved.",
+        };
+        var command = new Command("bench",
+            "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md, its chart BENCHMARKS.svg and BENCHMARKS.json.")
+        {
+            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json, fromJson,
         };
         command.SetAction(async (parse, ct) =>
         {
+            if (parse.GetValue(fromJson) is { } saved)
+            {
+                if (!File.Exists(saved)) throw new CliUsageException($"--from-json {saved}: no such file.");
+                string report = parse.GetValue(markdown)!;
+                await (await BenchReport.ReadAsync(saved, ct)).WriteAsync(report, jsonPath: null, ct);
+                stderr.WriteLine($"bench: wrote {report} and {BenchReport.ChartPath(report)} from {saved}");
+                return Ok;
+            }
             var progress = new SynchronousProgress(message => stderr.WriteLine($"[{DateTime.Now:HH:mm:ss}] bench: {message}"));
             await BenchRunner.RunAsync(new BenchOptions
             {

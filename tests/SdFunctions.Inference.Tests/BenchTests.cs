@@ -136,6 +136,9 @@ public class BenchTests
         Assert.Contains(report.RootElement.GetProperty("findings").EnumerateArray(), f => f.GetProperty("setting").GetString()!.StartsWith("INT8, whole"));
 
         string text = File.ReadAllText(md);
+        Assert.Contains("](BENCHMARKS.svg)", text); // the chart beside the report, embedded in it
+        Assert.Equal(6 + 2, System.Xml.Linq.XDocument.Load(Path.Combine(dir, "BENCHMARKS.svg")).Descendants()
+            .Count(e => e.Name.LocalName == "g" && (string?)e.Attribute("class") == "bar"));
         Assert.Contains("| `int8_tome0.4` |", text);
         Assert.Contains("## Targets", text);
         Assert.Contains("## Time to a 512² image on this machine", text);

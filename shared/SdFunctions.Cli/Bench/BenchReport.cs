@@ -183,13 +183,31 @@ public sealed record BenchReport
         return targets;
     }
 
-    public async Task WriteAsync(string markdownPath, string jsonPath, CancellationToken ct)
+    /// <summary>The chart beside the report: BENCHMARKS.md → BENCHMARKS.svg.</summary>
+    public static string ChartPath(string markdownPath) => Path.ChangeExtension(markdownPath, ".svg");
+
+    /// <summary>Writes the report, its chart beside it and, unless null, the figures as JSON.</summary>
+    public async Task WriteAsync(string markdownPath, string? jsonPath, CancellationToken ct)
     {
-        await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(this, Json) + "\n", ct);
-        await File.WriteAllTextAsync(markdownPath, ToMarkdown(), ct);
+        if (jsonPath is not null) await File.WriteAllTextAsync(jsonPath, JsonSerializer.Serialize(this, Json) + "\n", ct);
+        string chart = ChartPath(markdownPath);
+        await File.WriteAllTextAsync(chart, BenchChart.Render(this), ct);
+        await File.WriteAllTextAsync(markdownPath, ToMarkdown(Path.GetFileName(chart)), ct);
     }
 
-    public string ToMarkdown()
+    /// <summary>A report saved as JSON by an earlier run (to draw its report and chart again without measuring).</summary>
+    public static async Task<BenchReport> ReadAsync(string jsonPath, CancellationToken ct)
+    {
+        await using var file = File.OpenRead(jsonPath);
+        try
+        {
+            return await JsonSerializer.DeserializeAsync<BenchReport>(file, Json, ct) ?? throw new JsonException("null");
+        }
+        catch (JsonException e) { throw new InvalidDataException($"{jsonPath} is not a report sdf bench wrote ({e.Message})", e); }
+    }
+
+    /// <param name="chartFile">The chart's file name beside the report, shown at its top (none when null).</param>
+    public string ToMarkdown(string? chartFile = null)
     {
         var md = new StringBuilder();
         string S(double? v) => v is { } x && double.IsFinite(x) ? x.ToString(x < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "–";
@@ -202,6 +220,7 @@ public sealed record BenchReport
         md.AppendLine($"- Machine: {Machine.Cpu}, {Machine.LogicalCores} logical / {Machine.PhysicalCores} physical cores, {Machine.CpuFeatures}, {Machine.MemoryBytes / (double)(1L << 30):F0} GiB; {Machine.Os}");
         md.AppendLine($"- Runtime: ONNX Runtime {Machine.OrtVersion} (CPU execution provider, C#), {Machine.Runtime}");
         md.AppendLine($"- Model: {Model}; {Repeats} timed repeats for the text encoder and the VAE");
+        if (chartFile is not null) md.AppendLine().AppendLine($"![Time to a 512² image per recipe and UNet step per variant, from this run]({chartFile})");
         md.AppendLine().AppendLine("## Variants").AppendLine();
         md.AppendLine("| variant | UNet step s | vs FP32 | first step s | text encoder s | VAE decode s | load cold s | load warm s | + warm-up s | peak RSS GB | UNet on disk GB | 3 models on disk GB | 20 steps DPM++ s | 50 steps PNDM s | pipeline overhead |");
         md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
