@@ -17,7 +17,7 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
     private const string Chromium = "/usr/bin/chromium";
 
     [Fact]
-    public async Task AKeyAndAPromptGiveTheImageAtItsSizeWithADownloadAndAHistoryEntry()
+    public async Task AKeyAndAPromptGiveTheImageAtItsSizeWithADownloadAndAHistoryEntryThatReopensIt()
     {
         var page = await RunAsync("generate");
         var image = page.GetProperty("image");
@@ -44,6 +44,8 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         Assert.Contains("a lighthouse at dusk, oil painting", history[0].GetProperty("text").GetString());
         Assert.Contains("succeeded", history[0].GetProperty("text").GetString());
         Assert.Equal("data:image/jpeg;base64,", history[0].GetProperty("thumbnail").GetString());
+        Assert.Equal("Succeeded", page.GetProperty("reopened").GetProperty("status").GetString());
+        Assert.Equal(256, page.GetProperty("reopened").GetProperty("naturalWidth").GetInt32());
         AssertNoConsoleErrors(page);
     }
 

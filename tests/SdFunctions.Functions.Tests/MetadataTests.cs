@@ -27,6 +27,8 @@ public class MetadataTests
     [InlineData("CancelGeneration", "post", "generations/{id}/cancel", "Function")]
     [InlineData("Health", "get", "health", "Anonymous")]
     [InlineData("OpenApiDocument", "get", "openapi.json", "Anonymous")]
+    [InlineData("Playground", "get", "playground", "Anonymous")]
+    [InlineData("PlaygroundAsset", "get", "playground/{file}", "Anonymous")]
     public void HttpFunctionsHaveTheirRouteMethodAndAuthLevel(string name, string method, string route, string auth)
     {
         var trigger = Trigger(name);
@@ -58,9 +60,9 @@ public class MetadataTests
     }
 
     [Fact]
-    public void ThereAreExactlyTheseTenFunctions() =>
-        Assert.Equal(["CancelGeneration", "DeliverWebhook", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "OpenApiDocument", "ProcessGeneration",
-            "RequeueInterruptedJobs", "SubmitGeneration"], Functions.Keys.Order());
+    public void ThereAreExactlyTheseTwelveFunctions() =>
+        Assert.Equal(["CancelGeneration", "DeliverWebhook", "FailPoisonedGeneration", "GetGeneration", "GetGenerationImage", "Health", "OpenApiDocument",
+            "Playground", "PlaygroundAsset", "ProcessGeneration", "RequeueInterruptedJobs", "SubmitGeneration"], Functions.Keys.Order());
 
     [Fact]
     public void HostJsonIsInTheOutputAndRunsOneMessageAtATime()

@@ -270,13 +270,13 @@
       meta.textContent = `${entry.status || ''} · ${entry.createdAt ? new Date(entry.createdAt).toLocaleString() : ''}`;
       text.append(prompt, meta);
       button.append(text);
-      button.addEventListener('click', () => open(entry.id));
+      button.addEventListener('click', () => openJob(entry.id));
       item.append(button);
       return item;
     }));
   }
 
-  async function open(id) {
+  async function openJob(id) {
     hideProblem();
     const response = await call('GET', `generations/${id}`);
     if (!response.ok) { showProblem(await problemOf(response)); return; }

@@ -79,6 +79,14 @@ const scenarios = {
     result.historyAfterReload = await page.locator('#history li').evaluateAll(items => items.map(li => ({
       text: li.textContent, thumbnail: li.querySelector('img') ? li.querySelector('img').src.slice(0, 23) : null })));
     await shot(page, '4-history');
+    // A click on the entry opens the finished job again: its status and its image.
+    await page.locator('#history li button').first().click();
+    await page.locator('#result').waitFor({ state: 'visible', timeout: 30_000 });
+    await page.waitForFunction(() => document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0, null, { timeout: 10_000 });
+    result.reopened = {
+      status: await statusOf(page),
+      naturalWidth: await page.locator('#image').evaluate(i => i.naturalWidth),
+    };
     return result;
   },
 
