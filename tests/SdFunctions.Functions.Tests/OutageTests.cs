@@ -125,7 +125,11 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         return (id, worker);
     }
 
-    internal static async Task<string> SubmitLongJobAsync(TestApp app, int steps = 40)
+    /// <summary>
+    /// A job long enough that a test which has seen its first progress still finds it running (with 40 steps a run once
+    /// finished first in CI); tests that stop, cancel or take over the run pay nothing for the length.
+    /// </summary>
+    internal static async Task<string> SubmitLongJobAsync(TestApp app, int steps = 150)
     {
         var (submitted, _) = await app.SubmitAsync($$"""{"prompt": "x", "steps": {{steps}}, "seed": 3, "scheduler": "ddim"}""");
         return Body(submitted).GetProperty("id").GetString()!;
