@@ -215,7 +215,7 @@ public static class BenchRunner
 
         var report = BenchReport.Create(options, results, findings, profiles, images, deepCache, sd15: options.Fp32Bundle is null, total.Elapsed);
         await report.WriteAsync(options.MarkdownPath, options.JsonPath, ct);
-        progress.Report($"wrote {options.MarkdownPath} and {options.JsonPath} in {total.Elapsed.TotalMinutes:F1} min");
+        progress.Report($"wrote {options.MarkdownPath}, {BenchReport.ChartPath(options.MarkdownPath)} and {options.JsonPath} in {total.Elapsed.TotalMinutes:F1} min");
         return report;
     }
 
