@@ -22,9 +22,9 @@ public sealed class PlaygroundApi
         ["playground.css"] = (Read("playground.css"), "text/css; charset=utf-8"),
     };
 
-    // Only our own script, styles and API; images only from what the page fetched itself (blob:) or stored (data:).
     private static byte[] Read(string file) => EmbeddedFiles.Read($"SdFunctions.Functions.Playground.{file}");
 
+    // Only our own script, styles and API; images only from what the page fetched itself (blob:) or stored (data:).
     private const string ContentSecurityPolicy = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; " +
         "connect-src 'self'; form-action 'none'; frame-ancestors 'none'; base-uri 'none'";
 

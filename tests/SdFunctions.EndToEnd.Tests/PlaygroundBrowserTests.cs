@@ -116,17 +116,11 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         return JsonDocument.Parse(printed.Trim().Split('\n')[^1]).RootElement;
     }
 
-    private static readonly SemaphoreSlim Install = new(1, 1);
-
     // playwright-core from npm (pinned in browser/package-lock.json): unlike the playwright package it downloads no browser.
+    // The cases of one class run one after another, so one of them installs it.
     private static async Task EnsurePlaywrightAsync()
     {
-        await Install.WaitAsync();
-        try
-        {
-            if (!Directory.Exists(Path.Combine(Driver, "node_modules", "playwright-core")))
-                await FunctionsHostFixture.RunAsync("npm", ["ci", "--no-audit", "--no-fund", "--silent"], Driver);
-        }
-        finally { Install.Release(); }
+        if (!Directory.Exists(Path.Combine(Driver, "node_modules", "playwright-core")))
+            await FunctionsHostFixture.RunAsync("npm", ["ci", "--no-audit", "--no-fund", "--silent"], Driver);
     }
 }

@@ -98,9 +98,10 @@
     const response = await call('GET', `generations/${job.id}/image`);
     if (!response.ok) { showProblem(await problemOf(response)); return; }
     const blob = await response.blob();
-    if (current && current.imageUrl) URL.revokeObjectURL(current.imageUrl);
+    if (!current || current.id !== job.id) return; // another job was opened meanwhile
+    if (current.imageUrl) URL.revokeObjectURL(current.imageUrl);
     const url = URL.createObjectURL(blob);
-    if (current) current.imageUrl = url;
+    current.imageUrl = url;
     const image = $('image');
     image.src = url;
     await image.decode();
@@ -158,7 +159,7 @@
     if (!response.ok) {
       const problem = await problemOf(response);
       showProblem(problem);
-      if (response.status === 503 || response.status >= 500) schedulePoll(id, 5 * pollMilliseconds);
+      if (response.status >= 500) schedulePoll(id, 5 * pollMilliseconds); // storage out or a server error: try again
       else { stopFollowing(); $('cancel').disabled = true; }
       return;
     }
