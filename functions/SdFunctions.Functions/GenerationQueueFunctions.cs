@@ -1,4 +1,4 @@
-using System.Globalization;
+using Azure.Storage.Queues.Models;
 using Microsoft.Azure.Functions.Worker;
 using SdFunctions.Jobs;
 
@@ -9,19 +9,14 @@ public sealed class GenerationQueueFunctions(GenerationWorker worker)
 {
     public const string PoisonQueue = JobQueue.Name + "-poison";
 
+    /// <summary>The message as the SDK's type: its dequeue count (1 on the first delivery) tells the worker which attempt this is.</summary>
     [Function("ProcessGeneration")]
-    public Task Process([QueueTrigger(JobQueue.Name, Connection = JobsServiceCollectionExtensions.StorageSetting)] string message,
-        FunctionContext context, CancellationToken ct) =>
-        worker.ProcessAsync(message, DequeueCount(context), ct);
+    public Task Process([QueueTrigger(JobQueue.Name, Connection = JobsServiceCollectionExtensions.StorageSetting)] QueueMessage message,
+        CancellationToken ct) =>
+        worker.ProcessAsync(message.MessageText, message.DequeueCount, ct);
 
     [Function("FailPoisonedGeneration")]
     public Task Poison([QueueTrigger(PoisonQueue, Connection = JobsServiceCollectionExtensions.StorageSetting)] string message,
         CancellationToken ct) =>
         worker.HandlePoisonAsync(message, ct);
-
-    /// <summary>How many times the host has handed out this message (1 on the first delivery), from the trigger's metadata.</summary>
-    internal static long DequeueCount(FunctionContext context) =>
-        context.BindingContext.BindingData.TryGetValue("DequeueCount", out object? value) && value is not null
-            ? Convert.ToInt64(value, CultureInfo.InvariantCulture)
-            : 1;
 }

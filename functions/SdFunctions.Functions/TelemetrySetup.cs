@@ -47,6 +47,6 @@ public static class TelemetrySetup
         var parts = (authentication ?? "").Split(';', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)
             .Select(p => p.Split('=', 2)).Where(p => p.Length == 2).ToDictionary(p => p[0], p => p[1], StringComparer.OrdinalIgnoreCase);
         if (!parts.TryGetValue("Authorization", out string? kind) || !kind.Equals("AAD", StringComparison.OrdinalIgnoreCase)) return null;
-        return StorageClients.ManagedIdentity(parts.GetValueOrDefault("ClientId"));
+        return StorageSettings.ManagedIdentity(parts.GetValueOrDefault("ClientId"));
     }
 }

@@ -29,7 +29,7 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
     /// <summary>The queue the worker function listens on.</summary>
     public const string Name = "generations";
 
-    public static QueueClientOptions ClientOptions() => new() { MessageEncoding = QueueMessageEncoding.Base64 };
+    public const QueueMessageEncoding MessageEncoding = QueueMessageEncoding.Base64;
 
     public async Task EnsureCreatedAsync(CancellationToken ct)
     {

@@ -1,7 +1,7 @@
-using Azure.Core;
 using Azure.Identity;
 using Azure.Storage.Blobs;
 using Azure.Storage.Queues;
+using Microsoft.Extensions.Azure;
 using Microsoft.Extensions.Configuration;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
@@ -17,12 +17,9 @@ public static class JobsServiceCollectionExtensions
     /// <summary>
     /// The setting that names the data storage account (the generations queue, job records, images, the model), as the
     /// queue trigger and the app read it. In Azure it is a different account from the Functions host's own
-    /// (<see cref="HostStorageSetting"/>: leases, keys, timers), so the app holds no rights on the host's secrets.
+    /// (AzureWebJobsStorage: leases, keys, timers), so the app holds no rights on the host's secrets. Locally both name one Azurite.
     /// </summary>
     public const string StorageSetting = "JobsStorage";
-
-    /// <summary>The Functions host's storage; the app's data falls back to it when <see cref="StorageSetting"/> is absent (one Azurite locally).</summary>
-    public const string HostStorageSetting = "AzureWebJobsStorage";
 
     public static IServiceCollection AddGenerationJobs(this IServiceCollection services, IConfiguration configuration)
     {
@@ -41,18 +38,23 @@ public static class JobsServiceCollectionExtensions
             .ValidateOnStart();
         services.AddSingleton(TimeProvider.System);
 
-        string storage = configuration.GetSection(StorageSetting).Exists() ? StorageSetting : HostStorageSetting;
-        var (blobs, queues) = StorageClients.Create(configuration, storage,
-            configuration.GetSection(JobsOptions.Section).Get<JobsOptions>() ?? new JobsOptions());
-        services.AddSingleton(blobs);
-        services.AddSingleton(queues);
-        services.AddSingleton(sp => new JobStore(blobs.GetBlobContainerClient(Jobs(sp).JobsContainer)));
-        services.AddSingleton(sp => new ImageStore(blobs.GetBlobContainerClient(Jobs(sp).ImagesContainer), Jobs(sp).ImageUrlLifetime));
-        services.AddSingleton(sp => new JobQueue(queues.GetQueueClient(Jobs(sp).QueueName), queues.GetQueueClient(Jobs(sp).QueueName + "-poison")));
+        services.AddAzureClients(clients =>
+        {
+            var storage = StorageSettings.Read(configuration, StorageSetting);
+            clients.AddBlobServiceClient(storage.For("blob")).ConfigureOptions((o, sp) => StorageSettings.ApplyRetry(o.Retry, Jobs(sp)));
+            clients.AddQueueServiceClient(storage.For("queue")).ConfigureOptions((o, sp) =>
+            {
+                o.MessageEncoding = JobQueue.MessageEncoding;
+                StorageSettings.ApplyRetry(o.Retry, Jobs(sp));
+            });
+        });
+        services.AddSingleton(sp => new JobStore(Blobs(sp).GetBlobContainerClient(Jobs(sp).JobsContainer)));
+        services.AddSingleton(sp => new ImageStore(Blobs(sp).GetBlobContainerClient(Jobs(sp).ImagesContainer), Jobs(sp).ImageUrlLifetime));
+        services.AddSingleton(sp => new JobQueue(Queues(sp).GetQueueClient(Jobs(sp).QueueName), Queues(sp).GetQueueClient(Jobs(sp).QueueName + "-poison")));
         services.AddSingleton(sp =>
         {
             string name = sp.GetRequiredService<IOptions<Webhooks.WebhookOptions>>().Value.QueueName;
-            return new Webhooks.WebhookQueue(queues.GetQueueClient(name), queues.GetQueueClient(name + "-poison"), sp.GetRequiredService<ILogger<Webhooks.WebhookQueue>>());
+            return new Webhooks.WebhookQueue(Queues(sp).GetQueueClient(name), Queues(sp).GetQueueClient(name + "-poison"), sp.GetRequiredService<ILogger<Webhooks.WebhookQueue>>());
         });
         services.AddSingleton<Webhooks.WebhookSender>();
         services.AddSingleton<GenerationService>();
@@ -68,7 +70,7 @@ public static class JobsServiceCollectionExtensions
             var logger = sp.GetRequiredService<ILoggerFactory>().CreateLogger("SdFunctions.Pipeline");
             using var span = JobsTelemetry.StartModelLoad();
             var watch = System.Diagnostics.Stopwatch.StartNew();
-            string dir = await new ModelLocator(model, blobs, logger).ResolveAsync(ct);
+            string dir = await new ModelLocator(model, Blobs(sp), logger).ResolveAsync(ct);
             var pipeline = await StableDiffusionPipeline.LoadAsync(dir, new PipelineOptions
             {
                 Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder, DecodeTileSize = model.DecodeTileSize,
@@ -89,40 +91,56 @@ public static class JobsServiceCollectionExtensions
     }
 
     private static JobsOptions Jobs(IServiceProvider sp) => sp.GetRequiredService<IOptions<JobsOptions>>().Value;
+    private static BlobServiceClient Blobs(IServiceProvider sp) => sp.GetRequiredService<BlobServiceClient>();
+    private static QueueServiceClient Queues(IServiceProvider sp) => sp.GetRequiredService<QueueServiceClient>();
 }
 
 /// <summary>
-/// Storage clients from the same setting the Functions host uses: a connection string (local, Azurite), or
-/// identity-based settings <c>JobsStorage__accountName</c> (or <c>__blobServiceUri</c> / <c>__queueServiceUri</c>)
-/// with the app's managed identity (<c>__credential=managedidentity</c>, optional <c>__clientId</c>).
+/// The data account's setting, in the forms the Functions host reads for the queue trigger's <c>Connection</c>: a connection
+/// string (local, Azurite), or identity-based settings <c>JobsStorage__accountName</c> (or <c>__blobServiceUri</c> /
+/// <c>__queueServiceUri</c>) with <c>__credential=managedidentity</c> and an optional <c>__clientId</c>. Handed to
+/// Microsoft.Extensions.Azure in its own shape (a connection string, or <c>serviceUri</c> + credential keys). There is no
+/// fallback to another setting: the triggers read this one, so an app that used any other would accept jobs nothing runs.
 /// </summary>
-public static class StorageClients
+public sealed class StorageSettings
 {
-    public static (BlobServiceClient Blobs, QueueServiceClient Queues) Create(IConfiguration configuration, string name, JobsOptions? jobs = null)
-    {
-        jobs ??= new JobsOptions();
-        var blobOptions = new BlobClientOptions();
-        var queueOptions = JobQueue.ClientOptions();
-        foreach (var retry in new[] { blobOptions.Retry, queueOptions.Retry })
-        {
-            retry.MaxRetries = jobs.StorageMaxRetries;
-            retry.Delay = jobs.StorageRetryDelay;
-            retry.NetworkTimeout = jobs.StorageNetworkTimeout;
-        }
-        var section = configuration.GetSection(name);
-        if (section.Value is { Length: > 0 } connectionString)
-            return (new BlobServiceClient(connectionString, blobOptions), new QueueServiceClient(connectionString, queueOptions));
+    private readonly IConfigurationSection _section;
+    private StorageSettings(IConfigurationSection section) => _section = section;
 
-        string? account = section["accountName"];
-        Uri? blobUri = section["blobServiceUri"] is { Length: > 0 } b ? new Uri(b) : account is null ? null : new Uri($"https://{account}.blob.core.windows.net");
-        Uri? queueUri = section["queueServiceUri"] is { Length: > 0 } q ? new Uri(q) : account is null ? null : new Uri($"https://{account}.queue.core.windows.net");
-        if (blobUri is null || queueUri is null)
-            throw new InvalidOperationException($"Storage is not configured: set {name} (a connection string) or {name}__accountName (identity-based).");
-        TokenCredential credential = section["credential"] == "managedidentity" ? ManagedIdentity(section["clientId"]) : new DefaultAzureCredential();
-        return (new BlobServiceClient(blobUri, credential, blobOptions), new QueueServiceClient(queueUri, credential, queueOptions));
+    /// <exception cref="SettingsException">The setting is missing or names no account.</exception>
+    public static StorageSettings Read(IConfiguration configuration, string name)
+    {
+        var section = configuration.GetSection(name);
+        bool identityBased = section["accountName"] is { Length: > 0 } || (section["blobServiceUri"] is { Length: > 0 } && section["queueServiceUri"] is { Length: > 0 });
+        if (section.Value is not { Length: > 0 } && !identityBased)
+            throw new SettingsException($"{name} is not set: give it a storage connection string (UseDevelopmentStorage=true for Azurite), " +
+                $"or {name}__accountName with {name}__credential=managedidentity. The queue triggers read it, so the app reads no other account.");
+        return new StorageSettings(section);
+    }
+
+    /// <summary>The configuration Microsoft.Extensions.Azure builds the <paramref name="service"/> ("blob" or "queue") client from.</summary>
+    public IConfiguration For(string service)
+    {
+        if (_section.Value is { Length: > 0 }) return _section; // a connection string
+        string serviceUri = _section[$"{service}ServiceUri"] is { Length: > 0 } uri ? uri : $"https://{_section["accountName"]}.{service}.core.windows.net";
+        return new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        {
+            ["serviceUri"] = serviceUri, ["credential"] = _section["credential"], ["clientId"] = _section["clientId"],
+        }).Build();
+    }
+
+    /// <summary>The SDK's retries as the Jobs settings tune them (tests shorten them to see an outage quickly).</summary>
+    public static void ApplyRetry(Azure.Core.RetryOptions retry, JobsOptions jobs)
+    {
+        retry.MaxRetries = jobs.StorageMaxRetries;
+        retry.Delay = jobs.StorageRetryDelay;
+        retry.NetworkTimeout = jobs.StorageNetworkTimeout;
     }
 
     /// <summary>The app's managed identity: user-assigned when a client id is given, else system-assigned.</summary>
     public static ManagedIdentityCredential ManagedIdentity(string? clientId) =>
         new(clientId is { Length: > 0 } id ? ManagedIdentityId.FromUserAssignedClientId(id) : ManagedIdentityId.SystemAssigned);
 }
+
+/// <summary>A setting the app cannot start with; its message is the one line the app prints before it exits.</summary>
+public sealed class SettingsException(string message) : Exception(message);

@@ -65,19 +65,58 @@ public class ConfigurationTests
     [Fact]
     public void IdentityBasedStorageSettingsPointAtTheAccount()
     {
-        var config = new ConfigurationBuilder().AddInMemoryCollection(new Dictionary<string, string?>
+        using var services = Registered(new()
         {
-            ["AzureWebJobsStorage:accountName"] = "sdfprod",
-            ["AzureWebJobsStorage:credential"] = "managedidentity",
-        }).Build();
-        var (blobs, queues) = StorageClients.Create(config, "AzureWebJobsStorage");
+            ["JobsStorage:accountName"] = "sdfprod",
+            ["JobsStorage:credential"] = "managedidentity",
+        });
+        var blobs = services.GetRequiredService<BlobServiceClient>();
+        var queues = services.GetRequiredService<Azure.Storage.Queues.QueueServiceClient>();
         Assert.Equal(new Uri("https://sdfprod.blob.core.windows.net"), blobs.Uri);
         Assert.Equal(new Uri("https://sdfprod.queue.core.windows.net"), queues.Uri);
         Assert.False(blobs.CanGenerateAccountSasUri); // no key: image links use a user-delegation SAS
 
-        var missing = new ConfigurationBuilder().Build();
-        var e = Assert.Throws<InvalidOperationException>(() => StorageClients.Create(missing, "AzureWebJobsStorage"));
-        Assert.Contains("AzureWebJobsStorage__accountName", e.Message);
+        using var byUri = Registered(new()
+        {
+            ["JobsStorage:blobServiceUri"] = "https://blobs.example.test", ["JobsStorage:queueServiceUri"] = "https://queues.example.test",
+        });
+        Assert.Equal(new Uri("https://blobs.example.test"), byUri.GetRequiredService<BlobServiceClient>().Uri);
+        Assert.Equal(new Uri("https://queues.example.test"), byUri.GetRequiredService<Azure.Storage.Queues.QueueServiceClient>().Uri);
+    }
+
+    [Fact]
+    public void WithoutJobsStorageTheAppDoesNotStartEvenWhenTheHostsAccountIsSet()
+    {
+        // The queue triggers read JobsStorage: an app that fell back to AzureWebJobsStorage would accept jobs that never run.
+        var e = Assert.Throws<SettingsException>(() => Registered(new() { ["AzureWebJobsStorage"] = AzuriteFixture.ConnectionString }));
+        Assert.StartsWith("JobsStorage is not set", e.Message);
+        Assert.DoesNotContain('\n', e.Message);
+        Assert.Throws<SettingsException>(() => Registered(new() { ["JobsStorage:credential"] = "managedidentity" })); // no account named
+    }
+
+    [Fact]
+    public async Task TheAppProcessPrintsOneLineNamingAMissingStorageSetting()
+    {
+        var testDir = new DirectoryInfo(AppContext.BaseDirectory);
+        string app = Path.Combine(AzuriteFixture.RepoRoot(), "functions", "SdFunctions.Functions", "bin", testDir.Parent!.Name, testDir.Name, "SdFunctions.Functions.dll");
+        var start = new System.Diagnostics.ProcessStartInfo("dotnet", [app]) { RedirectStandardError = true, RedirectStandardOutput = true };
+        start.Environment.Remove("JobsStorage");
+        start.Environment["AzureWebJobsStorage"] = "UseDevelopmentStorage=true";
+        using var process = System.Diagnostics.Process.Start(start)!;
+        var stderr = process.StandardError.ReadToEndAsync();
+        var stdout = process.StandardOutput.ReadToEndAsync();
+        using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
+        await process.WaitForExitAsync(timeout.Token);
+        Assert.Equal(1, process.ExitCode);
+        string[] lines = (await stderr).Split('\n', StringSplitOptions.RemoveEmptyEntries);
+        Assert.Equal("SdFunctions cannot start: JobsStorage is not set", Assert.Single(lines)[..48]);
+        Assert.DoesNotContain("   at ", await stdout + await stderr); // no stack trace
+    }
+
+    private static ServiceProvider Registered(Dictionary<string, string?> settings)
+    {
+        var configuration = new ConfigurationBuilder().AddInMemoryCollection(settings).Build();
+        return new ServiceCollection().AddLogging().AddGenerationJobs(configuration).BuildServiceProvider();
     }
 
     [Fact]

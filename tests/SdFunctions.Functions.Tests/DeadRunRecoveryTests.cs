@@ -31,7 +31,7 @@ public class DeadRunRecoveryTests
         // The host's delivery: the message stays invisible (its lease) while the run goes on.
         var message = (await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5))).Value;
         using var shutdown = new CancellationTokenSource();
-        var run = app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), shutdown.Token);
+        var run = app.Queue.Process(message, shutdown.Token);
         await OutageTests.WaitForProgressAsync(app, id);
         Assert.Equal([$"running/{id}"], await OutageTests.ListAsync(app, "running/"));
 
@@ -60,7 +60,7 @@ public class DeadRunRecoveryTests
         Assert.True(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
 
         // The first delivery's message, when its lease runs out, finds the job finished.
-        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(2), default);
+        await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default);
         Assert.Equal(2, Body(await app.GetAsync(id)).GetProperty("attempt").GetInt32());
     }
 

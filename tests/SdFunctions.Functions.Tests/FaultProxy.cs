@@ -135,7 +135,7 @@ public sealed class FaultyStorage : IAsyncDisposable
     /// </summary>
     public void Configure(Dictionary<string, string?> settings)
     {
-        settings["AzureWebJobsStorage"] = ConnectionString;
+        settings["JobsStorage"] = ConnectionString;
         settings["Jobs:StorageMaxRetries"] = "2";
         settings["Jobs:StorageRetryDelay"] = "00:00:00.050";
         settings["Jobs:StorageNetworkTimeout"] = "00:00:01";

@@ -110,7 +110,7 @@ public class HostileInputTests(Xunit.Abstractions.ITestOutputHelper output)
         {
             while ((await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5))).Value is { } message)
             {
-                await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), default);
+                await app.Queue.Process(message, default);
                 await app.Messages.DeleteMessageAsync(message.MessageId, message.PopReceipt);
             }
         }

@@ -118,7 +118,7 @@ public class JobLifecycleTests
         var first = Body(await app.GetAsync(id));
         var etag = (await app.Images.GetBlobClient($"{id}.png").GetPropertiesAsync()).Value.ETag;
 
-        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(2), default); // the same message, delivered again
+        await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default); // the same message, delivered again
 
         var second = Body(await app.GetAsync(id));
         Assert.Equal(1, second.GetProperty("attempt").GetInt32());
@@ -137,7 +137,7 @@ public class JobLifecycleTests
 
         // The host shuts down mid-run: the function sees its token canceled and the message is not completed.
         using var shutdown = new CancellationTokenSource();
-        var run = app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), shutdown.Token);
+        var run = app.Queue.Process(message, shutdown.Token);
         await WaitUntil(app, id, j => j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
         await shutdown.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
@@ -146,7 +146,7 @@ public class JobLifecycleTests
         Assert.Equal(1, interrupted.GetProperty("attempt").GetInt32());
 
         // The message comes back (dequeue count 2) and the job runs to the end.
-        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(2), default);
+        await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default);
         var done = Body(await app.GetAsync(id));
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(2, done.GetProperty("attempt").GetInt32());
@@ -161,7 +161,7 @@ public class JobLifecycleTests
         await using var app = await TestApp.StartAsync();
         foreach (string bad in new[] { "not json", """{"jobId": "../etc"}""", """{"other": 1}""" })
         {
-            await app.Queue.Process(bad, QueueContext.Delivery(1), default); // does not throw
+            await app.Queue.Process(Delivery.Of(bad, 1), default); // does not throw
             var poisoned = (await app.Poison.ReceiveMessageAsync()).Value;
             Assert.Equal(bad, poisoned.Body.ToString());
             await app.Queue.Poison(poisoned.Body.ToString(), default); // logged and dropped, does not throw
@@ -177,7 +177,7 @@ public class JobLifecycleTests
 
         for (int attempt = 1; attempt < app.Options.MaxDequeueCount; attempt++)
         {
-            await Assert.ThrowsAnyAsync<Exception>(() => app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(attempt), default));
+            await Assert.ThrowsAnyAsync<Exception>(() => app.Queue.Process(Delivery.Of(message.Body.ToString(), attempt), default));
             var retrying = Body(await app.GetAsync(id));
             Assert.Equal("queued", retrying.GetProperty("status").GetString()); // waiting for its retry
             Assert.Equal(attempt, retrying.GetProperty("attempt").GetInt32());
@@ -214,7 +214,7 @@ public class JobLifecycleTests
     {
         await using var app = await TestApp.StartAsync(modelDirectory: BrokenModel);
         var (id, message) = await SubmitAndReceiveAsync(app);
-        await app.Queue.Process(message.Body.ToString(), QueueContext.Delivery(app.Options.MaxDequeueCount), default); // no throw: final
+        await app.Queue.Process(Delivery.Of(message.Body.ToString(), app.Options.MaxDequeueCount), default); // no throw: final
         var failed = Body(await app.GetAsync(id));
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());

@@ -51,6 +51,11 @@ public class MetadataTests
     }
 
     [Fact]
+    public void TheGenerationTriggerBindsTheSdksQueueMessage() =>
+        // Deferred binding hands the worker a QueueMessage, whose DequeueCount tells the attempt (no binding-data lookup).
+        Assert.Equal("True", Trigger("ProcessGeneration").GetProperty("properties").GetProperty("supportsDeferredBinding").GetString());
+
+    [Fact]
     public void TheSweepRunsEveryMinuteAndOnStartup()
     {
         var trigger = Trigger("RequeueInterruptedJobs");
@@ -74,17 +79,4 @@ public class MetadataTests
         Assert.Equal(new SdFunctions.Jobs.JobsOptions().MaxDequeueCount, queues.GetProperty("maxDequeueCount").GetInt32());
         Assert.Equal("base64", queues.GetProperty("messageEncoding").GetString());
     }
-}
-
-public class DequeueCountTests
-{
-    [Theory]
-    [InlineData("3", 3L)]
-    [InlineData(2L, 2L)]
-    public void TheDequeueCountIsReadFromTheTriggerMetadata(object value, long expected) =>
-        Assert.Equal(expected, GenerationQueueFunctions.DequeueCount(new QueueContext(new Dictionary<string, object?> { ["DequeueCount"] = value })));
-
-    [Fact]
-    public void AMissingDequeueCountCountsAsTheFirstDelivery() =>
-        Assert.Equal(1, GenerationQueueFunctions.DequeueCount(new QueueContext(new Dictionary<string, object?>())));
 }

@@ -317,7 +317,7 @@ public class OpenApiTests
     /// <summary>Storage that refuses every connection: each route's 503.</summary>
     private static void Down(Dictionary<string, string?> s)
     {
-        s["AzureWebJobsStorage"] = OutageTests.Unreachable;
+        s["JobsStorage"] = OutageTests.Unreachable;
         s["Jobs:StorageMaxRetries"] = "1";
         s["Jobs:StorageRetryDelay"] = "00:00:00.050";
     }

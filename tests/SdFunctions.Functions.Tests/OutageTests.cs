@@ -34,7 +34,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public async Task AStorageOutageIsA503ProblemWithRetryAfter()
     {
-        var app = new TestApp(configure: s => { s["AzureWebJobsStorage"] = Unreachable; s["Jobs:StorageMaxRetries"] = "1"; s["Jobs:StorageRetryDelay"] = "00:00:00.050"; });
+        var app = new TestApp(configure: s => { s["JobsStorage"] = Unreachable; s["Jobs:StorageMaxRetries"] = "1"; s["Jobs:StorageRetryDelay"] = "00:00:00.050"; });
         var req = TestApp.Request("GET", "/api/generations/" + JobIds.New());
         var result = (ContentResult)await app.Api.Get(req, req.Path.Value!.Split('/')[^1], default);
         FlowTests.AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);

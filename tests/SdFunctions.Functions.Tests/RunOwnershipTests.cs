@@ -27,7 +27,7 @@ public class RunOwnershipTests
         var before = (await app.Store.GetAsync(id, default))!;
 
         // The same message again, on its last delivery, and then in the poison queue: neither touches the live run.
-        await app.Queue.Process(Message(id), QueueContext.Delivery(app.Options.MaxDequeueCount), default);
+        await app.Queue.Process(Delivery.Of(Message(id), app.Options.MaxDequeueCount), default);
         await app.Queue.Poison(Message(id), default);
         var during = (await app.Store.GetAsync(id, default))!;
         Assert.Equal((JobStatus.Running, 1, before.RunOwner), (during.Status, during.Attempt, during.RunOwner));
@@ -50,7 +50,7 @@ public class RunOwnershipTests
         await app.Pipelines.GetAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 30, "seed": 8}""");
         string id = Body(submitted).GetProperty("id").GetString()!;
-        var runs = new[] { app.Queue.Process(Message(id), QueueContext.Delivery(1), default), app.Queue.Process(Message(id), QueueContext.Delivery(2), default) };
+        var runs = new[] { app.Queue.Process(Delivery.Of(Message(id), 1), default), app.Queue.Process(Delivery.Of(Message(id), 2), default) };
         await Task.WhenAny(runs);
         Assert.Equal("running", Body(await app.GetAsync(id)).GetProperty("status").GetString()); // the one that ended first backed off
         await Task.WhenAll(runs);
@@ -73,11 +73,11 @@ public class RunOwnershipTests
         {
             Status = JobStatus.Running, Attempt = 1, RunOwner = "crashed-instance", HeartbeatAt = DateTimeOffset.UtcNow, StartedAt = DateTimeOffset.UtcNow,
         }, default);
-        await app.Queue.Process(Message(id), QueueContext.Delivery(2), default);
+        await app.Queue.Process(Delivery.Of(Message(id), 2), default);
         Assert.Equal("crashed-instance", (await app.Store.GetAsync(id, default))!.RunOwner); // still fresh: backed off
 
         await Task.Delay(1100);
-        await app.Queue.Process(Message(id), QueueContext.Delivery(3), default);
+        await app.Queue.Process(Delivery.Of(Message(id), 3), default);
         var done = Body(await app.GetAsync(id));
         Assert.Equal(("succeeded", 2), (done.GetProperty("status").GetString(), done.GetProperty("attempt").GetInt32()));
     }

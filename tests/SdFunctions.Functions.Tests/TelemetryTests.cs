@@ -152,7 +152,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
             var (submitted, _) = await broken.SubmitAsync("""{"prompt": "x", "steps": 2}""");
             string id = Body(submitted).GetProperty("id").GetString()!;
             var message = (await broken.Messages.ReceiveMessageAsync()).Value;
-            await broken.Queue.Process(message.Body.ToString(), QueueContext.Delivery(broken.Options.MaxDequeueCount), default);
+            await broken.Queue.Process(Delivery.Of(message.Body.ToString(), broken.Options.MaxDequeueCount), default);
             Assert.Equal(1, Assert.Single(exported.Points(broken, "sdf.images"), p => (string?)Tag(p, "sdf.outcome") == "failed").GetSumLong());
             var run = Assert.Single(exported.Trace(ActivityContext.Parse((await broken.Store.GetAsync(id, default))!.TraceParent!, null).TraceId),
                 s => s.DisplayName == "process generations");

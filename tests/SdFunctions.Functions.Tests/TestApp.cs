@@ -41,7 +41,7 @@ public sealed class TestApp : IAsyncDisposable
         CacheDirectory = Path.Combine(Path.GetTempPath(), "sdf-functions-tests");
         var settings = new Dictionary<string, string?>
         {
-            ["AzureWebJobsStorage"] = AzuriteFixture.ConnectionString,
+            ["JobsStorage"] = AzuriteFixture.ConnectionString,
             ["Jobs:QueueName"] = $"gen-{suffix}",
             ["Jobs:JobsContainer"] = $"jobs-{suffix}",
             ["Jobs:ImagesContainer"] = $"images-{suffix}",
@@ -136,7 +136,7 @@ public sealed class TestApp : IAsyncDisposable
     {
         var message = (await Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5), ct)).Value
             ?? throw new InvalidOperationException("no message on the queue");
-        await Queue.Process(message.Body.ToString(), QueueContext.Delivery(message.DequeueCount), ct);
+        await Queue.Process(message, ct);
         await Messages.DeleteMessageAsync(message.MessageId, message.PopReceipt, CancellationToken.None);
         return message;
     }
