@@ -9,8 +9,8 @@ namespace SdFunctions.Jobs;
 /// What the HTTP API does, without HTTP: submit a job (validated, idempotent, queued), read it, cancel it,
 /// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
 /// </summary>
-public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore images, PipelineHolder pipelines, JobsTelemetry telemetry,
-    Webhooks.WebhookQueue webhooks, IOptions<JobsOptions> options, IOptions<Webhooks.WebhookOptions> webhookOptions, TimeProvider time,
+public sealed class GenerationService(JobStore store, JobTransitions transitions, JobQueue queue, ImageStore images, PipelineHolder pipelines,
+    IOptions<JobsOptions> options, IOptions<Webhooks.WebhookOptions> webhookOptions, TimeProvider time,
     ILogger<GenerationService> logger)
 {
     private JobsOptions Options => options.Value;
@@ -42,7 +42,7 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
         // checked here when this instance has loaded it, else by the worker, which then fails the job with the same validation problem.
         if (pipelines.Loaded is { } pipeline)
         {
-            try { pipeline.Validate(GenerationWorker.ToRequest(input, submission.InitImage)); }
+            try { pipeline.Validate(input.ToRequest(submission.InitImage)); }
             catch (InvalidGenerationRequestException e) { throw new ProblemException(Refusal(e)); }
         }
         if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), submission, null, ct), true);
@@ -197,21 +197,8 @@ public sealed class GenerationService(JobStore store, JobQueue queue, ImageStore
     public async Task<JobRecord> CancelAsync(string id, CancellationToken ct)
     {
         RequireWellFormed(id);
-        JobStatus? finishedAs = null;
-        var (job, written) = await store.ChangeAsync(id, r =>
-        {
-            if (r.IsFinished) { finishedAs = r.Status; return null; }
-            finishedAs = null;
-            return r.Status == JobStatus.Queued
-                ? r with { Status = JobStatus.Canceled, CancelRequested = true, CompletedAt = time.GetUtcNow() }
-                : r with { CancelRequested = true }; // the run stops at its next progress check, and ends the job
-        }, ct);
+        var (job, finishedAs) = await transitions.RequestCancelAsync(id, ct);
         if (job is null) throw NotFound(id);
-        if (written && job.Status == JobStatus.Canceled)
-        {
-            telemetry.RecordEnded(JobStatus.Canceled);
-            await webhooks.NotifyAsync(job, Webhooks.Events.Completed);
-        }
         if (finishedAs is { } status)
             throw new ProblemException(new Problem
             {

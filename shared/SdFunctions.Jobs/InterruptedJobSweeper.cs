@@ -14,7 +14,7 @@ namespace SdFunctions.Jobs;
 /// is queued again; the delivery takes it over as the next attempt. The mark is touched, so it is queued once per timeout.</item>
 /// </list>
 /// </summary>
-public sealed class InterruptedJobSweeper(JobStore store, JobQueue queue, Webhooks.WebhookQueue webhooks, JobsTelemetry telemetry, IOptions<JobsOptions> options, TimeProvider time,
+public sealed class InterruptedJobSweeper(JobStore store, JobTransitions transitions, JobQueue queue, JobsTelemetry telemetry, IOptions<JobsOptions> options, TimeProvider time,
     ILogger<InterruptedJobSweeper> logger)
 {
     /// <summary>What a sweep did: never-queued submissions queued or failed, dead runs queued again, marks of settled jobs cleared.</summary>
@@ -39,16 +39,7 @@ public sealed class InterruptedJobSweeper(JobStore store, JobQueue queue, Webhoo
             {
                 if (now - job.CreatedAt > o.MaxQueueWait)
                 {
-                    var (ended, written) = await store.ChangeAsync(id, r => r.Status != JobStatus.Queued || r.Attempt > 0 ? null : r with
-                    {
-                        Status = JobStatus.Failed, CompletedAt = now, Usage = JobUsage.Nothing(billable: false),
-                        Error = ServerProblems.Unavailable($"The job could not be queued within {o.MaxQueueWait.TotalMinutes:0} minutes; submit it again."),
-                    }, ct);
-                    if (written)
-                    {
-                        telemetry.RecordEnded(JobStatus.Failed);
-                        await webhooks.NotifyAsync(ended!, Webhooks.Events.Completed);
-                    }
+                    await transitions.FailNeverQueuedAsync(id, ct);
                     logger.LogError("Job {JobId} was never queued and is failed after {Minutes:0} minutes", id, (now - job.CreatedAt).TotalMinutes);
                     failed++;
                 }

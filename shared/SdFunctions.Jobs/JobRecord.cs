@@ -49,6 +49,15 @@ public sealed record GenerationInput
     public string OutputFormat { get; init; } = ImageFile.Png;
     [JsonIgnore(Condition = JsonIgnoreCondition.WhenWritingNull)]
     public int? Quality { get; init; }
+
+    /// <summary>The pipeline's request for the job's first image (image k sets seed + k), with the job's init picture for image-to-image.</summary>
+    public GenerationRequest ToRequest(InitImage? initImage) => new()
+    {
+        Prompt = Prompt, NegativePrompt = NegativePrompt, Steps = Steps, GuidanceScale = GuidanceScale,
+        Seed = Seed, Scheduler = Scheduler, Decoder = Decoder, TiledDecode = TiledDecode,
+        CacheInterval = CacheInterval, CacheSchedule = CacheSchedule, Width = Width, Height = Height,
+        InitImage = initImage, Strength = initImage is null ? null : Strength,
+    };
 }
 
 /// <summary>About how many jobs are ahead of a queued one (Storage queues only count approximately), and when that was read.</summary>

@@ -57,6 +57,7 @@ public static class JobsServiceCollectionExtensions
             return new Webhooks.WebhookQueue(Queues(sp).GetQueueClient(name), Queues(sp).GetQueueClient(name + "-poison"), sp.GetRequiredService<ILogger<Webhooks.WebhookQueue>>());
         });
         services.AddSingleton<Webhooks.WebhookSender>();
+        services.AddSingleton<JobTransitions>();
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
         services.AddSingleton<InterruptedJobSweeper>();
