@@ -136,7 +136,7 @@ public static class CliApp
             Description = "Guidance scale (0–30; ≤ 1 turns classifier-free guidance off). Default: 7.5; LCM-distilled models 8.5; lcm on other models 1.",
         };
         var seed = new Option<long?>("--seed") { Description = "Seed for the initial noise; random when absent (printed)." };
-        var scheduler = new Option<string?>("--scheduler") { Description = $"One of {string.Join(", ", SchedulerFactory.Names)}. Default: the bundle's." };
+        var scheduler = new Option<string?>("--scheduler") { Description = $"One of {string.Join(", ", SchedulerCatalog.Names)}. Default: the bundle's." };
         var karras = new Option<bool>("--karras") { Description = "Karras sigmas (euler, lms, dpmpp-2m)." };
         var width = new Option<int?>("--width") { Description = "Image width (multiple of 64). Default: the model's native size." };
         var height = new Option<int?>("--height") { Description = "Image height (multiple of 64). Default: the model's native size." };

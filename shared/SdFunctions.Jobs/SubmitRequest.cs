@@ -101,8 +101,8 @@ public sealed record SubmitRequest
         if (GuidanceScale is { } g && !(g >= GenerationRequest.MinGuidance && g <= GenerationRequest.MaxGuidance))
             errors["guidanceScale"] = [$"Between {GenerationRequest.MinGuidance} and {GenerationRequest.MaxGuidance}."];
         if (Seed is { } seed && seed is < 0 or > GenerationRequest.MaxSeed) errors["seed"] = [$"Between 0 and {GenerationRequest.MaxSeed}."];
-        if (Scheduler is { } name && !SchedulerFactory.IsKnown(name))
-            errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerFactory.Names)}."];
+        if (Scheduler is { } name && !SchedulerCatalog.IsKnown(name))
+            errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerCatalog.Names)}."];
         else if (Scheduler == "lcm" && Steps > MaxLcmSteps)
             errors["steps"] = [$"lcm runs at most {MaxLcmSteps} steps (1–8 is what LCM models are made for)."];
         if (Decoder is { } decoder && !DecoderComponent.Names.Contains(decoder))

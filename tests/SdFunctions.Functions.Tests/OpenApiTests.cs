@@ -95,6 +95,14 @@ public class OpenApiTests
     }
 
     [Fact]
+    public void TheDocumentsNameListsAreTheCatalogs()
+    {
+        var schemas = Contract.Root.GetProperty("components").GetProperty("schemas");
+        string[] Enum(string schema) => [.. schemas.GetProperty(schema).GetProperty("enum").EnumerateArray().Select(e => e.GetString()!)];
+        Assert.Equal(SdFunctions.Inference.Schedulers.SchedulerCatalog.Names, Enum("Scheduler"));
+    }
+
+    [Fact]
     public void TheDocumentListsExactlyTheProblemTypes()
     {
         var constants = typeof(ProblemTypes).GetFields(BindingFlags.Public | BindingFlags.Static).Select(f => (string)f.GetValue(null)!);

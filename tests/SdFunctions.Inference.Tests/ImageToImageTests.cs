@@ -75,7 +75,7 @@ public class ImageToImageTests(ImageToImageFixture fixture, ITestOutputHelper ou
     [InlineData("ddim", "ddim_s05", 0.5), InlineData("ddim", "ddim_s08", 0.8), InlineData("euler", "euler_s05", 0.5), InlineData("euler", "euler_s08", 0.8)]
     public void AddNoiseStartsWhereDiffusersStarts(string scheduler, string run, double strength)
     {
-        var s = SchedulerFactory.Create(scheduler, fixture.Pipeline.Bundle.Scheduler);
+        var s = SchedulerCatalog.Create(scheduler, fixture.Pipeline.Bundle.Scheduler);
         s.SetTimesteps(10);
         int begin = ImageStart.BeginIndex(10, strength);
         var expected = scheduler == "ddim" ? Fixtures.Longs("img2img", $"{run}/timesteps").Select(t => (double)t) : Fixtures.Floats("img2img", $"{run}/timesteps").Select(t => (double)t);

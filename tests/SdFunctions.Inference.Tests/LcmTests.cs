@@ -13,7 +13,7 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
     [InlineData(1), InlineData(2), InlineData(4), InlineData(8)]
     public void TimestepsFollowTheDiffusers024Rule(int steps)
     {
-        var s = SchedulerFactory.Create("lcm", LcmConfig);
+        var s = SchedulerCatalog.Create("lcm", LcmConfig);
         s.SetTimesteps(steps);
         Assert.Equal(Fixtures.Longs("lcm", $"timesteps_{steps}").Select(t => (double)t), s.Timesteps);
     }
@@ -21,7 +21,7 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void ConfigAndAlphasAreLcmDreamshapersAndTheClassSelectsLcm()
     {
-        Assert.Equal("lcm", SchedulerFactory.DefaultName(LcmConfig));
+        Assert.Equal("lcm", SchedulerCatalog.DefaultFor(LcmConfig).Name);
         Assert.Equal(50, LcmConfig.OriginalInferenceSteps);
         Assert.Equal(10.0, LcmConfig.TimestepScaling);
         Close.RelClose(Fixtures.Floats("lcm", "alphas_cumprod"), NoiseSchedule.AlphasCumprod(LcmConfig), 1e-6, "alphas_cumprod");
@@ -34,7 +34,7 @@ public class LcmTests(Xunit.Abstractions.ITestOutputHelper output)
     [Fact]
     public void FourStepTrajectoryAndDenoisedMatch()
     {
-        var s = SchedulerFactory.Create("lcm", LcmConfig);
+        var s = SchedulerCatalog.Create("lcm", LcmConfig);
         s.SetTimesteps(4);
         const int n = 4 * 8 * 8;
         float[] eps = Fixtures.Floats("lcm", "traj/eps"), after = Fixtures.Floats("lcm", "traj/samples_after_step");

@@ -129,7 +129,7 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
         var q = m.Quantization!;
         Assert.Equal(("QDQ", "mixed", "min-max"), (q.Format, q.Preset, q.RangeMethod));
         var config = ModelBundle.Open(Fixtures.TinySd).Scheduler;
-        var scheduler = SchedulerFactory.Create(SchedulerFactory.DefaultName(config), config);
+        var scheduler = SchedulerCatalog.Create(SchedulerCatalog.DefaultFor(config).Name, config);
         scheduler.SetTimesteps(QuantizedBundles.CalibrationSteps);
         Assert.Equal((QuantizedBundles.Prompts.Length, QuantizedBundles.CalibrationSteps), (q.CalibrationPrompts, q.CalibrationSteps));
         Assert.Equal(QuantizedBundles.Prompts.Length * scheduler.Timesteps.Count, q.CalibrationInputs); // prompts × the scheduler's timesteps

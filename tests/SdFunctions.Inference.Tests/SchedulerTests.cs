@@ -19,7 +19,7 @@ public class SchedulerTests
     }
 
     private static IScheduler Create(string run, string name) =>
-        SchedulerFactory.Create(name, run == "euler_leading" ? Sd15 with { TimestepSpacing = "leading" } : Sd15);
+        SchedulerCatalog.Create(name, run == "euler_leading" ? Sd15 with { TimestepSpacing = "leading" } : Sd15);
 
     [Fact]
     public void AlphasCumprodMatchesTorch()
@@ -102,7 +102,7 @@ public class SchedulerTests
     [InlineData("euler"), InlineData("lms"), InlineData("dpmpp-2m")]
     public void KarrasSigmasFollowTheRhoSevenRamp(string name)
     {
-        var s = SchedulerFactory.Create(name, Sd15, karras: true);
+        var s = SchedulerCatalog.Create(name, Sd15, karras: true);
         s.SetTimesteps(20);
         float[] sigmas = s is SigmaSchedulerBase sb ? sb.Sigmas : ((DpmSolverMultistepScheduler)s).Sigmas;
         float[] training = NoiseSchedule.TrainingSigmas(NoiseSchedule.AlphasCumprod(Sd15));
@@ -121,8 +121,8 @@ public class SchedulerTests
     [Fact]
     public void DefaultSchedulerComesFromTheConfigClass()
     {
-        Assert.Equal("pndm", SchedulerFactory.DefaultName(Sd15));
-        Assert.Equal("dpmpp-2m", SchedulerFactory.DefaultName(Sd15 with { ClassName = "DPMSolverMultistepScheduler" }));
+        Assert.Equal("pndm", SchedulerCatalog.DefaultFor(Sd15).Name);
+        Assert.Equal("dpmpp-2m", SchedulerCatalog.DefaultFor(Sd15 with { ClassName = "DPMSolverMultistepScheduler" }).Name);
     }
 
     [Theory]
@@ -141,15 +141,29 @@ public class SchedulerTests
     {
         var e = Assert.Throws<InvalidDataException>(() => new PndmScheduler(Sd15 with { SkipPrkSteps = false }));
         Assert.Contains("skip_prk_steps", e.Message);
-        Assert.True(SchedulerFactory.TryCreate("pndm", Sd15 with { SkipPrkSteps = null }, out _)); // no key: PLMS, as SD pipelines run it
-        Assert.False(SchedulerFactory.TryCreate("pndm", Sd15 with { SkipPrkSteps = false }, out string? why));
+        Assert.True(SchedulerCatalog.TryCreate("pndm", Sd15 with { SkipPrkSteps = null }, out _)); // no key: PLMS, as SD pipelines run it
+        Assert.False(SchedulerCatalog.TryCreate("pndm", Sd15 with { SkipPrkSteps = false }, out string? why));
         Assert.Contains("PRK", why);
     }
 
     [Fact]
     public void UnknownSchedulerNameListsTheKnownOnes()
     {
-        var e = Assert.Throws<ArgumentException>(() => SchedulerFactory.Create("heun", Sd15));
+        var e = Assert.Throws<ArgumentException>(() => SchedulerCatalog.Create("heun", Sd15));
         Assert.Contains("dpmpp-2m", e.Message);
+    }
+
+    [Fact]
+    public void EachCatalogRowBuildsTheSchedulerOfItsNameAndItsDiffusersClassChoosesIt()
+    {
+        foreach (var row in SchedulerCatalog.All)
+        {
+            var config = Sd15 with { ClassName = row.DiffusersClass, OriginalInferenceSteps = 50 };
+            Assert.Equal(row.Name, row.Create(config).Name);
+            Assert.Same(row, SchedulerCatalog.DefaultFor(config));
+        }
+        Assert.Equal(SchedulerCatalog.All.Count, SchedulerCatalog.Names.Distinct().Count());
+        Assert.Equal(["euler", "lms", "dpmpp-2m"], SchedulerCatalog.WithKarrasSigmas);
+        Assert.Equal("Euler a", SchedulerCatalog.SamplerName("euler-a"));
     }
 }

@@ -29,7 +29,7 @@ public sealed record GenerationRequest
     /// <summary>Determines the initial latents (see <see cref="SeededGaussianNoise"/>); null = a random seed, reported in the result.</summary>
     public long? Seed { get; init; }
 
-    /// <summary>pndm, ddim, euler, euler-a, lms, dpmpp-2m or lcm; null = the bundle's scheduler.</summary>
+    /// <summary>A name from <see cref="SchedulerCatalog"/>; null = the bundle's scheduler.</summary>
     public string? Scheduler { get; init; }
 
     /// <summary>Use Karras sigmas (Euler, LMS, DPM++); null = what the scheduler config says.</summary>
@@ -96,8 +96,8 @@ public sealed record GenerationRequest
             throw new InvalidGenerationRequestException("steps", $"Steps must be between {MinSteps} and {MaxSteps}; got {Steps}.");
         if (GuidanceScale is { } g && !(g >= MinGuidance && g <= MaxGuidance))
             throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {g}.");
-        if (Scheduler is { } s && !SchedulerFactory.IsKnown(s))
-            throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerFactory.Names)}.");
+        if (Scheduler is { } s && !SchedulerCatalog.IsKnown(s))
+            throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerCatalog.Names)}.");
         if (Seed is { } seed && seed is < 0 or > MaxSeed)
             throw new InvalidGenerationRequestException("seed", $"The seed must be between 0 and {MaxSeed}; got {seed}.");
         if (InitialLatents is { } latents && !latents.All(float.IsFinite))

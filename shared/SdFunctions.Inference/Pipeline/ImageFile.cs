@@ -1,3 +1,4 @@
+using SdFunctions.Inference.Schedulers;
 using System.Globalization;
 using System.Text;
 using SixLabors.ImageSharp;
@@ -58,19 +59,12 @@ public static class ImageFile
 /// </summary>
 public static class GenerationParameters
 {
-    /// <summary>The samplers' names in those tools.</summary>
-    public static string SamplerName(string scheduler) => scheduler switch
-    {
-        "pndm" => "PLMS", "ddim" => "DDIM", "euler" => "Euler", "euler-a" => "Euler a", "lms" => "LMS", "dpmpp-2m" => "DPM++ 2M", "lcm" => "LCM",
-        _ => scheduler,
-    };
-
     public static string Format(string prompt, string negativePrompt, GenerationResult result, string model)
     {
         var text = new StringBuilder(prompt);
         if (negativePrompt.Length > 0) text.Append("\nNegative prompt: ").Append(negativePrompt);
         var inv = CultureInfo.InvariantCulture;
-        text.Append(inv, $"\nSteps: {result.Steps}, Sampler: {SamplerName(result.Scheduler)}, CFG scale: {result.GuidanceScale.ToString(inv)}, ")
+        text.Append(inv, $"\nSteps: {result.Steps}, Sampler: {SchedulerCatalog.SamplerName(result.Scheduler)}, CFG scale: {result.GuidanceScale.ToString(inv)}, ")
             .Append(inv, $"Seed: {result.Seed}, Size: {result.Width}x{result.Height}, Model: {model.Replace(",", " ")}");
         if (result.Strength is { } strength) text.Append(inv, $", Denoising strength: {strength.ToString(inv)}");
         return text.ToString();

@@ -71,11 +71,11 @@ public sealed class StableDiffusionPipeline : IDisposable
         _logger = logger;
         Bundle = ModelBundle.Open(modelDirectory);
         Tokenizer = Bundle.Tokenizer;
-        DefaultScheduler = SchedulerFactory.DefaultName(Bundle.Scheduler);
-        SupportedSchedulers = SchedulerFactory.Names.Where(name => SchedulerFactory.TryCreate(name, Bundle.Scheduler, out _)).ToList();
+        DefaultScheduler = SchedulerCatalog.DefaultFor(Bundle.Scheduler).Name;
+        SupportedSchedulers = SchedulerCatalog.Names.Where(name => SchedulerCatalog.TryCreate(name, Bundle.Scheduler, out _)).ToList();
         if (!SupportedSchedulers.Contains(DefaultScheduler))
         {
-            SchedulerFactory.TryCreate(DefaultScheduler, Bundle.Scheduler, out string? why);
+            SchedulerCatalog.TryCreate(DefaultScheduler, Bundle.Scheduler, out string? why);
             throw new ModelBundleException($"{Path.Combine(Bundle.Directory, "scheduler", "scheduler_config.json")}: {why}.");
         }
         SupportedDecoders = Bundle.Decoders.Select(d => d.Name).ToList();
@@ -188,13 +188,13 @@ public sealed class StableDiffusionPipeline : IDisposable
         string scheduler = request.Scheduler ?? DefaultScheduler;
         if (!SupportedSchedulers.Contains(scheduler))
         {
-            SchedulerFactory.TryCreate(scheduler, Bundle.Scheduler, out string? why);
+            SchedulerCatalog.TryCreate(scheduler, Bundle.Scheduler, out string? why);
             throw new InvalidGenerationRequestException("scheduler",
                 $"This model's scheduler config cannot configure '{scheduler}' ({why}). Choose one of: {string.Join(", ", SupportedSchedulers)}.");
         }
-        if (request.KarrasSigmas == true && !SchedulerFactory.WithKarrasSigmas.Contains(scheduler))
+        if (request.KarrasSigmas == true && !SchedulerCatalog.WithKarrasSigmas.Contains(scheduler))
             throw new InvalidGenerationRequestException("karrasSigmas",
-                $"{scheduler} has no Karras sigmas; they exist for {string.Join(", ", SchedulerFactory.WithKarrasSigmas)}.");
+                $"{scheduler} has no Karras sigmas; they exist for {string.Join(", ", SchedulerCatalog.WithKarrasSigmas)}.");
         var defaults = DefaultsFor(scheduler);
         if (request.Steps > defaults.MaxSteps)
             throw new InvalidGenerationRequestException("steps",
@@ -280,7 +280,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
         int steps = request.Steps ?? defaults.Steps;
         double guidanceScale = request.GuidanceScale ?? defaults.GuidanceScale;
-        var scheduler = SchedulerFactory.Create(defaults.Scheduler, Bundle.Scheduler, request.KarrasSigmas);
+        var scheduler = SchedulerCatalog.Create(defaults.Scheduler, Bundle.Scheduler, request.KarrasSigmas);
         scheduler.SetTimesteps(steps);
 
         // Text conditioning: the prompt, and for classifier-free guidance the negative prompt too.

@@ -3,7 +3,8 @@ namespace SdFunctions.Inference.Schedulers;
 /// <summary>diffusers' DDIMScheduler, deterministic (eta = 0) as StableDiffusionPipeline calls it.</summary>
 public sealed class DdimScheduler(SchedulerConfig config) : SchedulerBase(config)
 {
-    public override string Name => "ddim";
+    public const string ApiName = "ddim";
+    public override string Name => ApiName;
     protected override string DefaultSpacing => "leading";
     private bool SetAlphaToOne => Config.SetAlphaToOne ?? true;
     private bool ClipSample => Config.ClipSample ?? true;

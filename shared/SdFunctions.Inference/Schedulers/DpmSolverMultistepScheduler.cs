@@ -17,7 +17,8 @@ public sealed class DpmSolverMultistepScheduler : SchedulerBase
         _trainingSigmas = NoiseSchedule.TrainingSigmas(AlphasCumprod);
     }
 
-    public override string Name => "dpmpp-2m";
+    public const string ApiName = "dpmpp-2m";
+    public override string Name => ApiName;
     protected override string DefaultSpacing => "linspace";
     private readonly float[] _trainingSigmas;
     private float[] _previous = [], _current = [];

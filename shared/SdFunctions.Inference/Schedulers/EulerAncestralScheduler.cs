@@ -3,7 +3,8 @@ namespace SdFunctions.Inference.Schedulers;
 /// <summary>diffusers' EulerAncestralDiscreteScheduler: an Euler step down to σ_down, then fresh noise of σ_up.</summary>
 public sealed class EulerAncestralScheduler(SchedulerConfig config) : SigmaSchedulerBase(config)
 {
-    public override string Name => "euler-a";
+    public const string ApiName = "euler-a";
+    public override string Name => ApiName;
     protected override bool SupportsKarras => false;
     private float[] _noise = [];
 

@@ -3,7 +3,8 @@ namespace SdFunctions.Inference.Schedulers;
 /// <summary>diffusers' EulerDiscreteScheduler (s_churn = 0, the pipeline's default): a first-order ODE step in σ.</summary>
 public sealed class EulerDiscreteScheduler(SchedulerConfig config) : SigmaSchedulerBase(config)
 {
-    public override string Name => "euler";
+    public const string ApiName = "euler";
+    public override string Name => ApiName;
 
     public override void Step(ReadOnlySpan<float> modelOutput, double timestep, Span<float> sample, IGaussianNoise? noise = null)
     {

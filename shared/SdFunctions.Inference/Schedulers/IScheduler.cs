@@ -13,7 +13,7 @@ public interface IGaussianNoise
 /// </summary>
 public interface IScheduler
 {
-    /// <summary>The CLI / API name (pndm, ddim, euler, euler-a, lms, dpmpp-2m).</summary>
+    /// <summary>The CLI / API name, its row in <see cref="SchedulerCatalog"/>.</summary>
     string Name { get; }
 
     /// <summary>The timesteps to feed the UNet, in order. Fractional for Euler/LMS with linspace spacing.</summary>

@@ -11,7 +11,8 @@ public sealed class LcmScheduler(SchedulerConfig config) : SchedulerBase(config)
     private const float SigmaData = 0.5f;
     private float[] _noise = [];
 
-    public override string Name => "lcm";
+    public const string ApiName = "lcm";
+    public override string Name => ApiName;
 
     // LCM has its own spacing; this is only what the base class would report.
     protected override string DefaultSpacing => "leading";

@@ -8,7 +8,8 @@ namespace SdFunctions.Inference.Schedulers;
 public sealed class LmsDiscreteScheduler(SchedulerConfig config) : SigmaSchedulerBase(config)
 {
     public const int Order = 4;
-    public override string Name => "lms";
+    public const string ApiName = "lms";
+    public override string Name => ApiName;
     private readonly List<float[]> _derivatives = [];
 
     protected override void OnSigmasSet() => _derivatives.Clear();

@@ -13,7 +13,8 @@ public sealed class PndmScheduler : SchedulerBase
             throw new InvalidDataException("skip_prk_steps is false: PNDM's Runge–Kutta (PRK) warm-up is not implemented, only PLMS");
     }
 
-    public override string Name => "pndm";
+    public const string ApiName = "pndm";
+    public override string Name => ApiName;
     protected override string DefaultSpacing => "leading";
     private bool SetAlphaToOne => Config.SetAlphaToOne ?? false;
 
