@@ -8,26 +8,33 @@ using SdFunctions.Jobs;
 
 namespace SdFunctions.Functions;
 
-/// <summary>GET /api/health (anonymous): what this instance runs. Never loads the model, never shows settings.</summary>
-public sealed class HealthApi(PipelineHolder pipelines, IOptions<JobsOptions> jobs)
+/// <summary>
+/// GET /api/health (anonymous): what this instance runs. Never loads the model, never shows settings. The model's
+/// fields come from its profile (<see cref="ModelProfiles"/>), known before this instance loads it; null while it cannot be read.
+/// </summary>
+public sealed class HealthApi(PipelineHolder pipelines, ModelProfiles profiles, IOptions<JobsOptions> jobs)
 {
     [Function("Health")]
-    public IActionResult Run([HttpTrigger(AuthorizationLevel.Anonymous, "get", Route = "health")] HttpRequest req)
+    public async Task<IActionResult> Run([HttpTrigger(AuthorizationLevel.Anonymous, "get", Route = "health")] HttpRequest req)
     {
         var pipeline = pipelines.Loaded;
+        var profile = pipeline?.Profile ?? await profiles.GetAsync(req.HttpContext.RequestAborted);
         return HttpResults.Json(new
         {
             Status = "ok",
             ModelLoaded = pipeline is not null,
-            Model = pipeline?.Bundle.Name,
-            // What requests may choose, once this instance has loaded the model (null before).
-            Schedulers = pipeline?.SupportedSchedulers,
-            Decoders = pipeline?.SupportedDecoders,
-            Defaults = pipeline?.DefaultsFor(null),
-            DefaultDecoder = pipeline?.DefaultDecoder,
-            GuidanceDistilled = pipeline?.Bundle.GuidanceDistilled,
-            UNetBatch = pipeline?.DefaultUNetBatch,
-            DeepCache = pipeline is null ? (bool?)null : pipeline.Bundle.DeepCache is not null, // cacheInterval > 1 is accepted
+            Model = profile?.Model,
+            Family = profile?.Family,
+            // What requests may choose.
+            Schedulers = profile?.SchedulerNames,
+            Decoders = profile?.Decoders,
+            Defaults = profile?.DefaultsFor(null),
+            SchedulerDefaults = profile?.Schedulers,
+            DefaultDecoder = profile?.DefaultDecoder,
+            GuidanceDistilled = profile?.GuidanceDistilled,
+            UNetBatch = profile?.UNetBatch,
+            DeepCache = profile?.DeepCache, // cacheInterval > 1 is accepted
+            ImageToImage = profile?.ImageToImage,
             // Under Model:MemoryBudget: how the full VAE decodes and the peak the plan expects (null without a budget).
             Memory = pipeline?.Memory is { Budget: { } budget } plan
                 ? new { BudgetBytes = budget, plan.DecodeTileSize, plan.ExpectedPeakBytes, plan.Met } : null,

@@ -9,7 +9,7 @@ namespace SdFunctions.Jobs;
 /// What the HTTP API does, without HTTP: submit a job (validated, idempotent, queued), read it, cancel it,
 /// fetch its image. Refusals are <see cref="ProblemException"/>s carrying their RFC 9457 problem.
 /// </summary>
-public sealed class GenerationService(JobStore store, JobTransitions transitions, JobQueue queue, ImageStore images, PipelineHolder pipelines,
+public sealed class GenerationService(JobStore store, JobTransitions transitions, JobQueue queue, ImageStore images, ModelProfiles profiles,
     IOptions<JobsOptions> options, IOptions<Webhooks.WebhookOptions> webhookOptions, TimeProvider time,
     ILogger<GenerationService> logger)
 {
@@ -36,15 +36,10 @@ public sealed class GenerationService(JobStore store, JobTransitions transitions
                 Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
                 Detail = $"A request without an image may be at most {Options.MaxRequestBytes} bytes ({Options.MaxImageRequestBytes} with one).",
             });
-        var submission = request.Validate(Options, upload, webhookOptions.Value);
-        var input = submission.Input;
         // What depends on the model (an LCM's negative prompt, its schedulers and decoders, an encoder for image-to-image) is
-        // checked here when this instance has loaded it, else by the worker, which then fails the job with the same validation problem.
-        if (pipelines.Loaded is { } pipeline)
-        {
-            try { pipeline.Validate(input.ToRequest(submission.InitImage)); }
-            catch (InvalidGenerationRequestException e) { throw new ProblemException(Refusal(e)); }
-        }
+        // checked against its profile, read without loading the model: the same answer on every instance.
+        var submission = request.Validate(Options, upload, webhookOptions.Value, await profiles.GetAsync(ct));
+        var input = submission.Input;
         if (idempotencyKey is null) return (await CreateAndQueueAsync(JobIds.New(), submission, null, ct), true);
 
         if (idempotencyKey.Length is 0 or > MaxIdempotencyKeyLength)
@@ -232,8 +227,8 @@ public sealed class GenerationService(JobStore store, JobTransitions transitions
     /// <summary>The 400 problem for a request the model cannot run, naming the field.</summary>
     public static Problem Refusal(InvalidGenerationRequestException e) => new()
     {
-        Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400, Detail = e.Message,
-        Errors = new Dictionary<string, string[]> { [e.ParamName ?? "request"] = [e.Message] },
+        Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400, Detail = e.Reason,
+        Errors = new Dictionary<string, string[]> { [e.ParamName ?? "request"] = [e.Reason] },
     };
 
     private static ProblemException NotFound(string id) => new(new Problem

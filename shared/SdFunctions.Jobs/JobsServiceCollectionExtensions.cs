@@ -58,6 +58,7 @@ public static class JobsServiceCollectionExtensions
         });
         services.AddSingleton<Webhooks.WebhookSender>();
         services.AddSingleton<JobTransitions>();
+        services.AddSingleton<ModelProfiles>();
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
         services.AddSingleton<InterruptedJobSweeper>();

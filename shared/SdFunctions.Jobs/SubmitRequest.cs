@@ -2,7 +2,6 @@ using System.Text.Json;
 using System.Text.Json.Serialization;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
-using SdFunctions.Inference.Schedulers;
 using System.Security.Cryptography;
 using System.Text.RegularExpressions;
 
@@ -80,39 +79,22 @@ public sealed record SubmitRequest
         text.Any(c => !char.IsWhiteSpace(c) && char.GetUnicodeCategory(c) is not (System.Globalization.UnicodeCategory.Control
             or System.Globalization.UnicodeCategory.Format));
 
-    /// <summary>LCM's step bound for the usual original_inference_steps (50); the loaded model may set another, checked by the worker.</summary>
-    public const int MaxLcmSteps = 50;
-
     /// <summary>
-    /// Checks every rule that needs no model, reports every broken one, and chooses a seed when absent. Steps and guidance
-    /// stay absent when not sent: they take the model's defaults (which differ for LCM models) when the job runs.
+    /// Checks the service's own rules (prompt length, n, output format, webhook, size, the picture) and every generation rule
+    /// (<see cref="GenerationRules"/>: against <paramref name="profile"/>, or only the model-free ones without it), reports every
+    /// broken one, and chooses a seed when absent. Steps and guidance stay absent when not sent: they take the model's defaults
+    /// when the job runs.
     /// </summary>
     /// <param name="upload">The picture of a multipart request (its image part); a JSON request carries it in <see cref="Image"/>.</param>
     /// <param name="webhooks">The service's webhook settings; null = webhooks are not offered.</param>
-    public Submission Validate(JobsOptions options, ImageUpload? upload = null, Webhooks.WebhookOptions? webhooks = null)
+    /// <param name="profile">The model as this service runs it (<see cref="ModelProfiles"/>).</param>
+    public Submission Validate(JobsOptions options, ImageUpload? upload = null, Webhooks.WebhookOptions? webhooks = null, ModelProfile? profile = null)
     {
         var errors = new Dictionary<string, string[]>();
         var (imageBytes, initImage) = ValidateImage(options, upload, errors);
         if (Prompt is null || !HasVisibleText(Prompt)) errors["prompt"] = ["A prompt with visible text is required."];
         else if (Prompt.Length > options.MaxPromptLength) errors["prompt"] = [$"At most {options.MaxPromptLength} characters."];
         if (NegativePrompt is { } n && n.Length > options.MaxPromptLength) errors["negativePrompt"] = [$"At most {options.MaxPromptLength} characters."];
-        if (Steps is { } s && s is < GenerationRequest.MinSteps or > GenerationRequest.MaxSteps)
-            errors["steps"] = [$"Between {GenerationRequest.MinSteps} and {GenerationRequest.MaxSteps}."];
-        if (GuidanceScale is { } g && !(g >= GenerationRequest.MinGuidance && g <= GenerationRequest.MaxGuidance))
-            errors["guidanceScale"] = [$"Between {GenerationRequest.MinGuidance} and {GenerationRequest.MaxGuidance}."];
-        if (Seed is { } seed && seed is < 0 or > GenerationRequest.MaxSeed) errors["seed"] = [$"Between 0 and {GenerationRequest.MaxSeed}."];
-        if (Scheduler is { } name && !SchedulerCatalog.IsKnown(name))
-            errors["scheduler"] = [$"One of: {string.Join(", ", SchedulerCatalog.Names)}."];
-        else if (Scheduler == "lcm" && Steps > MaxLcmSteps)
-            errors["steps"] = [$"lcm runs at most {MaxLcmSteps} steps (1–8 is what LCM models are made for)."];
-        if (Decoder is { } decoder && !DecoderComponent.Names.Contains(decoder))
-            errors["decoder"] = [$"One of: {string.Join(", ", DecoderComponent.Names)}."];
-        else if (TiledDecode == true && Decoder == DecoderComponent.Tiny)
-            errors["tiledDecode"] = ["Tiled decoding is for the full VAE; the tiny decoder decodes whole."];
-        if (CacheInterval is < 1 or > DeepCacheSchedule.MaxInterval)
-            errors["cacheInterval"] = [$"From 1 (off) to {DeepCacheSchedule.MaxInterval}."];
-        if (CacheSchedule is { } schedule && !DeepCacheSchedule.Names.Contains(schedule))
-            errors["cacheSchedule"] = [$"One of: {string.Join(", ", DeepCacheSchedule.Names)}."];
         if (N is < 1 or > MaxImages) errors["n"] = [$"From 1 to {MaxImages} images."];
         else if (N is { } count && Seed is { } first && first + count - 1 > GenerationRequest.MaxSeed)
             errors["seed"] = [$"Image k gets seed + k: with n = {count} the seed may be at most {GenerationRequest.MaxSeed - count + 1}."];
@@ -135,12 +117,14 @@ public sealed record SubmitRequest
         }
         if (Width is { } w && w != options.Width) errors["width"] = [$"This service generates {options.Width}×{options.Height} images only."];
         if (Height is { } h && h != options.Height) errors["height"] = [$"This service generates {options.Width}×{options.Height} images only."];
-        if (Strength is { } strength)
+        var generation = new GenerationRequest
         {
-            if (imageBytes is null && !errors.ContainsKey("image")) errors["strength"] = ["A strength needs an image (image-to-image)."];
-            else if (!(strength > 0 && strength <= 1)) errors["strength"] = ["Greater than 0 and at most 1."];
-            else if (Steps is { } st && (int)(st * strength) < 1) errors["strength"] = [$"With {st} steps, int(steps × strength) must be at least 1 step."];
-        }
+            Prompt = Prompt ?? "", NegativePrompt = NegativePrompt ?? "", Steps = Steps, GuidanceScale = GuidanceScale, Seed = Seed,
+            Scheduler = Scheduler, Decoder = Decoder, TiledDecode = TiledDecode, CacheInterval = CacheInterval, CacheSchedule = CacheSchedule,
+            Width = options.Width, Height = options.Height, InitImage = initImage, Strength = Strength,
+        };
+        foreach (var (field, message) in GenerationRules.Violations(generation, profile))
+            if (!(field == "strength" && errors.ContainsKey("image"))) errors.TryAdd(field, [message]); // a bad picture is said once
         if (errors.Count > 0)
         {
             var problem = Invalid(ProblemTypes.Validation, "The request has invalid fields.", errors).Problem;

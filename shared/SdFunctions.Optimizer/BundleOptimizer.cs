@@ -259,6 +259,8 @@ public static class BundleOptimizer
                 DeepCache = deepCache,
                 Compiled = compiled,
             };
+            // What the API side checks requests against without downloading the model: read from the bundle as written.
+            ModelProfile.Read(ModelBundle.Open(output)).Write(output);
             await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
                 JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);
             if (Directory.Exists(destination)) Directory.Delete(destination); // empty: checked above

@@ -44,6 +44,32 @@ public class ConfigurationTests
     }
 
     [Fact]
+    public async Task TheApiReadsTheProfileBesideABlobBundleWithoutDownloadingTheModel()
+    {
+        var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);
+        var container = blobs.GetBlobContainerClient("profiles-" + Guid.NewGuid().ToString("N")[..8]);
+        await container.CreateAsync();
+        try
+        {
+            // Only the profile is uploaded: a profile read from it cannot have come from the bundle's files.
+            var profile = SdFunctions.Inference.Bundle.ModelProfile.Read(ModelBundle.Open(AzuriteFixture.TinyLcm));
+            await container.GetBlobClient("lcm/" + SdFunctions.Inference.Bundle.ModelProfile.FileName).UploadAsync(BinaryData.FromBytes(profile.ToJson()));
+            await using var app = await TestApp.StartAsync(configure: s =>
+            {
+                s.Remove("Model:Directory");
+                s["Model:BlobContainer"] = container.Name;
+                s["Model:BlobPrefix"] = "lcm";
+            });
+            var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "negativePrompt": "blurry"}""");
+            Assert.Contains("negative prompt", FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
+            var read = app.Services.GetRequiredService<ModelProfiles>().Current!;
+            Assert.Equal((profile.Model, 256, 256, true), (read.Model, read.Width, read.Height, read.GuidanceDistilled)); // at the service's size
+            Assert.False(Directory.Exists(Path.Combine(app.CacheDirectory, "models", JobStore.Hash($"{container.Uri}/lcm/")[..16]))); // nothing downloaded
+        }
+        finally { await container.DeleteIfExistsAsync(); }
+    }
+
+    [Fact]
     public async Task AnEmptyPrefixOrNoModelSettingIsAClearError()
     {
         var blobs = new BlobServiceClient(AzuriteFixture.ConnectionString);

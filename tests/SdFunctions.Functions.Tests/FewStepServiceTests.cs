@@ -30,34 +30,53 @@ public class FewStepServiceTests
         Assert.Equal(4, output.GetProperty("uNetCalls").GetInt32());
         Assert.Equal(4, done.GetProperty("progress").GetProperty("total").GetInt32());
 
-        var health = Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var health = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
         Assert.True(health.GetProperty("guidanceDistilled").GetBoolean());
         Assert.Equal("lcm", health.GetProperty("defaults").GetProperty("scheduler").GetString());
     }
 
     [Fact]
-    public async Task ANegativePromptForAnLcmModelIsA400OnceLoadedAndAFailedJobBefore()
+    public async Task ANegativePromptForAnLcmModelIsTheSame400BeforeAndAfterThisInstanceLoadsTheModel()
     {
         await using var app = await TestApp.StartAsync(AzuriteFixture.TinyLcm);
-        // Not loaded yet on this instance: accepted, and the worker refuses it with the same validation problem (no retry).
-        var (early, _) = await app.SubmitAsync("""{"prompt": "a cat", "negativePrompt": "blurry"}""");
-        Assert.Equal(202, early.StatusCode);
-        string id = Body(early).GetProperty("id").GetString()!;
-        await app.RunNextMessageAsync();
-        var failed = Body(await app.GetAsync(id));
+        const string json = """{"prompt": "a cat", "negativePrompt": "blurry", "steps": 60}""";
+        // Not loaded yet on this instance: its profile (read without a session) refuses it already, naming both fields.
+        Assert.False(app.Pipelines.IsLoaded);
+        var (early, _) = await app.SubmitAsync(json);
+        var before = FlowTests.AssertProblem(early, 400, ProblemTypes.Validation);
+        Assert.Contains("negative prompt", before.GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
+        Assert.Contains("at most 50 steps", before.GetProperty("errors").GetProperty("steps")[0].GetString()); // its original_inference_steps
+        Assert.False(app.Pipelines.IsLoaded);
+        Assert.Null((await app.Messages.PeekMessageAsync()).Value);
+
+        await app.Pipelines.GetAsync();
+        var (late, _) = await app.SubmitAsync(json);
+        var after = FlowTests.AssertProblem(late, 400, ProblemTypes.Validation);
+        Assert.Equal(before.GetProperty("errors").GetRawText(), after.GetProperty("errors").GetRawText());
+        Assert.Equal(before.GetProperty("detail").GetString(), after.GetProperty("detail").GetString());
+        Assert.Null((await app.Messages.PeekMessageAsync()).Value);
+    }
+
+    [Fact]
+    public async Task AJobTheModelCannotRunFailsWithTheSameProblemInTheWorker()
+    {
+        // A message queued before its model changed (or by an instance that could not read the profile): the worker applies the
+        // same rules, fails the job at once (no retry) and shows the rule's own words.
+        await using var app = await TestApp.StartAsync(AzuriteFixture.TinyLcm);
+        var job = new JobRecord
+        {
+            Id = JobIds.New(), CreatedAt = DateTimeOffset.UtcNow,
+            Input = new GenerationInput { Prompt = "a cat", NegativePrompt = "blurry", Width = 256, Height = 256, Seed = 1 },
+        };
+        Assert.True(await app.Store.TryCreateAsync(job, default));
+        await app.Queue.Process(Delivery.Of(System.Text.Json.JsonSerializer.Serialize(new JobMessage(job.Id, null), JobJson.Options), 1), default);
+        var failed = Body(await app.GetAsync(job.Id));
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(1, failed.GetProperty("attempt").GetInt32());
         var error = failed.GetProperty("error");
         Assert.Equal(ProblemTypes.Validation, error.GetProperty("type").GetString());
-        Assert.Equal(400, error.GetProperty("status").GetInt32());
-        Assert.True(error.GetProperty("errors").TryGetProperty("negativePrompt", out _));
-
-        // Loaded now: the same request is refused at submit, naming the field; nothing is queued.
-        Assert.True(app.Pipelines.IsLoaded);
-        var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "negativePrompt": "blurry"}""");
-        var problem = FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation);
-        Assert.Contains("negative prompt", problem.GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
-        Assert.Null((await app.Messages.PeekMessageAsync()).Value);
+        Assert.Contains("negative prompt", error.GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
+        Assert.DoesNotContain("(Parameter", error.GetProperty("detail").GetString());
     }
 
     [Fact]

@@ -115,7 +115,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
     public async Task HealthReportsTheRuntimeAndWhetherTheModelIsLoaded()
     {
         await using var app = await TestApp.StartAsync();
-        var before = Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var before = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
         Assert.False(before.GetProperty("modelLoaded").GetBoolean());
         Assert.Matches(@"^\d+\.\d+\.\d+", before.GetProperty("onnxRuntime").GetString()!);
         Assert.Equal("256x256", before.GetProperty("imageSize").GetString());
@@ -125,7 +125,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 
         await app.SubmitAsync("""{"prompt": "x", "steps": 1}""");
         await app.RunNextMessageAsync();
-        var after = Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var after = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
         Assert.True(after.GetProperty("modelLoaded").GetBoolean());
         Assert.Equal("sdref-tiny-sd", after.GetProperty("model").GetString());
         Assert.Equal(["pndm", "ddim", "euler", "euler-a", "lms", "dpmpp-2m", "lcm"], after.GetProperty("schedulers").EnumerateArray().Select(e => e.GetString()));

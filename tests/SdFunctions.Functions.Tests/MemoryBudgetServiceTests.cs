@@ -25,7 +25,7 @@ public class MemoryBudgetServiceTests
         Assert.Equal(64, output.GetProperty("decodeTileSize").GetInt32()); // the smallest tile: the budget wins over tiledDecode: false
         Assert.InRange(output.GetProperty("peakMemoryBytes").GetInt64(), 50_000_000, 24L << 30); // a .NET process with ORT sessions, under the machine
 
-        var memory = Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory");
+        var memory = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory");
         Assert.Equal(1_000_000, memory.GetProperty("budgetBytes").GetInt64());
         Assert.Equal(64, memory.GetProperty("decodeTileSize").GetInt32());
         Assert.False(memory.GetProperty("met").GetBoolean());
@@ -41,7 +41,7 @@ public class MemoryBudgetServiceTests
         var output = Body(await app.GetAsync(Body(submitted).GetProperty("id").GetString()!)).GetProperty("output");
         Assert.False(output.TryGetProperty("decodeTileSize", out _));
         Assert.True(output.GetProperty("peakMemoryBytes").GetInt64() > 0);
-        Assert.Equal(JsonValueKind.Null, Body((ContentResult)app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory").ValueKind);
+        Assert.Equal(JsonValueKind.Null, Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory").ValueKind);
     }
 
     [Theory]

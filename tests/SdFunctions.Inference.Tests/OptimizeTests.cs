@@ -1,6 +1,7 @@
 using System.Security.Cryptography;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Schedulers;
 using SdFunctions.Optimizer;
 
 namespace SdFunctions.Inference.Tests;
@@ -44,6 +45,12 @@ public class OptimizeTests
         var bundle = ModelBundle.Open(dir);
         Assert.Equal(2, bundle.FixedUnetBatch);
         Assert.Equal([2L, 4L, 32L, 32L], bundle.Unet.FindInput("sample")!.Dims.Select(d => d.Value ?? -1));
+
+        // Its profile, for the API side: what the bundle as written can do, equal to a fresh read of it.
+        var profile = ModelProfile.Parse(await File.ReadAllBytesAsync(Path.Combine(dir, ModelProfile.FileName)), "test");
+        Assert.Equal(ModelProfile.Read(bundle).ToJson(), profile.ToJson());
+        Assert.Equal((2, true, 256, 256, 4), (profile.UNetBatch, profile.FixedUNetBatch, profile.Width, profile.Height, profile.LatentChannels));
+        Assert.Equal(SchedulerCatalog.Names, profile.SchedulerNames);
     }
 
     [Fact]

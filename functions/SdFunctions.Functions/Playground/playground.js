@@ -296,7 +296,7 @@
     if (values.includes(chosen)) select.value = chosen;
   }
 
-  // The lists come from /api/health once the model is loaded; before that, from the API's own document (every value).
+  // The lists come from /api/health (the model's profile); should the service not know it, from the API's own document (every value).
   async function refreshService() {
     try {
       const health = await (await fetch(new URL('health', api), { cache: 'no-store' })).json();

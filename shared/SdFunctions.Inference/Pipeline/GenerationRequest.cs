@@ -87,46 +87,16 @@ public sealed record GenerationRequest
     /// </summary>
     public IGaussianNoise? StepNoise { get; init; }
 
-    /// <summary>The checks that need no loaded model: prompt, steps, guidance, scheduler and decoder names.</summary>
-    public void ValidateParameters()
-    {
-        if (Prompt is null) throw new InvalidGenerationRequestException("prompt", "A prompt is required.");
-        if (NegativePrompt is null) throw new InvalidGenerationRequestException("negativePrompt", "The negative prompt may be empty but not null.");
-        if (Steps is < MinSteps or > MaxSteps)
-            throw new InvalidGenerationRequestException("steps", $"Steps must be between {MinSteps} and {MaxSteps}; got {Steps}.");
-        if (GuidanceScale is { } g && !(g >= MinGuidance && g <= MaxGuidance))
-            throw new InvalidGenerationRequestException("guidanceScale", $"Guidance scale must be between {MinGuidance} and {MaxGuidance}; got {g}.");
-        if (Scheduler is { } s && !SchedulerCatalog.IsKnown(s))
-            throw new InvalidGenerationRequestException("scheduler", $"Unknown scheduler '{s}'. Choose one of: {string.Join(", ", SchedulerCatalog.Names)}.");
-        if (Seed is { } seed && seed is < 0 or > MaxSeed)
-            throw new InvalidGenerationRequestException("seed", $"The seed must be between 0 and {MaxSeed}; got {seed}.");
-        if (InitialLatents is { } latents && !latents.All(float.IsFinite))
-            throw new InvalidGenerationRequestException("initialLatents", "The initial latents hold NaN or infinite values.");
-        if (InitImage is null && Strength is not null)
-            throw new InvalidGenerationRequestException("strength", "A strength needs an init image (image-to-image).");
-        if (InitImage is null && EncoderNoise is not null)
-            throw new InvalidGenerationRequestException("encoderNoise", "Encoder noise needs an init image (image-to-image).");
-        if (Strength is { } strength && !(strength > 0 && strength <= 1))
-            throw new InvalidGenerationRequestException("strength", $"The strength must be greater than 0 and at most 1; got {strength}.");
-        if (EncoderNoise is { } eps && !eps.All(float.IsFinite))
-            throw new InvalidGenerationRequestException("encoderNoise", "The encoder noise holds NaN or infinite values.");
-        if (TileSize is { } tile)
-        {
-            if (TiledDecode != true) throw new InvalidGenerationRequestException("tileSize", "A tile size needs tiled decoding on (tiledDecode).");
-            if (tile is < MinTileSize or > MaxTileSize || tile % 8 != 0)
-                throw new InvalidGenerationRequestException("tileSize", $"The tile size must be a multiple of 8 from {MinTileSize} to {MaxTileSize} pixels; got {tile}.");
-        }
-        if (CacheInterval is < 1 or > DeepCacheSchedule.MaxInterval)
-            throw new InvalidGenerationRequestException("cacheInterval", $"The cache interval must be from 1 (off) to {DeepCacheSchedule.MaxInterval}; got {CacheInterval}.");
-        if (CacheSchedule is { } schedule && !DeepCacheSchedule.Names.Contains(schedule))
-            throw new InvalidGenerationRequestException("cacheSchedule", $"Unknown cache schedule '{schedule}'. Choose one of: {string.Join(", ", DeepCacheSchedule.Names)}.");
-        if (Decoder is { } d && !Bundle.DecoderComponent.Names.Contains(d))
-            throw new InvalidGenerationRequestException("decoder", $"Unknown decoder '{d}'. Choose one of: {string.Join(", ", Bundle.DecoderComponent.Names)}.");
-    }
+    /// <summary>The rules that need no model (<see cref="GenerationRules"/>); throws on the first broken one.</summary>
+    public void ValidateParameters() => GenerationRules.ThrowIfInvalid(this, profile: null);
 }
 
 /// <summary>What a request that leaves them out gets, for one model and scheduler.</summary>
 public sealed record GenerationDefaults(string Scheduler, int Steps, double GuidanceScale, int MaxSteps);
 
 /// <summary>A request the pipeline cannot run: the parameter and why, for a 400 or a CLI usage error.</summary>
-public sealed class InvalidGenerationRequestException(string parameter, string message) : ArgumentException(message, parameter);
+public sealed class InvalidGenerationRequestException(string parameter, string message) : ArgumentException(message, parameter)
+{
+    /// <summary>What is wrong, without the parameter's name that <see cref="ArgumentException.Message"/> appends.</summary>
+    public string Reason { get; } = message;
+}

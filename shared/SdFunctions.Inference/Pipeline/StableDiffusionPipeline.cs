@@ -39,23 +39,23 @@ public sealed class StableDiffusionPipeline : IDisposable
     public ClipTokenizer Tokenizer { get; }
     public int Width { get; }
     public int Height { get; }
-    public int LatentChannels => 4;
-    public int LatentHeight => Height / Bundle.VaeScaleFactor;
-    public int LatentWidth => Width / Bundle.VaeScaleFactor;
-    public string DefaultScheduler { get; }
+
+    /// <summary>What the model can do as loaded (its compiled size, its default decoder): every request is checked against it.</summary>
+    public ModelProfile Profile { get; }
+    public int LatentChannels => Profile.LatentChannels;
+    public int LatentHeight => Profile.LatentHeight;
+    public int LatentWidth => Profile.LatentWidth;
+    public string DefaultScheduler => Profile.DefaultScheduler;
 
     /// <summary>The schedulers the bundle's scheduler_config.json can configure (all seven for SD 1.x configs).</summary>
-    public IReadOnlyList<string> SupportedSchedulers { get; }
+    public IReadOnlyList<string> SupportedSchedulers => [.. Profile.SchedulerNames];
 
-    /// <summary>The decoders a request may name (full, tiny), and the one it gets when it names none.</summary>
-    public IReadOnlyList<string> SupportedDecoders { get; }
-
-    /// <summary>Whether requests may start from an image: the bundle has a vae_encoder.</summary>
-    public bool SupportsImageToImage => Bundle.Encoder is not null;
-    public string DefaultDecoder { get; }
+    /// <summary>The decoders a request may name (full, tiny), the one it gets when it names none first.</summary>
+    public IReadOnlyList<string> SupportedDecoders => Profile.Decoders;
+    public string DefaultDecoder => Profile.DefaultDecoder;
 
     /// <summary>The UNet batch loaded first: fixed by an optimized UNet's graph, else 2 (guidance), or 1 for guidance-distilled UNets.</summary>
-    public int DefaultUNetBatch { get; }
+    public int DefaultUNetBatch => Profile.UNetBatch;
     public TimeSpan LoadTime { get; }
     public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
 
@@ -71,21 +71,13 @@ public sealed class StableDiffusionPipeline : IDisposable
         _logger = logger;
         Bundle = ModelBundle.Open(modelDirectory);
         Tokenizer = Bundle.Tokenizer;
-        DefaultScheduler = SchedulerCatalog.DefaultFor(Bundle.Scheduler).Name;
-        SupportedSchedulers = SchedulerCatalog.Names.Where(name => SchedulerCatalog.TryCreate(name, Bundle.Scheduler, out _)).ToList();
-        if (!SupportedSchedulers.Contains(DefaultScheduler))
-        {
-            SchedulerCatalog.TryCreate(DefaultScheduler, Bundle.Scheduler, out string? why);
-            throw new ModelBundleException($"{Path.Combine(Bundle.Directory, "scheduler", "scheduler_config.json")}: {why}.");
-        }
-        SupportedDecoders = Bundle.Decoders.Select(d => d.Name).ToList();
-        DefaultDecoder = options.DefaultDecoder ?? SupportedDecoders[0];
+        var profile = ModelProfile.Read(Bundle);
+        if (options.DefaultDecoder is { } named && !profile.Decoders.Contains(named))
+            throw new ModelBundleException($"{Bundle.Directory} has no '{named}' decoder; it has: {string.Join(", ", profile.Decoders)}.");
         _defaultTileSize = options.DecodeTileSize;
-        if (!SupportedDecoders.Contains(DefaultDecoder))
-            throw new ModelBundleException($"{Bundle.Directory} has no '{DefaultDecoder}' decoder; it has: {string.Join(", ", SupportedDecoders)}.");
-        DefaultUNetBatch = Bundle.FixedUnetBatch ?? (Bundle.GuidanceDistilled ? 1 : 2);
         Width = options.Width ?? Bundle.DefaultWidth;
         Height = options.Height ?? Bundle.DefaultHeight;
+        Profile = profile.For(Width, Height, options.DefaultDecoder);
         int multiple = Bundle.VaeScaleFactor * 8; // the UNet halves the latents three times
         if (Width <= 0 || Height <= 0 || Width % multiple != 0 || Height % multiple != 0)
             throw new InvalidGenerationRequestException("size", $"Width and height must be positive multiples of {multiple}; got {Width}×{Height}.");
@@ -167,75 +159,11 @@ public sealed class StableDiffusionPipeline : IDisposable
         Task.Run(() => new StableDiffusionPipeline(modelDirectory, options ?? new PipelineOptions(), logger ?? NullLogger.Instance, cancellationToken),
             cancellationToken);
 
-    /// <summary>
-    /// What a request gets for what it leaves out, with <paramref name="scheduler"/> (null = the bundle's): 4 steps for lcm,
-    /// else 50; guidance 8.5 for a guidance-distilled UNet (LatentConsistencyModelPipeline's default), 1 (off) for lcm on a
-    /// plain UNet (LCM-LoRA, Hyper-SD), else 7.5.
-    /// </summary>
-    public GenerationDefaults DefaultsFor(string? scheduler)
-    {
-        string name = scheduler ?? DefaultScheduler;
-        bool lcm = name == "lcm";
-        int maxSteps = lcm ? LcmScheduler.MaxStepsFor(Bundle.Scheduler) : GenerationRequest.MaxSteps;
-        double guidance = Bundle.GuidanceDistilled ? 8.5 : lcm ? 1.0 : 7.5;
-        return new GenerationDefaults(name, lcm ? Math.Min(4, maxSteps) : 50, guidance, Math.Min(maxSteps, GenerationRequest.MaxSteps));
-    }
+    /// <summary>What a request gets for what it leaves out, with <paramref name="scheduler"/> (null = the bundle's).</summary>
+    public GenerationDefaults DefaultsFor(string? scheduler) => Profile.DefaultsFor(scheduler);
 
-    /// <summary>Throws <see cref="InvalidGenerationRequestException"/> naming the first bad parameter.</summary>
-    public void Validate(GenerationRequest request)
-    {
-        request.ValidateParameters();
-        string scheduler = request.Scheduler ?? DefaultScheduler;
-        if (!SupportedSchedulers.Contains(scheduler))
-        {
-            SchedulerCatalog.TryCreate(scheduler, Bundle.Scheduler, out string? why);
-            throw new InvalidGenerationRequestException("scheduler",
-                $"This model's scheduler config cannot configure '{scheduler}' ({why}). Choose one of: {string.Join(", ", SupportedSchedulers)}.");
-        }
-        if (request.KarrasSigmas == true && !SchedulerCatalog.WithKarrasSigmas.Contains(scheduler))
-            throw new InvalidGenerationRequestException("karrasSigmas",
-                $"{scheduler} has no Karras sigmas; they exist for {string.Join(", ", SchedulerCatalog.WithKarrasSigmas)}.");
-        var defaults = DefaultsFor(scheduler);
-        if (request.Steps > defaults.MaxSteps)
-            throw new InvalidGenerationRequestException("steps",
-                $"{scheduler} runs at most {defaults.MaxSteps} steps with this model (its original_inference_steps); 1–8 is what LCM is made for. Got {request.Steps}.");
-        if (Bundle.GuidanceDistilled && request.NegativePrompt.Length > 0)
-            throw new InvalidGenerationRequestException("negativePrompt",
-                "This model has guidance distilled into it (an LCM UNet with timestep_cond): it runs no unconditional pass, so it cannot use a negative prompt. Leave negativePrompt empty.");
-        if (request.Decoder is { } decoder && !SupportedDecoders.Contains(decoder))
-            throw new InvalidGenerationRequestException("decoder",
-                $"This model has no '{decoder}' decoder. Choose one of: {string.Join(", ", SupportedDecoders)}.");
-        if (request.TiledDecode == true && (request.Decoder ?? DefaultDecoder) != DecoderComponent.Full)
-            throw new InvalidGenerationRequestException("tiledDecode",
-                $"Tiled decoding is for the full VAE; the {(request.Decoder ?? DefaultDecoder)} decoder decodes whole (TAESD needs little memory anyway).");
-        if (request.CacheInterval > 1 && Bundle.DeepCache is null)
-            throw new InvalidGenerationRequestException("cacheInterval",
-                "This model has no DeepCache graphs; make them with sdf optimize --deep-cache, or leave cacheInterval at 1.");
-        if (request.CacheInterval > 1 && request.CacheSchedule == DeepCacheSchedule.NonUniform)
-            DeepCacheSchedule.NonUniformSteps(request.Steps ?? defaults.Steps, request.CacheInterval.Value);
-        if ((request.Width is { } w && w != Width) || (request.Height is { } h && h != Height))
-            throw new InvalidGenerationRequestException("size",
-                $"This model is compiled for {Width}×{Height} only; got {request.Width ?? Width}×{request.Height ?? Height}.");
-        int latentSize = LatentChannels * LatentHeight * LatentWidth;
-        if (request.InitialLatents is { } l && l.Length != latentSize)
-            throw new InvalidGenerationRequestException("initialLatents",
-                $"Initial latents must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {latentSize} floats; got {l.Length}.");
-        if (request.InitImage is { } image)
-        {
-            if (!SupportsImageToImage)
-                throw new InvalidGenerationRequestException("image", "This model has no image encoder (vae_encoder/), so it cannot start from an image.");
-            if (image.Width != Width || image.Height != Height || image.Rgb.Length != Width * Height * 3)
-                throw new InvalidGenerationRequestException("image", $"The init image must be {Width}×{Height} RGB (InitImage.Decode fits one); got {image.Width}×{image.Height}.");
-            int steps = request.Steps ?? defaults.Steps;
-            double strength = request.Strength ?? GenerationRequest.DefaultStrength;
-            if (ImageStart.BeginIndex(steps, strength) >= steps)
-                throw new InvalidGenerationRequestException("strength",
-                    $"With {steps} steps and strength {strength} no step would run (int(steps × strength) = 0); raise the strength or the steps.");
-            if (request.EncoderNoise is { } eps && eps.Length != latentSize)
-                throw new InvalidGenerationRequestException("encoderNoise",
-                    $"Encoder noise must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {latentSize} floats; got {eps.Length}.");
-        }
-    }
+    /// <summary>Throws <see cref="InvalidGenerationRequestException"/> naming the first broken rule (<see cref="GenerationRules"/>).</summary>
+    public void Validate(GenerationRequest request) => GenerationRules.ThrowIfInvalid(request, Profile);
 
     /// <summary>Generates one image. Checks <paramref name="cancellationToken"/> between steps and aborts a running model call.</summary>
     public Task<GenerationResult> GenerateAsync(GenerationRequest request, IProgress<GenerationProgress>? progress = null,

@@ -3,11 +3,15 @@ namespace SdFunctions.Inference.Schedulers;
 /// <summary>
 /// One scheduler as users and other tools know it: the API/CLI name, the diffusers class a bundle's scheduler_config.json names,
 /// the sampler's name in AUTOMATIC1111's parameters text, whether it has Karras sigmas, whether it is a few-step sampler (LCM:
-/// 4 steps and its own guidance defaults), and how to build it from a config.
+/// 4 steps and guidance off on a plain UNet, as diffusers' LCM-LoRA recipes run it), and how to build it from a config.
 /// </summary>
 public sealed record SchedulerInfo(string Name, string DiffusersClass, string SamplerName, bool KarrasSigmas, bool FewStep,
     Func<SchedulerConfig, IScheduler> Create)
 {
+    /// <summary>What a request that leaves them out runs: StableDiffusionPipeline's 50 steps at 7.5, or 4 steps at 1 (off) for a few-step sampler.</summary>
+    public int DefaultSteps => FewStep ? 4 : 50;
+    public double DefaultGuidance => FewStep ? 1.0 : 7.5;
+
     /// <summary>The most steps this scheduler runs with <paramref name="config"/>: LCM's distillation grid bounds it.</summary>
     public int MaxSteps(SchedulerConfig config, int bound) => FewStep ? Math.Min(bound, LcmScheduler.MaxStepsFor(config)) : bound;
 }
