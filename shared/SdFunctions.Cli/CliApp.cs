@@ -303,31 +303,14 @@ public static class CliApp
             using var run = new RunOptions();
             using var abort = ct.Register(() => run.Terminate = true);
             var load = System.Diagnostics.Stopwatch.StartNew();
-            float[] image;
-            string how;
-            TimeSpan loaded, took;
-            if (parse.GetValue(tiled))
-            {
-                int tile = parse.GetValue(tileSize) ?? vae.SampleSize ?? 512;
-                using var decoder = new Inference.Models.TiledVaeDecoder(factory, bundle, vae, tile);
-                loaded = load.Elapsed;
-                int tiles = 0;
-                var watch = System.Diagnostics.Stopwatch.StartNew();
-                image = await Task.Run(() => decoder.DecodeLatents(values, latentHeight, latentWidth, run, (_, _, _) => tiles++), ct);
-                took = watch.Elapsed;
-                how = tiles == 0 ? $"whole (no side exceeds the {tile} px tile)" : $"{tiles} tiles of {tile} px";
-            }
-            else
-            {
-                using var decoder = new Inference.Models.VaeDecoderModel(factory, bundle, vae, latentHeight, latentWidth);
-                loaded = load.Elapsed;
-                var watch = System.Diagnostics.Stopwatch.StartNew();
-                await Task.Run(() => decoder.Decode(values, run), ct);
-                took = watch.Elapsed;
-                image = decoder.Image;
-                how = "whole";
-            }
-            await File.WriteAllBytesAsync(outPath, await ImageFile.EncodeAsync(StableDiffusionPipeline.ToRgb8(image, h, w), w, h, ImageFile.Png, cancellationToken: ct), ct);
+            using var decoders = new DecoderCatalog(factory, bundle, latentHeight, latentWidth);
+            var decoder = decoders.Get(new DecodePlan(DecoderComponent.Full, parse.GetValue(tiled), parse.GetValue(tileSize)));
+            var loaded = load.Elapsed;
+            var watch = System.Diagnostics.Stopwatch.StartNew();
+            byte[] rgb = await Task.Run(() => decoder.DecodeToRgb(values, latentHeight, latentWidth, run), ct);
+            var took = watch.Elapsed;
+            string how = decoder.Describe(latentHeight, latentWidth);
+            await File.WriteAllBytesAsync(outPath, await ImageFile.EncodeAsync(rgb, w, h, ImageFile.Png, cancellationToken: ct), ct);
             stderr.WriteLine($"wrote {outPath} ({w}×{h}, decoded {how} in {took.TotalSeconds:F2} s; session load {loaded.TotalSeconds:F2} s)");
             return Ok;
         });

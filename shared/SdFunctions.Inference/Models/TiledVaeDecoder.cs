@@ -12,7 +12,7 @@ namespace SdFunctions.Inference.Models;
 /// in the memory of a small one. Latents no larger than a tile are decoded whole, as diffusers does. One session with free
 /// height and width serves every tile shape (the edge tiles are smaller).
 /// </summary>
-public sealed class TiledVaeDecoder : IDisposable
+public sealed class TiledVaeDecoder : IImageDecoder
 {
     private readonly InferenceSession _session;
     private readonly string[] _inputNames = ["latent_sample"];
@@ -47,6 +47,27 @@ public sealed class TiledVaeDecoder : IDisposable
     }
 
     /// <summary>Divides the pipeline's final latents by the decoder's scaling factor and decodes them (see <see cref="Decode"/>).</summary>
+    public string Name => Component.Name;
+    int? IImageDecoder.TileSize => TileSize;
+
+    public byte[] DecodeToRgb(ReadOnlySpan<float> latents, int latentHeight, int latentWidth, RunOptions runOptions) =>
+        Pipeline.StableDiffusionPipeline.ToRgb8(DecodeLatents(latents, latentHeight, latentWidth, runOptions), latentHeight * _scale, latentWidth * _scale);
+
+    /// <summary>How many tiles a decode of that size takes (0: no side exceeds a tile, so it decodes whole).</summary>
+    public int TileCount(int latentHeight, int latentWidth)
+    {
+        int latentTile = TileSize / _scale;
+        if (latentHeight <= latentTile && latentWidth <= latentTile) return 0;
+        int stride = (int)(latentTile * (1 - OverlapFactor));
+        return (latentHeight + stride - 1) / stride * ((latentWidth + stride - 1) / stride);
+    }
+
+    public string Describe(int latentHeight, int latentWidth)
+    {
+        int tiles = TileCount(latentHeight, latentWidth);
+        return tiles == 0 ? $"whole (no side exceeds the {TileSize} px tile)" : $"{tiles} tiles of {TileSize} px";
+    }
+
     public float[] DecodeLatents(ReadOnlySpan<float> latents, int latentHeight, int latentWidth, RunOptions runOptions, Action<int, int, float[]>? onTile = null)
     {
         var z = new float[latents.Length];

@@ -8,12 +8,13 @@ namespace SdFunctions.Inference.Models;
 /// An image decoder (the full VAE or TAESD) at one static shape: [1, 4, h, w] latents → [1, 3, h·f, w·f] image in about
 /// [−1, 1]. <see cref="Decode"/> divides by the decoder's own scaling factor first.
 /// </summary>
-public sealed class VaeDecoderModel : IDisposable
+public sealed class VaeDecoderModel : IImageDecoder
 {
     private readonly InferenceSession _session;
     private readonly OrtValue _input, _output;
     private readonly string[] _inputNames = ["latent_sample"];
     private readonly string[] _outputNames;
+    private readonly int _latentHeight, _latentWidth;
 
     public DecoderComponent Component { get; }
     public float[] Latents { get; }
@@ -28,6 +29,7 @@ public sealed class VaeDecoderModel : IDisposable
     public VaeDecoderModel(OnnxSessionFactory factory, ModelBundle bundle, DecoderComponent component, int latentHeight, int latentWidth)
     {
         Component = component;
+        (_latentHeight, _latentWidth) = (latentHeight, latentWidth);
         var model = component.Model;
         var inputInfo = model.FindInput("latent_sample")!;
         int channels = (int)(StaticShapes.FixedDim(inputInfo, 1) ?? 4);
@@ -56,6 +58,19 @@ public sealed class VaeDecoderModel : IDisposable
         for (int k = 0; k < latents.Length; k++) Latents[k] = latents[k] / scaling;
         Run(runOptions);
     }
+
+    public string Name => Component.Name;
+    public int? TileSize => null;
+
+    public byte[] DecodeToRgb(ReadOnlySpan<float> latents, int latentHeight, int latentWidth, RunOptions runOptions)
+    {
+        if (latentHeight != _latentHeight || latentWidth != _latentWidth)
+            throw new ArgumentException($"This decoder is compiled for {_latentHeight}×{_latentWidth} latents; got {latentHeight}×{latentWidth}.", nameof(latents));
+        Decode(latents, runOptions);
+        return Pipeline.StableDiffusionPipeline.ToRgb8(Image, Height, Width);
+    }
+
+    public string Describe(int latentHeight, int latentWidth) => "whole";
 
     public void Dispose()
     {

@@ -14,6 +14,12 @@ internal abstract class LatentStart
     /// <summary>noise or image: the denoise span's sdf.start tag.</summary>
     public abstract string Name { get; }
 
+    /// <summary>The span preparing the start runs in, when it is a phase of its own (encoding an image); null when it is not.</summary>
+    public virtual string? SpanName => null;
+
+    /// <summary>Whether the same request starts from the same latents again (not for an encoder that samples without a seed).</summary>
+    public virtual bool Reproducible => true;
+
     /// <summary>Writes the starting latents for a schedule set with <see cref="IScheduler.SetTimesteps"/>; returns the first step's index.</summary>
     public abstract int Prepare(IScheduler scheduler, Span<float> latents, IGaussianNoise noise, RunOptions runOptions);
 }
@@ -42,6 +48,8 @@ internal sealed class ImageStart(VaeEncoderModel encoder, InitImage image, int s
     : LatentStart
 {
     public override string Name => "image";
+    public override string? SpanName => "encode image";
+    public override bool Reproducible => encoder.Component.Kind != VaeEncoderKind.SampledInGraph;
 
     /// <summary>The first step image-to-image runs: diffusers' t_start = steps − min(int(steps·strength), steps).</summary>
     public static int BeginIndex(int steps, double strength) => steps - Math.Min((int)(steps * strength), steps);

@@ -25,10 +25,8 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly OnnxSessionFactory _factory;
     private readonly TextEncoderModel _textEncoder;
     private readonly Dictionary<int, UNetModel> _unets = [];
-    private readonly Dictionary<string, VaeDecoderModel> _decoders = [];
-    private TiledVaeDecoder? _tiledDecoder; // one tile size at a time: a request for another replaces it
+    private DecoderCatalog _decoders = null!; // created with the factory, in the constructor
     private VaeEncoderModel? _encoder; // built when image-to-image is first asked for
-    private readonly int? _defaultTileSize;
     private readonly float[] _emptyPromptEmbedding;
     private readonly SemaphoreSlim _gate = new(1, 1);
     private readonly List<SessionLoadInfo> _loadInfo = [];
@@ -57,7 +55,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     /// <summary>The UNet batch loaded first: fixed by an optimized UNet's graph, else 2 (guidance), or 1 for guidance-distilled UNets.</summary>
     public int DefaultUNetBatch => Profile.UNetBatch;
     public TimeSpan LoadTime { get; }
-    public IReadOnlyList<SessionLoadInfo> Sessions => _loadInfo;
+    public IReadOnlyList<SessionLoadInfo> Sessions => [.. _loadInfo, .. _decoders.Loaded];
 
     /// <summary>How this pipeline keeps under its memory budget (<see cref="MemoryPlan.Unlimited"/> without one).</summary>
     public MemoryPlan Memory { get; }
@@ -74,7 +72,6 @@ public sealed class StableDiffusionPipeline : IDisposable
         var profile = ModelProfile.Read(Bundle);
         if (options.DefaultDecoder is { } named && !profile.Decoders.Contains(named))
             throw new ModelBundleException($"{Bundle.Directory} has no '{named}' decoder; it has: {string.Join(", ", profile.Decoders)}.");
-        _defaultTileSize = options.DecodeTileSize;
         Width = options.Width ?? Bundle.DefaultWidth;
         Height = options.Height ?? Bundle.DefaultHeight;
         Profile = profile.For(Width, Height, options.DefaultDecoder);
@@ -84,6 +81,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         if (PipelineOptions.MemoryNeededFor(Width, Height) is { } tooBig) throw new InvalidGenerationRequestException("size", tooBig);
 
         _factory = new OnnxSessionFactory(options.Session, logger);
+        _decoders = new DecoderCatalog(_factory, Bundle, LatentHeight, LatentWidth, options.DecodeTileSize);
         try
         {
             cancellationToken.ThrowIfCancellationRequested();
@@ -100,16 +98,9 @@ public sealed class StableDiffusionPipeline : IDisposable
             if (options.WarmUp || options.MemoryBudget is not null) unet.Run(Bundle.Scheduler.NumTrainTimesteps - 1, runOptions);
             cancellationToken.ThrowIfCancellationRequested();
             Memory = options.MemoryBudget is { } budget ? PlanMemory(budget, releasing!) : MemoryPlan.Unlimited;
-            if (DefaultDecoder == DecoderComponent.Full && Memory.DecodeTileSize is { } tile)
-            {
-                var tiled = TiledDecoder(tile);
-                if (options.WarmUp) DecodeTiled(tiled, new float[LatentChannels * LatentHeight * LatentWidth], releasing ?? runOptions);
-            }
-            else
-            {
-                var decoder = Decoder(DefaultDecoder);
-                if (options.WarmUp) decoder.Run(releasing ?? runOptions);
-            }
+            // The decoder a request without one gets, as its plan would decode (tiled when the budget says so).
+            var decoder = _decoders.Get(GenerationPlanner.Plan(new GenerationRequest { Prompt = "" }, Profile, Bundle.Scheduler, Memory).Decode);
+            if (options.WarmUp) decoder.DecodeToRgb(new float[Profile.LatentSize], LatentHeight, LatentWidth, releasing ?? runOptions);
         }
         catch
         {
@@ -204,133 +195,119 @@ public sealed class StableDiffusionPipeline : IDisposable
     {
         var total = Stopwatch.StartNew();
         bool ownPeak = ProcessMemory.ResetPeak(); // generations run one at a time: from here the process's peak is this one's
-        var defaults = DefaultsFor(request.Scheduler);
-        long seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1);
-        int steps = request.Steps ?? defaults.Steps;
-        double guidanceScale = request.GuidanceScale ?? defaults.GuidanceScale;
-        var scheduler = SchedulerCatalog.Create(defaults.Scheduler, Bundle.Scheduler, request.KarrasSigmas);
-        scheduler.SetTimesteps(steps);
+        var plan = GenerationPlanner.Plan(request, Profile, Bundle.Scheduler, Memory);
 
-        // Text conditioning: the prompt, and for classifier-free guidance the negative prompt too.
-        var encodeWatch = Stopwatch.StartNew();
-        var modelWatch = new Stopwatch();
         TokenizedPrompt prompt;
         UNetConditioning conditioning;
+        TimeSpan textEncoderTime;
         using (var span = PipelineTelemetry.Source.StartActivity("encode text"))
-        {
-            prompt = Tokenizer.Encode(request.Prompt);
-            span?.SetTag("sdf.prompt.truncated", prompt.Truncated);
-            if (prompt.Truncated)
-                _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
-            modelWatch.Start();
-            float[] promptEmbedding = _textEncoder.Encode(prompt.Ids, onceRunOptions);
-            modelWatch.Stop();
-            if (Bundle.GuidanceDistilled)
-                conditioning = new EmbeddedGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, guidanceScale, unetObserver);
-            else if (guidanceScale > 1.0)
-            {
-                modelWatch.Start();
-                float[] negative = request.NegativePrompt.Length == 0 ? _emptyPromptEmbedding : _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, onceRunOptions);
-                modelWatch.Stop();
-                conditioning = new ClassifierFreeGuidance(Unet(Bundle.FixedUnetBatch ?? 2), negative, promptEmbedding, guidanceScale, unetObserver);
-            }
-            else conditioning = new NoGuidance(Unet(Bundle.FixedUnetBatch ?? 1), promptEmbedding, unetObserver);
-        }
-        var encodeTime = encodeWatch.Elapsed;
-        var textEncoderTime = modelWatch.Elapsed;
-        string decoderName = request.Decoder ?? DefaultDecoder;
-        WarnOnceIfTimestepsAreTruncated(_unets[conditioning.Batch], scheduler);
+            (prompt, conditioning, textEncoderTime) = Condition(request, plan, onceRunOptions, unetObserver, span);
+        var encodeTime = total.Elapsed;
+        WarnOnceIfTimestepsAreTruncated(_unets[conditioning.Batch], plan.Scheduler);
 
-        int n = LatentChannels * LatentHeight * LatentWidth;
-        var noise = new SeededGaussianNoise(seed);
-        LatentStart start = request.InitImage is { } image
-            ? new ImageStart(Encoder(), image, steps, request.Strength ?? GenerationRequest.DefaultStrength, request.EncoderNoise, request.InitialLatents)
+        var latents = new float[Profile.LatentSize];
+        var noise = new SeededGaussianNoise(plan.Seed);
+        LatentStart start = plan.Strength is { } strength
+            ? new ImageStart(Encoder(), request.InitImage!, plan.Steps, strength, request.EncoderNoise, request.InitialLatents)
             : new NoiseStart(request.InitialLatents);
-        float[] latents = new float[n];
-        var imageEncodeWatch = Stopwatch.StartNew();
-        int begin;
-        using (start is ImageStart ? PipelineTelemetry.Source.StartActivity("encode image") : null) // a phase of its own only for image-to-image
-            begin = start.Prepare(scheduler, latents, noise, onceRunOptions);
-        var imageEncoderTime = start is ImageStart ? imageEncodeWatch.Elapsed : TimeSpan.Zero;
-        var stepNoise = request.StepNoise ?? noise;
-
-        var timesteps = scheduler.Timesteps.Skip(begin).ToList();
-        var cache = DeepCacheSchedule.Create(request.CacheInterval ?? 1, request.CacheSchedule ?? DeepCacheSchedule.Uniform, timesteps, steps);
-        float[] modelInput = new float[n], noisePrediction = new float[n];
-        var stepTimes = new List<TimeSpan>(timesteps.Count);
-        var unetTimes = new List<TimeSpan>(timesteps.Count);
-        using (PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", timesteps.Count)
-            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch).SetTag("sdf.cache_interval", cache.Interval).SetTag("sdf.start", start.Name))
+        var prepareTime = Timed(() =>
         {
-            for (int i = 0; i < timesteps.Count; i++)
-            {
-                ct.ThrowIfCancellationRequested();
-                var stepWatch = Stopwatch.StartNew();
-                double t = timesteps[i];
-                scheduler.ScaleModelInput(latents, t, modelInput);
-                modelWatch.Restart();
-                conditioning.Predict(modelInput, t, noisePrediction, runOptions, cache.IsFull(i) ? UNetPass.Full : UNetPass.Shallow);
-                unetTimes.Add(modelWatch.Elapsed);
-                scheduler.Step(noisePrediction, t, latents, stepNoise);
-                stepTimes.Add(stepWatch.Elapsed);
-                progress?.Report(new GenerationProgress(i + 1, timesteps.Count, total.Elapsed) { Steps = steps });
-            }
-        }
+            using (start.SpanName is { } name ? PipelineTelemetry.Source.StartActivity(name) : null) start.Prepare(plan.Scheduler, latents, noise, onceRunOptions);
+        });
+        var imageEncodeTime = start.SpanName is null ? TimeSpan.Zero : prepareTime; // a phase of its own only when it encodes an image
+        var (stepTimes, unetTimes) = Denoise(plan, conditioning, start, latents, request.StepNoise ?? noise, runOptions, progress, total, ct);
 
         ct.ThrowIfCancellationRequested();
-        var decodeWatch = Stopwatch.StartNew();
-        byte[] rgb;
+        var decodeStart = total.Elapsed;
+        var decoder = _decoders.Get(plan.Decode);
+        byte[] rgb = [];
         TimeSpan vaeTime;
-        int? tileSize = null;
-        using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoderName))
-        {
-            // A budget that needs tiles tiles every full-VAE decode (over a request's tiledDecode: false); a request's own tile size is kept.
-            int? plannedTile = decoderName == DecoderComponent.Full ? Memory.DecodeTileSize : null;
-            if (request.TiledDecode == true || plannedTile is not null)
-            {
-                var tiled = TiledDecoder(request.TileSize ?? plannedTile);
-                tileSize = tiled.TileSize;
-                (rgb, vaeTime) = DecodeTiled(tiled, latents, onceRunOptions);
-            }
-            else (rgb, vaeTime) = Decode(Decoder(decoderName), latents, onceRunOptions);
-        }
-        var decodeTime = decodeWatch.Elapsed;
-
+        using (PipelineTelemetry.Source.StartActivity("decode latents")?.SetTag("sdf.decoder", decoder.Name))
+            vaeTime = Timed(() => rgb = decoder.DecodeToRgb(latents, LatentHeight, LatentWidth, onceRunOptions));
         return new GenerationResult
         {
-            Seed = seed, Scheduler = scheduler.Name, Steps = steps, GuidanceScale = guidanceScale, Width = Width, Height = Height,
-            Decoder = decoderName, DecodeTileSize = tileSize, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
-            UNetCalls = timesteps.Count * conditioning.CallsPerStep,
-            Strength = start is ImageStart ? request.Strength ?? GenerationRequest.DefaultStrength : null,
-            Reproducible = start is not ImageStart || Bundle.Encoder!.Kind != VaeEncoderKind.SampledInGraph,
-            CacheInterval = cache.Interval, CacheSchedule = cache.Interval > 1 ? cache.Kind : null,
-            ShallowUNetCalls = cache.ShallowCalls * conditioning.CallsPerStep,
+            Seed = plan.Seed, Scheduler = plan.Scheduler.Name, Steps = plan.Steps, GuidanceScale = plan.GuidanceScale, Width = Width, Height = Height,
+            Decoder = decoder.Name, DecodeTileSize = decoder.TileSize, UNetBatch = conditioning.Batch, Conditioning = conditioning.Name,
+            UNetCalls = plan.Timesteps.Count * conditioning.CallsPerStep, Strength = plan.Strength, Reproducible = start.Reproducible,
+            CacheInterval = plan.Cache.Interval, CacheSchedule = plan.Cache.Interval > 1 ? plan.Cache.Kind : null,
+            ShallowUNetCalls = plan.Cache.ShallowCalls * conditioning.CallsPerStep,
             Rgb = rgb, Latents = latents, PromptTruncated = prompt.Truncated, PeakMemoryBytes = ownPeak ? ProcessMemory.Peak : null,
-            Timings = new GenerationTimings(encodeTime, stepTimes, decodeTime, total.Elapsed, textEncoderTime, unetTimes, vaeTime) { ImageEncode = imageEncoderTime },
+            Timings = new GenerationTimings(encodeTime, stepTimes, total.Elapsed - decodeStart, total.Elapsed, textEncoderTime, unetTimes, vaeTime)
+            {
+                ImageEncode = imageEncodeTime,
+            },
         };
     }
 
-    /// <summary>Final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) → RGB bytes, and the decoder's own run time.</summary>
-    private static (byte[] Rgb, TimeSpan VaeRun) Decode(VaeDecoderModel decoder, float[] latents, RunOptions runOptions)
+    /// <summary>Text conditioning: the prompt, and for classifier-free guidance the negative prompt too, in the UNet the plan chose.</summary>
+    private (TokenizedPrompt Prompt, UNetConditioning Conditioning, TimeSpan TextEncoderTime) Condition(GenerationRequest request, GenerationPlan plan,
+        RunOptions runOptions, IUNetInputObserver? observer, Activity? span)
     {
-        var watch = Stopwatch.StartNew();
-        decoder.Decode(latents, runOptions);
-        var vaeTime = watch.Elapsed;
-        return (ToRgb8(decoder.Image, decoder.Height, decoder.Width), vaeTime);
+        var prompt = Tokenizer.Encode(request.Prompt);
+        span?.SetTag("sdf.prompt.truncated", prompt.Truncated);
+        if (prompt.Truncated)
+            _logger.LogWarning("The prompt has {Tokens} tokens; only the first {Max} are used", prompt.UntruncatedLength, Tokenizer.MaxLength);
+        float[] embedding = [], negative = _emptyPromptEmbedding;
+        var time = Timed(() =>
+        {
+            embedding = _textEncoder.Encode(prompt.Ids, runOptions);
+            if (plan.Guidance == GuidanceKind.ClassifierFree && request.NegativePrompt.Length > 0)
+                negative = _textEncoder.Encode(Tokenizer.Encode(request.NegativePrompt).Ids, runOptions);
+        });
+        var unet = Unet(plan.UNetBatch);
+        UNetConditioning conditioning = plan.Guidance switch
+        {
+            GuidanceKind.Embedded => new EmbeddedGuidance(unet, embedding, plan.GuidanceScale, observer),
+            GuidanceKind.ClassifierFree => new ClassifierFreeGuidance(unet, negative, embedding, plan.GuidanceScale, observer),
+            _ => new NoGuidance(unet, embedding, observer),
+        };
+        return (prompt, conditioning, time);
     }
 
-    /// <summary>Decodes final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) into RGB bytes, HWC, with a decoder (null = the default).</summary>
+    /// <summary>The loop: scale, predict (the whole UNet or DeepCache's shallow branch, as the plan says), step. Returns each step's and each UNet call's time.</summary>
+    private static (List<TimeSpan> Steps, List<TimeSpan> UNet) Denoise(GenerationPlan plan, UNetConditioning conditioning, LatentStart start, float[] latents,
+        IGaussianNoise stepNoise, RunOptions runOptions, IProgress<GenerationProgress>? progress, Stopwatch total, CancellationToken ct)
+    {
+        var (timesteps, scheduler) = (plan.Timesteps, plan.Scheduler);
+        float[] modelInput = new float[latents.Length], noisePrediction = new float[latents.Length];
+        var stepTimes = new List<TimeSpan>(timesteps.Count);
+        var unetTimes = new List<TimeSpan>(timesteps.Count);
+        using var span = PipelineTelemetry.Source.StartActivity("denoise")?.SetTag("sdf.scheduler", scheduler.Name).SetTag("sdf.steps", timesteps.Count)
+            .SetTag("sdf.conditioning", conditioning.Name).SetTag("sdf.unet.batch", conditioning.Batch).SetTag("sdf.cache_interval", plan.Cache.Interval)
+            .SetTag("sdf.start", start.Name);
+        for (int i = 0; i < timesteps.Count; i++)
+        {
+            ct.ThrowIfCancellationRequested();
+            var stepStart = total.Elapsed;
+            double t = timesteps[i];
+            scheduler.ScaleModelInput(latents, t, modelInput);
+            unetTimes.Add(Timed(() => conditioning.Predict(modelInput, t, noisePrediction, runOptions, plan.Cache.IsFull(i) ? UNetPass.Full : UNetPass.Shallow)));
+            scheduler.Step(noisePrediction, t, latents, stepNoise);
+            stepTimes.Add(total.Elapsed - stepStart);
+            progress?.Report(new GenerationProgress(i + 1, timesteps.Count, total.Elapsed) { Steps = plan.Steps });
+        }
+        return (stepTimes, unetTimes);
+    }
+
+    private static TimeSpan Timed(Action action)
+    {
+        long start = Stopwatch.GetTimestamp();
+        action();
+        return Stopwatch.GetElapsedTime(start);
+    }
+
+    /// <summary>Decodes final latents [1, 4, H/8, W/8] (as <see cref="GenerationResult.Latents"/>) into RGB bytes, HWC, with a decoder (null = the default), whole.</summary>
     public async Task<byte[]> DecodeLatentsAsync(float[] latents, string? decoder = null, CancellationToken cancellationToken = default)
     {
         ObjectDisposedException.ThrowIf(_disposed, this);
-        int n = LatentChannels * LatentHeight * LatentWidth;
-        if (latents.Length != n)
-            throw new InvalidGenerationRequestException("latents", $"Latents must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {n} floats; got {latents.Length}.");
+        if (latents.Length != Profile.LatentSize)
+            throw new InvalidGenerationRequestException("latents",
+                $"Latents must hold [1, {LatentChannels}, {LatentHeight}, {LatentWidth}] = {Profile.LatentSize} floats; got {latents.Length}.");
         await _gate.WaitAsync(cancellationToken).ConfigureAwait(false);
         try
         {
             using var runOptions = new RunOptions();
-            return Decode(Decoder(decoder ?? DefaultDecoder), latents, runOptions).Rgb;
+            return _decoders.Get(new DecodePlan(decoder ?? DefaultDecoder)).DecodeToRgb(latents, LatentHeight, LatentWidth, runOptions);
         }
         finally { _gate.Release(); }
     }
@@ -393,25 +370,6 @@ public sealed class StableDiffusionPipeline : IDisposable
         return unet;
     }
 
-    // The default decoder is built at load; another only when a request first asks for it.
-    private (byte[] Rgb, TimeSpan VaeRun) DecodeTiled(TiledVaeDecoder decoder, float[] latents, RunOptions runOptions)
-    {
-        var watch = Stopwatch.StartNew();
-        float[] image = decoder.DecodeLatents(latents, LatentHeight, LatentWidth, runOptions);
-        var vaeTime = watch.Elapsed;
-        return (ToRgb8(image, Height, Width), vaeTime);
-    }
-
-    private TiledVaeDecoder TiledDecoder(int? tileSize)
-    {
-        var vae = Bundle.Decoders.First(d => d.Name == DecoderComponent.Full);
-        int size = tileSize ?? _defaultTileSize ?? vae.SampleSize ?? Math.Max(Width, Height);
-        if (_tiledDecoder is { } current && current.TileSize == size) return current;
-        _tiledDecoder?.Dispose();
-        _tiledDecoder = new TiledVaeDecoder(_factory, Bundle, vae, size);
-        return _tiledDecoder;
-    }
-
     private VaeEncoderModel Encoder()
     {
         if (_encoder is not null) return _encoder;
@@ -423,15 +381,6 @@ public sealed class StableDiffusionPipeline : IDisposable
                 "image-to-image results vary from run to run for the same seed; re-export with optimum ≥ 1.24 (latent_parameters) to make them reproducible",
                 component.Model.Path);
         return _encoder;
-    }
-
-    private VaeDecoderModel Decoder(string name)
-    {
-        if (_decoders.TryGetValue(name, out var decoder)) return decoder;
-        decoder = new VaeDecoderModel(_factory, Bundle, Bundle.Decoders.First(d => d.Name == name), LatentHeight, LatentWidth);
-        _decoders[name] = decoder;
-        _loadInfo.Add(decoder.LoadInfo);
-        return decoder;
     }
 
     private void WarnOnceIfTimestepsAreTruncated(UNetModel unet, IScheduler scheduler)
@@ -447,10 +396,7 @@ public sealed class StableDiffusionPipeline : IDisposable
         _textEncoder?.Dispose();
         foreach (var u in _unets.Values) u.Dispose();
         _unets.Clear();
-        foreach (var d in _decoders.Values) d.Dispose();
-        _decoders.Clear();
-        _tiledDecoder?.Dispose();
-        _tiledDecoder = null;
+        _decoders?.Dispose();
         _encoder?.Dispose();
         _encoder = null;
     }
