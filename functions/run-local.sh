@@ -81,6 +81,7 @@ for _ in $(seq 1 120); do curl -fs "http://127.0.0.1:$port/api/health" >/dev/nul
 cat <<MSG
 run-local: the app runs at http://127.0.0.1:$port/api (this host enforces function keys)
   key: $key   (send it as ?code=$key or the x-functions-key header; /api/health needs none)
+  for the curl examples of docs/api.md: export base=http://127.0.0.1:$port/api key=$key
   e.g. curl -s -X POST "http://127.0.0.1:$port/api/generations?code=$key" -H 'Content-Type: application/json' -d '{"prompt": "a fox", "steps": 4}'
   or in a browser: http://127.0.0.1:$port/api/playground (paste the key into "Function key")
   Ctrl+C stops the host, its worker and Azurite.
