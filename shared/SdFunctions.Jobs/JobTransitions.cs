@@ -103,11 +103,11 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
 
     /// <summary>The run's images are stored: the job succeeded. False when the run no longer owns the job (nothing written).</summary>
     public async Task<bool> CompleteAsync(string id, string owner, JobOutput output, JobProgress progress, JobUsage usage, CancellationToken ct) =>
-        await EndAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
+        (await EndAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
         {
             Status = JobStatus.Succeeded, CompletedAt = time.GetUtcNow(), Progress = progress, Output = output, Usage = usage,
             LastError = null, RunOwner = null,
-        }, ct);
+        }, ct)).Written;
 
     /// <summary>
     /// Fails the run's job. Clients see a refusal as it is, and for a server-side failure (one with a correlation id) only a
@@ -126,7 +126,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     /// <summary>Ends a job whose cancel was asked for: its run stopped (with what it used) or it never ran (<paramref name="usage"/> null).</summary>
     public async Task<bool> CancelAsync(string id, JobUsage? usage, CancellationToken ct)
     {
-        bool canceled = await EndAsync(id, r => r.IsFinished ? null
+        var (_, canceled) = await EndAsync(id, r => r.IsFinished ? null
             : r with { Status = JobStatus.Canceled, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = usage ?? r.Usage }, ct);
         await ClearMarkQuietlyAsync(JobMark.Running, id);
         logger.LogInformation("Job {JobId} canceled", id);
@@ -140,15 +140,14 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     public async Task<(JobRecord? Job, JobStatus? EndedAs)> RequestCancelAsync(string id, CancellationToken ct)
     {
         JobStatus? endedAs = null;
-        JobRecord? job = null;
-        await EndAsync(id, r =>
+        var (job, _) = await EndAsync(id, r =>
         {
             endedAs = r.IsFinished ? r.Status : null;
             if (r.IsFinished) return null;
             return r.Status == JobStatus.Queued
                 ? r with { Status = JobStatus.Canceled, CancelRequested = true, CompletedAt = time.GetUtcNow() }
                 : r with { CancelRequested = true };
-        }, ct, ended => job = ended);
+        }, ct);
         return (job, endedAs);
     }
 
@@ -158,8 +157,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     /// </summary>
     public async Task<JobRecord?> FailPoisonedAsync(string id, CancellationToken ct)
     {
-        JobRecord? job = null;
-        await EndAsync(id, r => r.IsFinished || HasLiveOwner(r) ? null : r with
+        var (job, _) = await EndAsync(id, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = JobUsage.Nothing(billable: false),
             Error = r.LastError is { CorrelationId: { } correlationId } ? ServerProblems.GenerationFailed(correlationId)
@@ -167,18 +165,18 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
                 {
                     Detail = $"The job could not be processed after {Options.MaxDequeueCount} attempts.",
                 },
-        }, ct, ended => job = ended);
+        }, ct);
         if (job is { IsFinished: true }) await ClearMarkQuietlyAsync(JobMark.Running, id);
         return job;
     }
 
     /// <summary>The sweep's end of a job whose message was never sent and that waited longer than <see cref="JobsOptions.MaxQueueWait"/>.</summary>
     public async Task<bool> FailNeverQueuedAsync(string id, CancellationToken ct) =>
-        await EndAsync(id, r => r.Status != JobStatus.Queued || r.Attempt > 0 ? null : r with
+        (await EndAsync(id, r => r.Status != JobStatus.Queued || r.Attempt > 0 ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Usage = JobUsage.Nothing(billable: false),
             Error = ServerProblems.Unavailable($"The job could not be queued within {Options.MaxQueueWait.TotalMinutes:0} minutes; submit it again."),
-        }, ct);
+        }, ct)).Written;
 
     /// <summary>
     /// Gives the run's job back (queued, no owner) for the next delivery. Best effort, as storage may be why the run stopped:
@@ -202,13 +200,12 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     public bool HasLiveOwner(JobRecord r) => r.HasLiveOwner(time.GetUtcNow(), Options.OwnerTimeout);
 
     /// <summary>Writes <paramref name="change"/>; when it wrote and the job has ended, what every end does.</summary>
-    private async Task<bool> EndAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct, Action<JobRecord?>? result = null)
+    /// <returns>The record after the change (or as it was, when the change declined), and whether this call wrote it.</returns>
+    private async Task<(JobRecord? Job, bool Written)> EndAsync(string id, Func<JobRecord, JobRecord?> change, CancellationToken ct)
     {
         var (job, written) = await store.ChangeAsync(id, change, ct);
-        result?.Invoke(job);
-        if (!written || job is not { IsFinished: true }) return written;
-        await EndedAsync(job);
-        return true;
+        if (written && job is { IsFinished: true }) await EndedAsync(job);
+        return (job, written);
     }
 
     private async Task EndedAsync(JobRecord job)

@@ -48,10 +48,6 @@ public static class GenerationPlanner
         double? strength = request.InitImage is null ? null : request.Strength ?? GenerationRequest.DefaultStrength;
         int begin = strength is { } s ? ImageStart.BeginIndex(steps, s) : 0;
         var timesteps = scheduler.Timesteps.Skip(begin).ToList();
-        string decoder = request.Decoder ?? profile.DefaultDecoder;
-        // A budget that needs tiles tiles every full-VAE decode (over a request's tiledDecode: false); a request's own tile size is kept.
-        int? plannedTile = decoder == DecoderComponent.Full ? memory.DecodeTileSize : null;
-        bool tiled = request.TiledDecode == true || plannedTile is not null;
         return new GenerationPlan
         {
             Seed = request.Seed ?? Random.Shared.NextInt64(0, GenerationRequest.MaxSeed + 1),
@@ -59,7 +55,16 @@ public static class GenerationPlanner
             UNetBatch = profile.FixedUNetBatch ? profile.UNetBatch : kind == GuidanceKind.ClassifierFree ? 2 : 1,
             Strength = strength, BeginIndex = begin, Timesteps = timesteps,
             Cache = DeepCacheSchedule.Create(request.CacheInterval ?? 1, request.CacheSchedule ?? DeepCacheSchedule.Uniform, timesteps, steps),
-            Decode = new DecodePlan(decoder, tiled, tiled ? request.TileSize ?? plannedTile : null),
+            Decode = DecodeFor(request, profile, memory),
         };
+    }
+
+    /// <summary>The decoder the request gets, and whether it tiles: a budget that needs tiles tiles every full-VAE decode (over a request's tiledDecode: false); a request's own tile size is kept.</summary>
+    public static DecodePlan DecodeFor(GenerationRequest request, ModelProfile profile, MemoryPlan memory)
+    {
+        string decoder = request.Decoder ?? profile.DefaultDecoder;
+        int? plannedTile = decoder == DecoderComponent.Full ? memory.DecodeTileSize : null;
+        bool tiled = request.TiledDecode == true || plannedTile is not null;
+        return new DecodePlan(decoder, tiled, tiled ? request.TileSize ?? plannedTile : null);
     }
 }

@@ -44,7 +44,8 @@ internal sealed class NoiseStart(float[]? given) : LatentStart
 /// first steps − int(steps·strength) steps, add noise to the level of the first step left (add_noise, no initial-sigma factor).
 /// From the seed's stream it draws ε, then the added noise, each unless given, so the step noise after them is the same either way.
 /// </summary>
-internal sealed class ImageStart(VaeEncoderModel encoder, InitImage image, int steps, double strength, float[]? encoderNoise, float[]? addedNoise)
+/// <param name="begin">The first step that runs (<see cref="BeginIndex"/>, as the plan computed it).</param>
+internal sealed class ImageStart(VaeEncoderModel encoder, InitImage image, int begin, float[]? encoderNoise, float[]? addedNoise)
     : LatentStart
 {
     public override string Name => "image";
@@ -59,7 +60,6 @@ internal sealed class ImageStart(VaeEncoderModel encoder, InitImage image, int s
 
     public override int Prepare(IScheduler scheduler, Span<float> latents, IGaussianNoise noise, RunOptions runOptions)
     {
-        int begin = BeginIndex(steps, strength);
         var epsilon = new float[latents.Length];
         if (encoderNoise is not null) encoderNoise.CopyTo(epsilon, 0);
         else noise.Fill(epsilon);

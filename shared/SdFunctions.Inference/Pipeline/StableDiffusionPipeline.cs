@@ -25,7 +25,7 @@ public sealed class StableDiffusionPipeline : IDisposable
     private readonly OnnxSessionFactory _factory;
     private readonly TextEncoderModel _textEncoder;
     private readonly Dictionary<int, UNetModel> _unets = [];
-    private DecoderCatalog _decoders = null!; // created with the factory, in the constructor
+    private readonly DecoderCatalog _decoders;
     private VaeEncoderModel? _encoder; // built when image-to-image is first asked for
     private readonly float[] _emptyPromptEmbedding;
     private readonly SemaphoreSlim _gate = new(1, 1);
@@ -99,7 +99,7 @@ public sealed class StableDiffusionPipeline : IDisposable
             cancellationToken.ThrowIfCancellationRequested();
             Memory = options.MemoryBudget is { } budget ? PlanMemory(budget, releasing!) : MemoryPlan.Unlimited;
             // The decoder a request without one gets, as its plan would decode (tiled when the budget says so).
-            var decoder = _decoders.Get(GenerationPlanner.Plan(new GenerationRequest { Prompt = "" }, Profile, Bundle.Scheduler, Memory).Decode);
+            var decoder = _decoders.Get(GenerationPlanner.DecodeFor(new GenerationRequest { Prompt = "" }, Profile, Memory));
             if (options.WarmUp) decoder.DecodeToRgb(new float[Profile.LatentSize], LatentHeight, LatentWidth, releasing ?? runOptions);
         }
         catch
@@ -207,8 +207,8 @@ public sealed class StableDiffusionPipeline : IDisposable
 
         var latents = new float[Profile.LatentSize];
         var noise = new SeededGaussianNoise(plan.Seed);
-        LatentStart start = plan.Strength is { } strength
-            ? new ImageStart(Encoder(), request.InitImage!, plan.Steps, strength, request.EncoderNoise, request.InitialLatents)
+        LatentStart start = plan.Strength is not null
+            ? new ImageStart(Encoder(), request.InitImage!, plan.BeginIndex, request.EncoderNoise, request.InitialLatents)
             : new NoiseStart(request.InitialLatents);
         var prepareTime = Timed(() =>
         {
