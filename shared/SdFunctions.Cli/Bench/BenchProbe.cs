@@ -73,9 +73,6 @@ public sealed record ProbeRequest
     };
 }
 
-/// <summary>A probe's figures (seconds unless the name says otherwise) and the process's peak RSS.</summary>
-public sealed record ProbeResult(Dictionary<string, double> Figures, long PeakRssBytes);
-
 /// <summary>Runs one <see cref="ProbeRequest"/> in this process.</summary>
 public static class BenchProbe
 {
@@ -95,57 +92,42 @@ public static class BenchProbe
 
     public static async Task<ProbeResult> RunAsync(ProbeRequest request, IProgress<string> progress, CancellationToken ct)
     {
-        var figures = new Dictionary<string, double>();
-        switch (request.Kind)
+        var measured = request.Kind switch
         {
-            case ProbeKind.Load:
-                using (var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle, new PipelineOptions { WarmUp = false, Session = request.Session }, cancellationToken: ct))
-                    AddLoad(figures, pipeline);
-                break;
-            case ProbeKind.Pipeline:
-                await RunPipelineAsync(request, figures, progress, ct);
-                break;
-            case ProbeKind.UNet:
-                RunUNet(request, figures, ct);
-                break;
-            case ProbeKind.Vae:
-                RunVae(request, figures, ct);
-                break;
-            case ProbeKind.Image:
-                await RunImageAsync(request, figures, progress, ct);
-                break;
-        }
-        AddResidentBreakdown(figures);
-        return new ProbeResult(figures, Math.Max(_peakSeen, ProcessMemory.Peak));
+            ProbeKind.Load => await RunLoadAsync(request, ct),
+            ProbeKind.Pipeline => await RunPipelineAsync(request, progress, ct),
+            ProbeKind.UNet => RunUNet(request, ct),
+            ProbeKind.Vae => RunVae(request, ct),
+            ProbeKind.Image => await RunImageAsync(request, progress, ct),
+            _ => throw new ArgumentOutOfRangeException(nameof(request), request.Kind, "Unknown probe kind."),
+        };
+        // Each kind fills its own parts; the process's memory is read here, after all of its work.
+        return measured with
+        {
+            PeakRssBytes = Math.Max(_peakSeen, ProcessMemory.Peak),
+            Resident = new ResidentMemory(ProcessMemory.StatusBytes("RssAnon:"), ProcessMemory.StatusBytes("RssFile:")),
+        };
     }
 
-    /// <summary>Linux: resident memory now, split into anonymous (arenas, copies) and file-backed (memory-mapped weights).</summary>
-    private static void AddResidentBreakdown(Dictionary<string, double> figures)
+    private static LoadFigures LoadOf(StableDiffusionPipeline pipeline) => new(pipeline.LoadTime.TotalSeconds,
+        pipeline.Sessions.Sum(s => s.Duration.TotalSeconds), pipeline.Sessions.Count, pipeline.Sessions.Count(s => s.FromCache),
+        pipeline.Sessions.ToDictionary(s => s.Component, s => s.Duration.TotalSeconds));
+
+    private static async Task<ProbeResult> RunLoadAsync(ProbeRequest request, CancellationToken ct)
     {
-        foreach (var (key, name) in new[] { ("RssAnon:", "rss_anon_bytes"), ("RssFile:", "rss_file_bytes") })
-            if (ProcessMemory.StatusBytes(key) is { } bytes) figures[name] = bytes;
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle, new PipelineOptions { WarmUp = false, Session = request.Session }, cancellationToken: ct);
+        return new ProbeResult(0, Load: LoadOf(pipeline));
     }
 
-    private static void AddLoad(Dictionary<string, double> figures, StableDiffusionPipeline pipeline)
-    {
-        figures["load_s"] = pipeline.LoadTime.TotalSeconds;
-        figures["sessions_s"] = pipeline.Sessions.Sum(s => s.Duration.TotalSeconds);
-        figures["sessions"] = pipeline.Sessions.Count;
-        figures["sessions_from_cache"] = pipeline.Sessions.Count(s => s.FromCache);
-        foreach (var s in pipeline.Sessions) figures[$"load_{s.Component}_s"] = s.Duration.TotalSeconds;
-    }
-
-    private static async Task RunPipelineAsync(ProbeRequest request, Dictionary<string, double> figures, IProgress<string> progress, CancellationToken ct)
+    private static async Task<ProbeResult> RunPipelineAsync(ProbeRequest request, IProgress<string> progress, CancellationToken ct)
     {
         // As the service loads: sessions, then one warm-up run of each model (the first runs after load are the slow ones).
         using var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle, new PipelineOptions { WarmUp = true, Session = request.Session }, cancellationToken: ct);
-        AddLoad(figures, pipeline);
-        figures["warm_up_s"] = figures["load_s"] - figures["sessions_s"];
-        progress.Report($"loaded in {pipeline.LoadTime.TotalSeconds:F1} s (sessions {figures["sessions_s"]:F1} s); first steps");
+        var load = LoadOf(pipeline);
+        progress.Report($"loaded in {load.LoadS:F1} s (sessions {load.SessionsS:F1} s); first steps");
 
         // The first generation after load: its first UNet call against the steady ones.
         var first = await GenerateAsync(pipeline, new GenerationRequest { Prompt = Prompt, Steps = Math.Max(request.WarmUpRuns, 1), Seed = 1, Scheduler = "dpmpp-2m" }, ct);
-        figures["first_step_s"] = first.Timings.UNetRuns[0].TotalSeconds;
 
         var encoder = new List<double>();
         for (int i = 0; i < request.Repeats + 1; i++)
@@ -154,7 +136,6 @@ public static class BenchProbe
             await pipeline.EncodePromptAsync(Prompt + $" {i}", ct); // a new prompt each time: nothing is cached
             if (i > 0) encoder.Add(watch.Elapsed.TotalSeconds);
         }
-        figures["text_encoder_s"] = Median(encoder);
 
         var decode = new List<double>();
         for (int i = 0; i < request.Repeats; i++)
@@ -163,34 +144,20 @@ public static class BenchProbe
             await pipeline.DecodeLatentsAsync(first.Latents, cancellationToken: ct); // the first decode happened in the first generation
             decode.Add(watch.Elapsed.TotalSeconds);
         }
-        figures["vae_decode_s"] = Median(decode);
-        progress.Report($"text encoder {figures["text_encoder_s"]:F2} s, VAE decode {figures["vae_decode_s"]:F2} s");
+        progress.Report($"text encoder {Median(encoder):F2} s, VAE decode {Median(decode):F2} s");
 
-        if (request.E2e20)
-        {
-            var result = await GenerateAsync(pipeline, "dpmpp-2m", 20, progress, ct);
-            figures["e2e_20_dpmpp_s"] = result.Timings.Total.TotalSeconds;
-            AddSteps(figures, result.Timings);
-        }
-        if (request.E2e50)
-        {
-            var result = await GenerateAsync(pipeline, "pndm", 50, progress, ct);
-            figures["e2e_50_pndm_s"] = result.Timings.Total.TotalSeconds;
-            if (!request.E2e20) AddSteps(figures, result.Timings);
-        }
-        if (!request.E2e20 && !request.E2e50)
-        {
-            var result = await GenerateAsync(pipeline, "dpmpp-2m", request.Repeats, progress, ct);
-            AddSteps(figures, result.Timings);
-        }
+        GenerationResult? e2e20 = request.E2e20 ? await GenerateAsync(pipeline, "dpmpp-2m", 20, progress, ct) : null;
+        GenerationResult? e2e50 = request.E2e50 ? await GenerateAsync(pipeline, "pndm", 50, progress, ct) : null;
+        var stepsFrom = e2e20 ?? e2e50 ?? await GenerateAsync(pipeline, "dpmpp-2m", request.Repeats, progress, ct);
+        var figures = new PipelineFigures(load.LoadS - load.SessionsS, first.Timings.UNetRuns[0].TotalSeconds, Median(encoder), Median(decode),
+            StepsOf(stepsFrom.Timings), e2e20?.Timings.Total.TotalSeconds, e2e50?.Timings.Total.TotalSeconds);
+        return new ProbeResult(0, Load: load, Pipeline: figures);
     }
 
-    private static async Task RunImageAsync(ProbeRequest request, Dictionary<string, double> figures, IProgress<string> progress, CancellationToken ct)
+    private static async Task<ProbeResult> RunImageAsync(ProbeRequest request, IProgress<string> progress, CancellationToken ct)
     {
         using var pipeline = await StableDiffusionPipeline.LoadAsync(request.Bundle,
             new PipelineOptions { WarmUp = true, DefaultDecoder = request.Decoder, Session = request.Session, MemoryBudget = request.MemoryBudget }, cancellationToken: ct);
-        AddLoad(figures, pipeline);
-        if (pipeline.Memory.ExpectedPeakBytes is { } expected) figures["expected_peak_bytes"] = expected;
         var recipe = new GenerationRequest
         {
             Prompt = Prompt, Scheduler = request.Scheduler, Steps = request.Steps, GuidanceScale = request.GuidanceScale, Decoder = request.Decoder,
@@ -203,25 +170,18 @@ public static class BenchProbe
             runs.Add(await GenerateAsync(pipeline, recipe with { Seed = 42 + i }, ct));
             progress.Report($"{request.Steps} steps {request.Scheduler}, {request.Decoder} decoder: {runs[^1].Timings.Total.TotalSeconds:F2} s");
         }
-        figures["image_s"] = Median(runs.Select(r => r.Timings.Total.TotalSeconds));
-        figures["encode_s"] = Median(runs.Select(r => r.Timings.Encode.TotalSeconds));
-        figures["denoise_s"] = Median(runs.Select(r => r.Timings.Denoise.TotalSeconds));
-        figures["decode_s"] = Median(runs.Select(r => r.Timings.Decode.TotalSeconds));
-        figures["unet_calls"] = runs[0].UNetCalls;
-        figures["unet_batch"] = runs[0].UNetBatch;
-        figures["shallow_unet_calls"] = runs[0].ShallowUNetCalls;
-        figures["decode_tile_size"] = runs[0].DecodeTileSize ?? 0;
-        if (runs.All(r => r.PeakMemoryBytes is not null)) figures["generation_peak_bytes"] = runs.Max(r => r.PeakMemoryBytes!.Value);
+        var image = new ImageFigures(Median(runs.Select(r => r.Timings.Total.TotalSeconds)), Median(runs.Select(r => r.Timings.Encode.TotalSeconds)),
+            Median(runs.Select(r => r.Timings.Denoise.TotalSeconds)), Median(runs.Select(r => r.Timings.Decode.TotalSeconds)),
+            runs[0].UNetCalls, runs[0].UNetBatch, runs[0].ShallowUNetCalls, runs[0].DecodeTileSize,
+            runs.All(r => r.PeakMemoryBytes is not null) ? runs.Max(r => r.PeakMemoryBytes!.Value) : null, pipeline.Memory.ExpectedPeakBytes);
+        return new ProbeResult(0, Load: LoadOf(pipeline), Image: image);
     }
 
-    /// <summary>The UNet step (the model's Run), the pipeline step around it, and the pipeline's own share.</summary>
-    private static void AddSteps(Dictionary<string, double> figures, GenerationTimings timings)
-    {
-        figures["unet_step_s"] = Median(timings.UNetRuns.Select(t => t.TotalSeconds));
-        figures["step_s"] = Median(timings.Steps.Select(t => t.TotalSeconds));
-        figures["overhead_per_step_s"] = (timings.Denoise - timings.UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b)).TotalSeconds / timings.Steps.Count;
-        figures["overhead_s"] = timings.Overhead.TotalSeconds;
-    }
+    private static StepFigures StepsOf(GenerationTimings timings) => new(
+        Median(timings.UNetRuns.Select(t => t.TotalSeconds)),
+        Median(timings.Steps.Select(t => t.TotalSeconds)),
+        (timings.Denoise - timings.UNetRuns.Aggregate(TimeSpan.Zero, (a, b) => a + b)).TotalSeconds / timings.Steps.Count,
+        timings.Overhead.TotalSeconds);
 
     private static async Task<GenerationResult> GenerateAsync(StableDiffusionPipeline pipeline, string scheduler, int steps, IProgress<string> progress, CancellationToken ct)
     {
@@ -231,7 +191,7 @@ public static class BenchProbe
         return result;
     }
 
-    private static void RunUNet(ProbeRequest request, Dictionary<string, double> figures, CancellationToken ct)
+    private static ProbeResult RunUNet(ProbeRequest request, CancellationToken ct)
     {
         var bundle = ModelBundle.Open(request.Bundle);
         string? profile = request.Profile ? Path.Combine(Path.GetTempPath(), $"sdf-unet-profile-{Guid.NewGuid():N}") : null;
@@ -239,32 +199,35 @@ public static class BenchProbe
         int hidden = (int)(bundle.Unet.FindInput("encoder_hidden_states")!.Dims[2].Value ?? 768);
         int latentH = bundle.DefaultHeight / bundle.VaeScaleFactor, latentW = bundle.DefaultWidth / bundle.VaeScaleFactor;
         var watch = Stopwatch.StartNew();
+        ModelRunFigures figures;
         using (var unet = new UNetModel(factory, bundle, 2, latentH, latentW, bundle.Tokenizer.MaxLength, hidden))
         {
-            figures["create_s"] = watch.Elapsed.TotalSeconds;
+            double create = watch.Elapsed.TotalSeconds;
             FillNormal(unet.Sample, 1f, 1);
             FillNormal(unet.EncoderHiddenStates, 0.5f, 2);
             using var runOptions = new RunOptions();
-            figures["unet_step_s"] = TimeRuns(() => unet.Run(981, runOptions), request, figures, ct);
+            var (firstRun, run) = TimeRuns(() => unet.Run(981, runOptions), request, ct);
+            figures = new ModelRunFigures(create, firstRun, run, run);
         } // disposing the session writes the profile
-        if (profile is not null) AddProfile(profile, request, figures);
+        if (profile is not null) figures = WithProfile(figures, profile, request);
+        return new ProbeResult(0, ModelRun: figures);
     }
 
     /// <summary>
-    /// Sums ORT's per-node kernel times by operator type over the timed runs (the warm-up runs left out):
-    /// figures "op:{type}" in seconds per step, and the largest single node output in bytes.
+    /// Sums ORT's per-node kernel times by operator type over the timed runs (the warm-up runs left out): seconds per step
+    /// by operator type, and the largest single node output in bytes.
     /// </summary>
-    private static void AddProfile(string prefix, ProbeRequest request, Dictionary<string, double> figures)
+    private static ModelRunFigures WithProfile(ModelRunFigures figures, string prefix, ProbeRequest request)
     {
         // One file per session: a DeepCache bundle's UNet has two, and only the full graph runs here.
         string file = Directory.GetFiles(Path.GetDirectoryName(prefix)!, Path.GetFileName(prefix) + "*.json").MaxBy(f => new FileInfo(f).Length)!;
+        long largest = 0;
+        var byOp = new Dictionary<string, double>();
         using (var doc = JsonDocument.Parse(File.ReadAllText(file)))
         {
             var events = doc.RootElement.EnumerateArray().ToList();
             var runs = events.Where(e => e.GetProperty("name").GetString() == "model_run").Select(e => e.GetProperty("ts").GetInt64()).Order().ToList();
             long start = runs.Count > request.WarmUpRuns ? runs[request.WarmUpRuns] : 0;
-            long largest = 0;
-            var byOp = new Dictionary<string, double>();
             foreach (var e in events)
             {
                 if (e.GetProperty("cat").GetString() != "Node" || !e.TryGetProperty("args", out var args) || !args.TryGetProperty("op_name", out var op)) continue;
@@ -272,39 +235,39 @@ public static class BenchProbe
                 if (e.GetProperty("ts").GetInt64() < start || !e.GetProperty("name").GetString()!.EndsWith("_kernel_time", StringComparison.Ordinal)) continue;
                 byOp[op.GetString()!] = byOp.GetValueOrDefault(op.GetString()!) + e.GetProperty("dur").GetInt64() / 1e6 / request.Repeats;
             }
-            foreach (var (op, seconds) in byOp) figures[$"op:{op}"] = seconds;
-            figures["largest_node_output_bytes"] = largest;
         }
         foreach (string written in Directory.GetFiles(Path.GetDirectoryName(prefix)!, Path.GetFileName(prefix) + "*.json")) File.Delete(written);
+        return figures with { SecondsByOperator = byOp, LargestNodeOutputBytes = largest };
     }
 
-    private static void RunVae(ProbeRequest request, Dictionary<string, double> figures, CancellationToken ct)
+    private static ProbeResult RunVae(ProbeRequest request, CancellationToken ct)
     {
         var bundle = ModelBundle.Open(request.Bundle);
         var factory = new OnnxSessionFactory(request.Session, Microsoft.Extensions.Logging.Abstractions.NullLogger.Instance);
         int latent = request.VaeTileLatent ?? bundle.DefaultHeight / bundle.VaeScaleFactor;
         var watch = Stopwatch.StartNew();
         using var vae = new VaeDecoderModel(factory, bundle, latent, latent);
-        figures["create_s"] = watch.Elapsed.TotalSeconds;
+        double create = watch.Elapsed.TotalSeconds;
         FillNormal(vae.Latents, 1f / bundle.VaeScalingFactor, 3);
         using var runOptions = new RunOptions();
-        figures["vae_run_s"] = TimeRuns(() => vae.Run(runOptions), request, figures, ct);
-        figures["vae_decode_s"] = figures["vae_run_s"] * request.VaeTiles;
+        var (firstRun, run) = TimeRuns(() => vae.Run(runOptions), request, ct);
+        return new ProbeResult(0, ModelRun: new ModelRunFigures(create, firstRun, run, run * request.VaeTiles));
     }
 
-    /// <summary>Warm-up runs (the first is reported), then the median of the timed runs.</summary>
-    private static double TimeRuns(Action run, ProbeRequest request, Dictionary<string, double> figures, CancellationToken ct)
+    /// <summary>Warm-up runs, then the timed runs: the first run and the median of the timed ones.</summary>
+    private static (double FirstRunS, double MedianS) TimeRuns(Action run, ProbeRequest request, CancellationToken ct)
     {
         var times = new List<double>();
+        double first = 0;
         for (int i = 0; i < request.WarmUpRuns + request.Repeats; i++)
         {
             ct.ThrowIfCancellationRequested();
             var watch = Stopwatch.StartNew();
             run();
-            if (i == 0) figures["first_run_s"] = watch.Elapsed.TotalSeconds;
+            if (i == 0) first = watch.Elapsed.TotalSeconds;
             if (i >= request.WarmUpRuns) times.Add(watch.Elapsed.TotalSeconds);
         }
-        return Median(times);
+        return (first, Median(times));
     }
 
     private static void FillNormal(float[] values, float scale, long seed)

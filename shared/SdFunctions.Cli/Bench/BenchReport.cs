@@ -42,22 +42,22 @@ public sealed record VariantResult
     public static VariantResult From(BenchVariant variant, ProbeResult cold, ProbeResult warm, (long Unet, long Models) bytes) => new()
     {
         Description = variant.Description,
-        UnetStepS = warm.Figures["unet_step_s"],
-        FirstStepS = warm.Figures["first_step_s"],
-        StepS = warm.Figures["step_s"],
-        OverheadPerStepS = warm.Figures["overhead_per_step_s"],
-        TextEncoderS = warm.Figures["text_encoder_s"],
-        VaeDecodeS = warm.Figures["vae_decode_s"],
-        LoadColdS = cold.Figures["sessions_s"],
-        LoadWarmS = warm.Figures["sessions_s"],
-        WarmUpS = warm.Figures["warm_up_s"],
-        LoadWarmFromCache = warm.Figures["sessions_from_cache"] == warm.Figures["sessions"],
+        UnetStepS = warm.PipelinePart.Steps.UnetStepS,
+        FirstStepS = warm.PipelinePart.FirstStepS,
+        StepS = warm.PipelinePart.Steps.StepS,
+        OverheadPerStepS = warm.PipelinePart.Steps.OverheadPerStepS,
+        TextEncoderS = warm.PipelinePart.TextEncoderS,
+        VaeDecodeS = warm.PipelinePart.VaeDecodeS,
+        LoadColdS = cold.LoadPart.SessionsS,
+        LoadWarmS = warm.LoadPart.SessionsS,
+        WarmUpS = warm.PipelinePart.WarmUpS,
+        LoadWarmFromCache = warm.LoadPart.AllFromCache,
         PeakRssBytes = warm.PeakRssBytes,
         LoadColdPeakRssBytes = cold.PeakRssBytes,
         UnetBytes = bytes.Unet,
         ModelBytes = bytes.Models,
-        E2e20DpmppS = warm.Figures.TryGetValue("e2e_20_dpmpp_s", out double e20) ? e20 : null,
-        E2e50PndmS = warm.Figures.TryGetValue("e2e_50_pndm_s", out double e50) ? e50 : null,
+        E2e20DpmppS = warm.PipelinePart.E2e20DpmppS,
+        E2e50PndmS = warm.PipelinePart.E2e50PndmS,
     };
 }
 
@@ -67,12 +67,13 @@ public sealed record ImageRow(string Label, string Variant, string Scheduler, in
     int UNetBatch, int UNetCalls, int ShallowUNetCalls, double ImageS, double EncodeS, double DenoiseS, double DecodeS, long PeakRssBytes,
     string? MemoryBudget = null, int? DecodeTileSize = null, long? GenerationPeakBytes = null, long? ExpectedPeakBytes = null)
 {
-    public static ImageRow From(ImageRecipe recipe, ProbeResult r) => new(recipe.Label, recipe.Variant, recipe.Scheduler, recipe.Steps,
-        recipe.GuidanceScale, recipe.Decoder, (int)r.Figures["unet_batch"], (int)r.Figures["unet_calls"], (int)r.Figures["shallow_unet_calls"],
-        r.Figures["image_s"], r.Figures["encode_s"], r.Figures["denoise_s"], r.Figures["decode_s"], r.PeakRssBytes, recipe.MemoryBudget,
-        r.Figures.GetValueOrDefault("decode_tile_size") is > 0 and var tile ? (int)tile : null,
-        r.Figures.TryGetValue("generation_peak_bytes", out double peak) ? (long)peak : null,
-        r.Figures.TryGetValue("expected_peak_bytes", out double expected) ? (long)expected : null);
+    public static ImageRow From(ImageRecipe recipe, ProbeResult r)
+    {
+        var image = r.ImagePart;
+        return new(recipe.Label, recipe.Variant, recipe.Scheduler, recipe.Steps, recipe.GuidanceScale, recipe.Decoder, image.UNetBatch,
+            image.UNetCalls, image.ShallowUNetCalls, image.ImageS, image.EncodeS, image.DenoiseS, image.DecodeS, r.PeakRssBytes, recipe.MemoryBudget,
+            image.DecodeTileSize, image.GenerationPeakBytes, image.ExpectedPeakBytes);
+    }
 }
 
 /// <summary>

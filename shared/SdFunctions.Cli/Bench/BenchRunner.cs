@@ -146,7 +146,7 @@ public static class BenchRunner
             {
                 Kind = ProbeKind.Pipeline, Bundle = bundles[fastest], Cache = CacheOf(fastest), Repeats = 1, E2e20 = false, E2e50 = true,
             }, ct);
-            results[fastest] = results[fastest] with { E2e50PndmS = e2e.Figures["e2e_50_pndm_s"] };
+            results[fastest] = results[fastest] with { E2e50PndmS = e2e.PipelinePart.E2e50PndmS };
         }
         if (results.TryGetValue("fp32", out var baseline))
             foreach (var name in results.Keys.ToList())
@@ -165,8 +165,7 @@ public static class BenchRunner
                 {
                     Kind = ProbeKind.UNet, Bundle = bundles[name], Cache = CacheOf(name), Repeats = options.Repeats, Profile = true,
                 }, ct);
-                profiles[name] = profiled.Figures.Where(f => f.Key.StartsWith("op:", StringComparison.Ordinal)).OrderByDescending(f => f.Value)
-                    .ToDictionary(f => f.Key[3..], f => f.Value);
+                profiles[name] = profiled.ModelRunPart.SecondsByOperator!.OrderByDescending(f => f.Value).ToDictionary(f => f.Key, f => f.Value);
             }
         }
 
@@ -302,8 +301,8 @@ public static class BenchRunner
         int cores = CpuInfo.PhysicalCores;
         var baseline = await Probe("default", Request());
         Finding Add(string group, string setting, ProbeResult r, string note = "") =>
-            new(group, $"{variant} UNet step", setting, r.Figures["unet_step_s"], baseline.Figures["unet_step_s"] / r.Figures["unet_step_s"],
-                r.PeakRssBytes, r.Figures.GetValueOrDefault("create_s"), note);
+            new(group, $"{variant} UNet step", setting, r.ModelRunPart.RunS, baseline.ModelRunPart.RunS / r.ModelRunPart.RunS,
+                r.PeakRssBytes, r.ModelRunPart.CreateS, note);
 
         findings.Add(Add("threads", $"{cores} intra-op threads = physical cores (default)", baseline));
         foreach (int threads in new[] { 1, 2 * Environment.ProcessorCount }.Where(t => t != cores).Distinct())
@@ -337,8 +336,8 @@ public static class BenchRunner
                     Kind = ProbeKind.Vae, Bundle = dir, Repeats = options.Repeats, VaeTileLatent = tileLatent, VaeTiles = tiles,
                 }, ct);
                 baseline ??= r;
-                findings.Add(new Finding("VAE decoder", $"VAE decode {bundle.DefaultWidth}²", $"{name}, {layout}", r.Figures["vae_decode_s"],
-                    baseline.Figures["vae_decode_s"] / r.Figures["vae_decode_s"], r.PeakRssBytes, r.Figures["create_s"],
+                findings.Add(new Finding("VAE decoder", $"VAE decode {bundle.DefaultWidth}²", $"{name}, {layout}", r.ModelRunPart.PerImageS,
+                    baseline.ModelRunPart.PerImageS / r.ModelRunPart.PerImageS, r.PeakRssBytes, r.ModelRunPart.CreateS,
                     tiles == 1 ? "" : $"{tiles} runs of {tile}×{tile} latents; blending not included"));
             }
         return findings;
