@@ -1,3 +1,4 @@
+using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
 using SdFunctions.Inference.Runtime;
 using Xunit.Abstractions;
@@ -74,7 +75,7 @@ public class MemoryBudgetTests(ITestOutputHelper output)
         using var budgeted = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySd, new PipelineOptions { MemoryBudget = 1, Session = TinyPipelineFixture.CachedSessions });
         Assert.False(budgeted.Memory.Met);
         Assert.Equal(GenerationRequest.MinTileSize, budgeted.Memory.DecodeTileSize);
-        Assert.NotEqual(MemoryPlan.Sd15DecodeBytesPerPixel, budgeted.Memory.DecodeBytesPerPixel); // measured on this VAE
+        Assert.NotEqual(budgeted.Profile.FullDecodeBytesPerPixel, budgeted.Memory.DecodeBytesPerPixel); // measured on this VAE, not estimated
         output.WriteLine($"tiny bundle: expected peak {budgeted.Memory.ExpectedPeakBytes / 1e9:F3} GB");
         var result = await budgeted.GenerateAsync(Request with { TiledDecode = false }); // the budget wins over a whole decode
         Assert.Equal(GenerationRequest.MinTileSize, result.DecodeTileSize);
@@ -93,7 +94,9 @@ public class MemoryBudgetTests(ITestOutputHelper output)
         using var budgeted = await StableDiffusionPipeline.LoadAsync(Fixtures.TinySdWithTaesd,
             new PipelineOptions { MemoryBudget = 1, DefaultDecoder = "tiny", Session = TinyPipelineFixture.CachedSessions });
         Assert.DoesNotContain(budgeted.Sessions, s => s.Component == "vae_decoder");
-        Assert.Equal(MemoryPlan.Sd15DecodeBytesPerPixel, budgeted.Memory.DecodeBytesPerPixel); // not measured: SD 1.5's figure
+        // Not measured: the profile's estimate from the VAE's 32 full-resolution channels (SD 1.5's 128 give its measured 5.6 kB).
+        Assert.Equal(32 * ModelProfile.DecodeTensorsPerPixel * sizeof(float), budgeted.Memory.DecodeBytesPerPixel);
+        Assert.InRange(128 * ModelProfile.DecodeTensorsPerPixel * sizeof(float), 5.6e3 * 0.98, 5.6e3 * 1.02);
         Assert.Equal(GenerationRequest.MinTileSize, budgeted.Memory.DecodeTileSize); // for a request that asks for the full VAE
         var result = await budgeted.GenerateAsync(Request);
         Assert.Equal("tiny", result.Decoder);

@@ -50,6 +50,9 @@ public sealed class ModelBundle
     /// <summary>Image pixels per latent pixel: 2^(number of VAE blocks − 1), 8 for SD.</summary>
     public int VaeScaleFactor { get; init; } = 8;
 
+    /// <summary>The full VAE decoder's channels at full resolution (its config's first block_out_channels: 128 for SD), when its config says.</summary>
+    public int? VaeFullResolutionChannels { get; init; }
+
     /// <summary>vae_decoder's config scaling_factor: latents are divided by it before decoding (0.18215 for SD 1.x).</summary>
     public float VaeScalingFactor { get; init; } = 0.18215f;
 
@@ -123,13 +126,13 @@ public sealed class ModelBundle
         int? sampleSize = File.Exists(unetConfig)
             ? ReadJson(unetConfig, r => r.TryGetProperty("sample_size", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetInt32() : (int?)null)
             : null;
-        var (vaeIsTiny, scale, scaling, vaeSampleSize) = ReadVaeConfig(vaeConfig);
+        var (vaeIsTiny, scale, scaling, vaeSampleSize, vaeChannels) = ReadVaeConfig(vaeConfig);
         VaeEncoderComponent? encoder = vaeEncoder is null ? null : OpenEncoder(dir, vaeEncoder, scaling);
         var decoders = new List<DecoderComponent>();
         decoders.Add(new DecoderComponent(vaeIsTiny ? DecoderComponent.Tiny : DecoderComponent.Full, "vae_decoder", vaeDecoder, scaling, vaeSampleSize));
         if (!vaeIsTiny && taesd is not null)
         {
-            var (_, taesdScale, taesdScaling, _) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
+            var (_, taesdScale, taesdScaling, _, _) = ReadVaeConfig(Path.Combine(dir, TinyDecoderFolder, "config.json"), tinyDefault: true);
             if (taesdScale != scale)
                 throw new ModelBundleException($"{taesd.Path}: upsamples latents {taesdScale}×, the VAE {scale}×; a tiny decoder must share the VAE's latent layout.");
             decoders.Add(new DecoderComponent(DecoderComponent.Tiny, TinyDecoderFolder, taesd, taesdScaling));
@@ -139,7 +142,7 @@ public sealed class ModelBundle
         {
             Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
             TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder, Encoder = encoder,
-            UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, Decoders = decoders, UnetTimestepCondDim = condDim,
+            UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, VaeFullResolutionChannels = vaeIsTiny ? null : vaeChannels, Decoders = decoders, UnetTimestepCondDim = condDim,
             DeepCache = deepCache,
         };
     }
@@ -168,19 +171,20 @@ public sealed class ModelBundle
     public const string UNetTimestepCond = "timestep_cond";
 
     /// <summary>
-    /// What a VAE config says: whether it is an AutoencoderTiny, its upsampling factor (2^(blocks − 1)) and the
-    /// scaling_factor latents are divided by before decoding (AutoencoderKL's default 0.18215, AutoencoderTiny's 1.0).
+    /// What a VAE config says: whether it is an AutoencoderTiny, its upsampling factor (2^(blocks − 1)), the
+    /// scaling_factor latents are divided by before decoding (AutoencoderKL's default 0.18215, AutoencoderTiny's 1.0) and its first block's channels.
     /// </summary>
-    private static (bool Tiny, int Scale, float Scaling, int? SampleSize) ReadVaeConfig(string path, bool tinyDefault = false)
+    private static (bool Tiny, int Scale, float Scaling, int? SampleSize, int? FirstChannels) ReadVaeConfig(string path, bool tinyDefault = false)
     {
-        if (!File.Exists(path)) return (tinyDefault, 8, tinyDefault ? 1f : 0.18215f, null);
+        if (!File.Exists(path)) return (tinyDefault, 8, tinyDefault ? 1f : 0.18215f, null, null);
         return ReadJson(path, r =>
         {
             bool tiny = r.TryGetProperty("_class_name", out var c) && c.ValueKind == JsonValueKind.String ? c.GetString() == "AutoencoderTiny" : tinyDefault;
             int scale = r.TryGetProperty("block_out_channels", out var b) && b.ValueKind == JsonValueKind.Array ? 1 << (b.GetArrayLength() - 1) : 8;
             float scaling = r.TryGetProperty("scaling_factor", out var s) && s.ValueKind == JsonValueKind.Number ? s.GetSingle() : tiny ? 1f : 0.18215f;
             int? sampleSize = r.TryGetProperty("sample_size", out var z) && z.ValueKind == JsonValueKind.Number ? z.GetInt32() : null;
-            return (tiny, scale, scaling, sampleSize);
+            int? first = b.ValueKind == JsonValueKind.Array && b.GetArrayLength() > 0 && b[0].ValueKind == JsonValueKind.Number ? b[0].GetInt32() : null;
+            return (tiny, scale, scaling, sampleSize, first);
         });
     }
 

@@ -49,6 +49,18 @@ public sealed record ModelProfile
     /// <summary>Whether <see cref="UNetBatch"/> is the graph's own (an optimized, static-shape UNet): every request then runs it.</summary>
     public bool FixedUNetBatch { get; init; }
 
+    /// <summary>
+    /// What the full VAE decoder's activations take per output pixel, estimated from its width at full resolution (null without a
+    /// full VAE): the memory plan's figure where it cannot measure one (<see cref="DecodeTensorsPerPixel"/>).
+    /// </summary>
+    public double? FullDecodeBytesPerPixel { get; init; }
+
+    /// <summary>
+    /// Full-resolution float tensors a VAE decode holds at once, per channel: measured on SD 1.5's decoder (5.6 kB per pixel with 128
+    /// channels, ~1.45 GB for a whole 512² decode), and the same for any AutoencoderKL, whose largest activations are its last up block's.
+    /// </summary>
+    public const double DecodeTensorsPerPixel = 11;
+
     [JsonIgnore] public string DefaultDecoder => Decoders[0];
     [JsonIgnore] public int LatentHeight => Height / VaeScaleFactor;
     [JsonIgnore] public int LatentWidth => Width / VaeScaleFactor;
@@ -90,6 +102,7 @@ public sealed record ModelProfile
             Decoders = [.. bundle.Decoders.Select(d => d.Name)], GuidanceDistilled = bundle.GuidanceDistilled,
             DeepCache = bundle.DeepCache is not null, ImageToImage = bundle.Encoder is not null,
             UNetBatch = bundle.FixedUnetBatch ?? (bundle.GuidanceDistilled ? 1 : 2), FixedUNetBatch = bundle.FixedUnetBatch is not null,
+            FullDecodeBytesPerPixel = bundle.VaeFullResolutionChannels * DecodeTensorsPerPixel * sizeof(float),
         };
     }
 

@@ -14,18 +14,11 @@ namespace SdFunctions.Inference.Pipeline;
 /// <param name="DecodeTileSize">The tile side (px) the full VAE decodes with when a request names none; null = whole.</param>
 /// <param name="ExpectedPeakBytes">What the plan expects a generation to peak at (null without a budget).</param>
 /// <param name="Met">False when even the smallest tile leaves the expected peak over the budget (the plan is then the leanest there is).</param>
-/// <param name="DecodeBytesPerPixel">The full VAE's activations per output pixel the plan used (measured, or <see cref="Sd15DecodeBytesPerPixel"/>).</param>
+/// <param name="DecodeBytesPerPixel">The full VAE's activations per output pixel the plan used (measured, or the profile's estimate, <see cref="Bundle.ModelProfile.FullDecodeBytesPerPixel"/>).</param>
 public sealed record MemoryPlan(long? Budget, int? DecodeTileSize, long? ExpectedPeakBytes, bool Met, double? DecodeBytesPerPixel = null)
 {
     /// <summary>Tile sides tried from the largest down (diffusers' default for SD 1.x is 512).</summary>
     public static readonly IReadOnlyList<int> TileSizes = [512, 384, 256, 192, 128, 96, GenerationRequest.MinTileSize];
-
-    /// <summary>
-    /// Measured on SD 1.5's VAE decoder here (whole 512² decode: ~1.45 GB of activations): used for the plan where the OS
-    /// cannot restart the peak that the per-pixel measurement reads, and where the full VAE is not the default decoder
-    /// (it is then not loaded to be measured).
-    /// </summary>
-    public const double Sd15DecodeBytesPerPixel = 5.6e3;
 
     public static MemoryPlan Unlimited { get; } = new(null, null, null, true);
 

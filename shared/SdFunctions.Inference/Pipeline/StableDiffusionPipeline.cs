@@ -120,7 +120,8 @@ public sealed class StableDiffusionPipeline : IDisposable
     {
         var vae = Bundle.Decoders.FirstOrDefault(d => d.Name == DecoderComponent.Full);
         if (vae is null) return MemoryPlan.Choose(budget, ProcessMemory.Resident, 0, Width, Height);
-        double perPixel = MemoryPlan.Sd15DecodeBytesPerPixel;
+        // Where the decode cannot be measured (below), the profile's estimate from the decoder's width.
+        double perPixel = Profile.FullDecodeBytesPerPixel ?? 0;
         // A service whose default is TAESD never loads the full VAE unless a request asks: measuring it would cost what the budget saves.
         if (DefaultDecoder != DecoderComponent.Full) return MemoryPlan.Choose(budget, ProcessMemory.Resident, perPixel, Width, Height);
         int probe = Math.Min(256, Math.Min(Width, Height)) / Bundle.VaeScaleFactor * Bundle.VaeScaleFactor;
