@@ -100,6 +100,11 @@ public class OpenApiTests
         var schemas = Contract.Root.GetProperty("components").GetProperty("schemas");
         string[] Enum(string schema) => [.. schemas.GetProperty(schema).GetProperty("enum").EnumerateArray().Select(e => e.GetString()!)];
         Assert.Equal(SdFunctions.Inference.Schedulers.SchedulerCatalog.Names, Enum("Scheduler"));
+        Assert.Equal(SdFunctions.Inference.Bundle.DecoderComponent.Names, Enum("Decoder"));
+        Assert.Equal(SdFunctions.Inference.Pipeline.DeepCacheSchedule.Names, Enum("CacheSchedule"));
+        Assert.Equal(SdFunctions.Inference.Pipeline.ImageFile.Formats, Enum("ImageFormat"));
+        Assert.Equal(SdFunctions.Jobs.Webhooks.Events.All, Enum("WebhookEvent"));
+        Assert.Equal(System.Enum.GetNames<JobStatus>().Select(n => n.ToLowerInvariant()), Enum("JobStatus"));
     }
 
     [Fact]
