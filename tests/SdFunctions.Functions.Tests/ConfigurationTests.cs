@@ -5,6 +5,8 @@ using SdFunctions.Inference.Bundle;
 using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>Where the model and the storage account come from.</summary>
@@ -61,7 +63,7 @@ public class ConfigurationTests
                 s["Model:BlobPrefix"] = "lcm";
             });
             var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "negativePrompt": "blurry"}""");
-            Assert.Contains("negative prompt", FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
+            Assert.Contains("negative prompt", AssertProblem(refused, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
             var read = app.Services.GetRequiredService<ModelProfiles>().Current!;
             Assert.Equal((profile.Model, 256, 256, true), (read.Model, read.Width, read.Height, read.GuidanceDistilled)); // at the service's size
             Assert.False(Directory.Exists(Path.Combine(app.CacheDirectory, "models", JobStore.Hash($"{container.Uri}/lcm/")[..16]))); // nothing downloaded

@@ -1,7 +1,7 @@
-using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -13,8 +13,6 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class DeadRunRecoveryTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     [Fact]
     public async Task ARunStoppedWithoutCleanupIsQueuedAgainOnceItsHeartbeatIsStaleAndFinishesOnce()
     {
@@ -53,7 +51,7 @@ public class DeadRunRecoveryTests
         Assert.Equal(0, (await sweeper.SweepAsync(default)).Resumed); // queued once per timeout, not on every sweep
 
         await app.RunNextMessageAsync();
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal(("succeeded", 2), (done.GetProperty("status").GetString(), done.GetProperty("attempt").GetInt32()));
         Assert.Empty(await OutageTests.ListAsync(app, "running/"));
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
@@ -61,7 +59,7 @@ public class DeadRunRecoveryTests
 
         // The first delivery's message, when its lease runs out, finds the job finished.
         await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default);
-        Assert.Equal(2, Body(await app.GetAsync(id)).GetProperty("attempt").GetInt32());
+        Assert.Equal(2, (await app.JobAsync(id)).GetProperty("attempt").GetInt32());
     }
 
     [Fact]
@@ -69,7 +67,7 @@ public class DeadRunRecoveryTests
     {
         await using var app = await TestApp.StartAsync(configure: s => { s["Jobs:HeartbeatInterval"] = "00:00:00.200"; s["Jobs:OwnerTimeout"] = "00:00:01"; });
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5)); // held by the last instance that died with it
         // What the last of its instances left (each died running it, e.g. out of memory): running, a stopped heartbeat, its mark.
         var stopped = DateTimeOffset.UtcNow;
@@ -82,7 +80,7 @@ public class DeadRunRecoveryTests
 
         Assert.Equal(1, (await app.Services.GetRequiredService<InterruptedJobSweeper>().SweepAsync(default)).Resumed);
         await app.RunNextMessageAsync();
-        var failed = Body(await app.GetAsync(id));
+        var failed = await app.JobAsync(id);
         Assert.Equal(("failed", app.Options.MaxDequeueCount), (failed.GetProperty("status").GetString(), failed.GetProperty("attempt").GetInt32()));
         var error = failed.GetProperty("error");
         Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());

@@ -1,7 +1,7 @@
-using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 using SdFunctions.Optimizer;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -9,8 +9,6 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class DeepCacheServiceTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     private static readonly Lazy<Task<string>> DeepCacheBundle = new(async () =>
     {
         // One fixed folder, replaced by each run, so runs leave no bundles behind.
@@ -24,23 +22,18 @@ public class DeepCacheServiceTests
     public async Task ACachedJobRunsItsShallowCallsAndSaysSo()
     {
         await using var app = await TestApp.StartAsync(await DeepCacheBundle.Value);
-        var (cached, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim", "cacheInterval": 3}""");
-        var (plain, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim"}""");
-        await app.RunNextMessageAsync();
-        await app.RunNextMessageAsync();
-
-        var cachedJob = Body(await app.GetAsync(Body(cached).GetProperty("id").GetString()!));
-        var plainJob = Body(await app.GetAsync(Body(plain).GetProperty("id").GetString()!));
+        var cachedJob = await app.RunJobAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim", "cacheInterval": 3}""");
+        var plainJob = await app.RunJobAsync("""{"prompt": "a fox", "steps": 10, "seed": 4, "scheduler": "ddim"}""");
         Assert.Equal(("succeeded", "succeeded"), (cachedJob.GetProperty("status").GetString(), plainJob.GetProperty("status").GetString()));
         var output = cachedJob.GetProperty("output");
         Assert.Equal(3, output.GetProperty("cacheInterval").GetInt32());
         Assert.Equal("uniform", output.GetProperty("cacheSchedule").GetString());
         Assert.Equal(6, output.GetProperty("shallowUNetCalls").GetInt32()); // calls 1, 2, 4, 5, 7, 8 of 10
         Assert.False(plainJob.GetProperty("output").TryGetProperty("cacheInterval", out _));
-        Assert.True(Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("deepCache").GetBoolean());
+        Assert.True((await app.HealthAsync()).GetProperty("deepCache").GetBoolean());
 
-        var a = (await app.Images.GetBlobClient($"{cachedJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
-        var b = (await app.Images.GetBlobClient($"{plainJob.GetProperty("id").GetString()}.png").DownloadContentAsync()).Value.Content.ToArray();
+        var a = await app.ImageBytesAsync(cachedJob.GetProperty("id").GetString()!);
+        var b = await app.ImageBytesAsync(plainJob.GetProperty("id").GetString()!);
         Assert.NotEqual(a, b);
     }
 
@@ -49,9 +42,9 @@ public class DeepCacheServiceTests
     {
         await using var app = await TestApp.StartAsync();
         // Refused at submit from the model's profile, before this instance has loaded the model.
-        Assert.False(Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("deepCache").GetBoolean());
+        Assert.False((await app.HealthAsync()).GetProperty("deepCache").GetBoolean());
         var (refused, _) = await app.SubmitAsync("""{"prompt": "a cat", "steps": 2, "cacheInterval": 2}""");
-        Assert.Contains("--deep-cache", FlowTests.AssertProblem(refused, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("cacheInterval")[0].GetString());
+        Assert.Contains("--deep-cache", AssertProblem(refused, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("cacheInterval")[0].GetString());
         Assert.False(app.Pipelines.IsLoaded);
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
@@ -63,8 +56,6 @@ public class DeepCacheServiceTests
     public async Task CacheMistakesAre400s(string body, string field)
     {
         await using var app = await TestApp.StartAsync();
-        var (result, _) = await app.SubmitAsync(body);
-        FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
-        Assert.True(Body(result).GetProperty("errors").TryGetProperty(field, out _), Body(result).GetRawText());
+        AssertFieldRefused((await app.SubmitAsync(body)).Result, field);
     }
 }

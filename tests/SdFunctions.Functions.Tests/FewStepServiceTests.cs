@@ -1,6 +1,7 @@
 using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -8,17 +9,15 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class FewStepServiceTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     [Fact]
     public async Task AnLcmModelRunsItsDefaultsAndTheOutputSaysWhatRan()
     {
         await using var app = await TestApp.StartAsync(AzuriteFixture.TinyLcm);
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "a drawing of a green pokemon", "seed": 3}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.RunNextMessageAsync();
 
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         var output = done.GetProperty("output");
         Assert.Equal("lcm", output.GetProperty("scheduler").GetString());
@@ -30,7 +29,7 @@ public class FewStepServiceTests
         Assert.Equal(4, output.GetProperty("uNetCalls").GetInt32());
         Assert.Equal(4, done.GetProperty("progress").GetProperty("total").GetInt32());
 
-        var health = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var health = await app.HealthAsync();
         Assert.True(health.GetProperty("guidanceDistilled").GetBoolean());
         Assert.Equal("lcm", health.GetProperty("defaults").GetProperty("scheduler").GetString());
     }
@@ -43,7 +42,7 @@ public class FewStepServiceTests
         // Not loaded yet on this instance: its profile (read without a session) refuses it already, naming both fields.
         Assert.False(app.Pipelines.IsLoaded);
         var (early, _) = await app.SubmitAsync(json);
-        var before = FlowTests.AssertProblem(early, 400, ProblemTypes.Validation);
+        var before = AssertProblem(early, 400, ProblemTypes.Validation);
         Assert.Contains("negative prompt", before.GetProperty("errors").GetProperty("negativePrompt")[0].GetString());
         Assert.Contains("at most 50 steps", before.GetProperty("errors").GetProperty("steps")[0].GetString()); // its original_inference_steps
         Assert.False(app.Pipelines.IsLoaded);
@@ -51,7 +50,7 @@ public class FewStepServiceTests
 
         await app.Pipelines.GetAsync();
         var (late, _) = await app.SubmitAsync(json);
-        var after = FlowTests.AssertProblem(late, 400, ProblemTypes.Validation);
+        var after = AssertProblem(late, 400, ProblemTypes.Validation);
         Assert.Equal(before.GetProperty("errors").GetRawText(), after.GetProperty("errors").GetRawText());
         Assert.Equal(before.GetProperty("detail").GetString(), after.GetProperty("detail").GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
@@ -70,7 +69,7 @@ public class FewStepServiceTests
         };
         Assert.True(await app.Store.TryCreateAsync(job, default));
         await app.Queue.Process(Delivery.Of(System.Text.Json.JsonSerializer.Serialize(new JobMessage(job.Id, null), JobJson.Options), 1), default);
-        var failed = Body(await app.GetAsync(job.Id));
+        var failed = await app.JobAsync(job.Id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(1, failed.GetProperty("attempt").GetInt32());
         var error = failed.GetProperty("error");
@@ -84,20 +83,17 @@ public class FewStepServiceTests
     {
         await using var app = await TestApp.StartAsync();
         var (tooMany, _) = await app.SubmitAsync("""{"prompt": "x", "scheduler": "lcm", "steps": 60}""");
-        Assert.True(FlowTests.AssertProblem(tooMany, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("steps", out _));
+        Assert.True(AssertProblem(tooMany, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("steps", out _));
         var (badDecoder, _) = await app.SubmitAsync("""{"prompt": "x", "decoder": "huge"}""");
-        Assert.True(FlowTests.AssertProblem(badDecoder, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("decoder", out _));
+        Assert.True(AssertProblem(badDecoder, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("decoder", out _));
 
         // lcm on a plain UNet: 4 steps, guidance off (batch 1, no unconditional pass).
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "a lighthouse", "scheduler": "lcm", "seed": 1}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
-        await app.RunNextMessageAsync();
-        var output = Body(await app.GetAsync(id)).GetProperty("output");
+        var output = (await app.RunJobAsync("""{"prompt": "a lighthouse", "scheduler": "lcm", "seed": 1}""")).GetProperty("output");
         Assert.Equal((4, 1.0, 1, "none"), (output.GetProperty("steps").GetInt32(), output.GetProperty("guidanceScale").GetDouble(),
             output.GetProperty("uNetBatch").GetInt32(), output.GetProperty("conditioning").GetString()));
 
         // tiny-sd has no TAESD: once loaded, asking for it is a 400 naming the decoders it has.
         var (noTiny, _) = await app.SubmitAsync("""{"prompt": "x", "decoder": "tiny"}""");
-        Assert.Contains("full", FlowTests.AssertProblem(noTiny, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("decoder")[0].GetString());
+        Assert.Contains("full", AssertProblem(noTiny, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("decoder")[0].GetString());
     }
 }

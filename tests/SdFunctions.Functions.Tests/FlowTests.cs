@@ -5,14 +5,14 @@ using SdFunctions.Jobs;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>The whole flow through the function classes on Azurite with the real pipeline on the tiny bundle.</summary>
 [Collection(AzuriteCollection.Name)]
 public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     [Fact]
     public async Task SubmitQueueGeneratePollAndDownload()
     {
@@ -33,7 +33,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 
         await app.RunNextMessageAsync();
 
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(1, done.GetProperty("attempt").GetInt32());
         var progress = done.GetProperty("progress");
@@ -68,7 +68,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 
         // Same seed, same image.
         var (again, _) = await app.SubmitAsync("""{"prompt": "a lighthouse at dusk", "steps": 4, "seed": 42, "scheduler": "ddim"}""");
-        string id2 = Body(again).GetProperty("id").GetString()!;
+        string id2 = IdOf(again);
         Assert.NotEqual(id, id2);
         await app.RunNextMessageAsync();
         var file2 = (FileContentResult)await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id2}/image"), id2, default);
@@ -92,7 +92,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 1}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
 
         var early = (ContentResult)await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id}/image"), id, default);
         AssertProblem(early, 409, ProblemTypes.NotFinished);
@@ -115,7 +115,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
     public async Task HealthReportsTheRuntimeAndWhetherTheModelIsLoaded()
     {
         await using var app = await TestApp.StartAsync();
-        var before = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var before = await app.HealthAsync();
         Assert.False(before.GetProperty("modelLoaded").GetBoolean());
         Assert.Matches(@"^\d+\.\d+\.\d+", before.GetProperty("onnxRuntime").GetString()!);
         Assert.Equal("256x256", before.GetProperty("imageSize").GetString());
@@ -125,7 +125,7 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
 
         await app.SubmitAsync("""{"prompt": "x", "steps": 1}""");
         await app.RunNextMessageAsync();
-        var after = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health")));
+        var after = await app.HealthAsync();
         Assert.True(after.GetProperty("modelLoaded").GetBoolean());
         Assert.Equal("sdref-tiny-sd", after.GetProperty("model").GetString());
         Assert.Equal(["pndm", "ddim", "euler", "euler-a", "lms", "dpmpp-2m", "lcm"], after.GetProperty("schedulers").EnumerateArray().Select(e => e.GetString()));
@@ -138,22 +138,9 @@ public class FlowTests(Xunit.Abstractions.ITestOutputHelper output)
     public async Task PndmProgressCountsItsExtraIterationAndShowsTheStepsAsked()
     {
         await using var app = await TestApp.StartAsync();
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2, "scheduler": "pndm"}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
-        await app.RunNextMessageAsync();
-        var progress = Body(await app.GetAsync(id)).GetProperty("progress");
+        var progress = (await app.RunJobAsync("""{"prompt": "x", "steps": 2, "scheduler": "pndm"}""")).GetProperty("progress");
         // diffusers' PNDM runs steps + 1 iterations (its first PLMS step evaluates the UNet twice): total counts them, steps is what was asked.
         Assert.Equal((3, 3, 2), (progress.GetProperty("step").GetInt32(), progress.GetProperty("total").GetInt32(), progress.GetProperty("steps").GetInt32()));
     }
 
-    internal static JsonElement AssertProblem(ContentResult result, int status, string type)
-    {
-        Assert.Equal(status, result.StatusCode);
-        Assert.Equal("application/problem+json", result.ContentType);
-        var problem = Body(result);
-        Assert.Equal(type, problem.GetProperty("type").GetString());
-        Assert.Equal(status, problem.GetProperty("status").GetInt32());
-        Assert.False(string.IsNullOrEmpty(problem.GetProperty("title").GetString()));
-        return problem;
-    }
 }

@@ -3,6 +3,8 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>
@@ -62,9 +64,9 @@ public class HostileInputTests(Xunit.Abstractions.ITestOutputHelper output)
         await using var app = await TestApp.StartAsync();
         var req = TestApp.Request("POST", "/api/generations", "{}");
         req.Body = new MemoryStream([.. "{\"prompt\": \""u8, 0xC3, 0x28, 0xFF, .. "\"}"u8]);
-        FlowTests.AssertProblem((ContentResult)await app.Api.Submit(req, default), 400, ProblemTypes.MalformedJson);
+        AssertProblem((ContentResult)await app.Api.Submit(req, default), 400, ProblemTypes.MalformedJson);
         var padded = TestApp.Request("POST", "/api/generations", new string(' ', 70_000) + """{"prompt": "x"}""");
-        FlowTests.AssertProblem((ContentResult)await app.Api.Submit(padded, default), 413, ProblemTypes.RequestTooLarge);
+        AssertProblem((ContentResult)await app.Api.Submit(padded, default), 413, ProblemTypes.RequestTooLarge);
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 
@@ -90,7 +92,7 @@ public class HostileInputTests(Xunit.Abstractions.ITestOutputHelper output)
             (ContentResult)await app.Api.GetImage(TestApp.Request("GET", "/api/generations/x/image"), id, default),
         })
         {
-            var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.MalformedId);
+            var problem = AssertProblem(result, 400, ProblemTypes.MalformedId);
             if (id.Trim().Length > 0) Assert.DoesNotContain(id, problem.GetProperty("detail").GetString()); // input is not echoed
         }
     }

@@ -1,11 +1,11 @@
 using System.Net.Http.Headers;
 using System.Security.Cryptography;
 using System.Text;
-using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -13,8 +13,6 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class ImageToImageServiceTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     /// <summary>A picture with some structure (gradients), encoded as the format asks.</summary>
     internal static byte[] Picture(int width, int height, string format = "png")
     {
@@ -38,7 +36,7 @@ public class ImageToImageServiceTests
         var (submitted, _) = await app.SubmitAsync($$"""{"prompt": "a watercolour of the same", "steps": 5, "seed": 3, "scheduler": "ddim", "image": "{{DataUri(png)}}"}""");
         Assert.Equal(202, submitted.StatusCode);
         var input = Body(submitted).GetProperty("input");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         var image = input.GetProperty("image");
         Assert.Equal("image/png", image.GetProperty("mediaType").GetString());
         Assert.Equal((256, 256), (image.GetProperty("width").GetInt32(), image.GetProperty("height").GetInt32()));
@@ -48,7 +46,7 @@ public class ImageToImageServiceTests
         Assert.Equal(png, (await app.Store.DownloadInputImageAsync(id, default))!.ToArray()); // kept for any delivery
 
         await app.RunNextMessageAsync();
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(4, done.GetProperty("output").GetProperty("uNetCalls").GetInt32()); // int(5 × 0.8) steps, one batch-2 call each
         Assert.Equal(4, done.GetProperty("progress").GetProperty("total").GetInt32());
@@ -72,14 +70,14 @@ public class ImageToImageServiceTests
         Assert.Equal(202, submitted.StatusCode);
         var image = Body(submitted).GetProperty("input").GetProperty("image");
         Assert.Equal(("image/jpeg", 300, 200), (image.GetProperty("mediaType").GetString(), image.GetProperty("width").GetInt32(), image.GetProperty("height").GetInt32()));
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
 
         // The same picture and fields as a data URI, under the same key: the same job, not a conflict.
         var (replay, _) = await app.SubmitAsync(json.Replace("}", $$""", "image": "{{DataUri(jpeg, "image/jpeg")}}"}"""), key);
         Assert.Equal(id, Body(replay).GetProperty("id").GetString());
 
         await app.RunNextMessageAsync();
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(1, done.GetProperty("output").GetProperty("uNetCalls").GetInt32());
     }
@@ -102,9 +100,7 @@ public class ImageToImageServiceTests
     public async Task BadPicturesAndStrengthsAreNamed(string body, string field)
     {
         await using var app = await TestApp.StartAsync();
-        var (result, _) = await app.SubmitAsync(body);
-        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
-        Assert.True(problem.GetProperty("errors").TryGetProperty(field, out var why), $"no error for '{field}' in {result.Content}");
+        var why = AssertFieldRefused((await app.SubmitAsync(body)).Result, field);
         Assert.DoesNotContain("Exception", why[0].GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
@@ -115,11 +111,11 @@ public class ImageToImageServiceTests
         await using var app = await TestApp.StartAsync(configure: s => s["Jobs:MaxImageRequestBytes"] = "200000");
         string padding = new(' ', 70 * 1024); // JSON allows whitespace: a plain request over 64 KB
         var (plain, _) = await app.SubmitAsync($$"""{"prompt": "x"{{padding}}}""");
-        FlowTests.AssertProblem(plain, 413, ProblemTypes.RequestTooLarge);
+        AssertProblem(plain, 413, ProblemTypes.RequestTooLarge);
         var (withPicture, _) = await app.SubmitAsync($$"""{"prompt": "x", "image": "{{DataUri(Picture(64, 64))}}"{{padding}}}""");
         Assert.Equal(202, withPicture.StatusCode);
         var (tooBig, _) = await app.SubmitAsync($$"""{"prompt": "x", "image": "{{DataUri(RandomNoisePng())}}"}""");
-        FlowTests.AssertProblem(tooBig, 413, ProblemTypes.RequestTooLarge);
+        AssertProblem(tooBig, 413, ProblemTypes.RequestTooLarge);
     }
 
     // Incompressible pixels: a PNG over 200 KB.
@@ -139,14 +135,14 @@ public class ImageToImageServiceTests
     {
         await using var app = await TestApp.StartAsync();
         using (var noRequest = new MultipartFormDataContent { { new ByteArrayContent(Picture(8, 8)), "image", "a.png" } })
-            Assert.True(FlowTests.AssertProblem((await app.SubmitMultipartAsync(noRequest)).Result, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("request", out _));
+            Assert.True(AssertProblem((await app.SubmitMultipartAsync(noRequest)).Result, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("request", out _));
         using (var extra = new MultipartFormDataContent { { new StringContent("""{"prompt": "x"}"""), "request" }, { new StringContent("1"), "mask" } })
-            Assert.True(FlowTests.AssertProblem((await app.SubmitMultipartAsync(extra)).Result, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("mask", out _));
+            Assert.True(AssertProblem((await app.SubmitMultipartAsync(extra)).Result, 400, ProblemTypes.Validation).GetProperty("errors").TryGetProperty("mask", out _));
         using (var twice = new MultipartFormDataContent
         {
             { new StringContent($$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8))}}"}"""), "request" }, { new ByteArrayContent(Picture(8, 8)), "image", "a.png" },
         })
-            Assert.Contains("once", FlowTests.AssertProblem((await app.SubmitMultipartAsync(twice)).Result, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("image")[0].GetString());
+            Assert.Contains("once", AssertProblem((await app.SubmitMultipartAsync(twice)).Result, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("image")[0].GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 
@@ -155,10 +151,10 @@ public class ImageToImageServiceTests
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync($$"""{"prompt": "x", "steps": 2, "image": "{{DataUri(Picture(64, 64))}}"}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.Store.DeleteInputImageAsync(id, default);
         await app.RunNextMessageAsync();
-        var failed = Body(await app.GetAsync(id));
+        var failed = await app.JobAsync(id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Contains("no longer stored", failed.GetProperty("error").GetProperty("detail").GetString());
     }
@@ -169,7 +165,7 @@ public class ImageToImageServiceTests
         await using var app = await TestApp.StartAsync(AzuriteFixture.TinyLcm);
         await app.Pipelines.GetAsync(default);
         var (result, _) = await app.SubmitAsync($$"""{"prompt": "x", "image": "{{DataUri(Picture(64, 64))}}"}""");
-        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
+        var problem = AssertProblem(result, 400, ProblemTypes.Validation);
         Assert.Contains("vae_encoder", problem.GetProperty("errors").GetProperty("image")[0].GetString());
     }
 }

@@ -2,14 +2,14 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>Idempotency, cancellation and at-least-once delivery, on Azurite with the real pipeline.</summary>
 [Collection(AzuriteCollection.Name)]
 public class JobLifecycleTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-    private static string Id(ContentResult r) => Body(r).GetProperty("id").GetString()!;
     private static Dictionary<string, string> Key(string key) => new() { ["Idempotency-Key"] = key };
 
     private static async Task<int> QueueLength(TestApp app) => (await app.Messages.PeekMessagesAsync(32)).Value.Length;
@@ -21,21 +21,21 @@ public class JobLifecycleTests
         var (first, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("order-17"));
         var (replay, response) = await app.SubmitAsync("""{ "steps": 2,   "prompt": "a fox" }""", Key("order-17")); // same JSON, other spacing/order
         Assert.Equal(202, replay.StatusCode);
-        Assert.Equal(Id(first), Id(replay));
+        Assert.Equal(IdOf(first), IdOf(replay));
         Assert.Equal(Body(first).GetProperty("input").GetProperty("seed").GetInt64(), Body(replay).GetProperty("input").GetProperty("seed").GetInt64());
-        Assert.EndsWith(Id(first), response.Headers.Location.ToString());
+        Assert.EndsWith(IdOf(first), response.Headers.Location.ToString());
         Assert.Equal(1, await QueueLength(app));
 
         var (other, _) = await app.SubmitAsync("""{"prompt": "a wolf", "steps": 2}""", Key("order-17"));
-        FlowTests.AssertProblem(other, 422, ProblemTypes.IdempotencyConflict);
-        Assert.DoesNotContain(Id(first), other.Content); // another caller's job id is never shown
+        AssertProblem(other, 422, ProblemTypes.IdempotencyConflict);
+        Assert.DoesNotContain(IdOf(first), other.Content); // another caller's job id is never shown
 
         var (unrelated, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("order-18"));
-        Assert.NotEqual(Id(first), Id(unrelated));
+        Assert.NotEqual(IdOf(first), IdOf(unrelated));
         Assert.Equal(2, await QueueLength(app));
 
         var (tooLong, _) = await app.SubmitAsync("""{"prompt": "a fox"}""", Key(new string('k', 201)));
-        FlowTests.AssertProblem(tooLong, 400, ProblemTypes.Validation);
+        AssertProblem(tooLong, 400, ProblemTypes.Validation);
     }
 
     [Fact]
@@ -46,13 +46,13 @@ public class JobLifecycleTests
         var (alice, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", As("key-of-alice"));
         var (bob, _) = await app.SubmitAsync("""{"prompt": "a wolf", "steps": 2}""", As("key-of-bob")); // same key, other caller: no 422
         Assert.Equal(202, bob.StatusCode);
-        Assert.NotEqual(Id(alice), Id(bob));
+        Assert.NotEqual(IdOf(alice), IdOf(bob));
         var (aliceAgain, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", As("key-of-alice"));
-        Assert.Equal(Id(alice), Id(aliceAgain));
+        Assert.Equal(IdOf(alice), IdOf(aliceAgain));
         // The key may also come as ?code=, as the host accepts it.
         var req = TestApp.Request("POST", "/api/generations", """{"prompt": "a fox", "steps": 2}""", headers: Key("order-1"));
         req.QueryString = new Microsoft.AspNetCore.Http.QueryString("?code=key-of-alice");
-        Assert.Equal(Id(alice), Id((ContentResult)await app.Api.Submit(req, default)));
+        Assert.Equal(IdOf(alice), IdOf((ContentResult)await app.Api.Submit(req, default)));
         Assert.Equal(2, await QueueLength(app));
     }
 
@@ -61,7 +61,7 @@ public class JobLifecycleTests
     {
         await using var app = await TestApp.StartAsync();
         var results = await Task.WhenAll(Enumerable.Range(0, 6).Select(_ => app.SubmitAsync("""{"prompt": "a fox", "steps": 2}""", Key("burst"))));
-        Assert.Single(results.Select(r => Id(r.Result)).Distinct());
+        Assert.Single(results.Select(r => IdOf(r.Result)).Distinct());
         Assert.Equal(1, await QueueLength(app));
     }
 
@@ -70,7 +70,7 @@ public class JobLifecycleTests
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string id = Id(submitted);
+        string id = IdOf(submitted);
         var canceled = await app.CancelAsync(id);
         Assert.Equal(200, canceled.StatusCode);
         Assert.Equal("canceled", Body(canceled).GetProperty("status").GetString());
@@ -86,7 +86,7 @@ public class JobLifecycleTests
         await using var app = await TestApp.StartAsync();
         await app.Pipelines.GetAsync(); // load first, so the job is running (not loading) when we cancel
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""");
-        string id = Id(submitted);
+        string id = IdOf(submitted);
         var worker = app.RunNextMessageAsync();
 
         await WaitUntil(app, id, j => j.GetProperty("status").GetString() == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
@@ -101,10 +101,10 @@ public class JobLifecycleTests
     /// <summary>Canceled, no image written, and a second cancel is refused as finished.</summary>
     private static async Task<JsonElement> AssertCanceledForGood(TestApp app, string id)
     {
-        var job = Body(await app.GetAsync(id));
+        var job = await app.JobAsync(id);
         Assert.Equal("canceled", job.GetProperty("status").GetString());
         Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
-        FlowTests.AssertProblem(await app.CancelAsync(id), 409, ProblemTypes.AlreadyFinished);
+        AssertProblem(await app.CancelAsync(id), 409, ProblemTypes.AlreadyFinished);
         return job;
     }
 
@@ -113,14 +113,14 @@ public class JobLifecycleTests
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2, "seed": 5}""");
-        string id = Id(submitted);
+        string id = IdOf(submitted);
         var message = await app.RunNextMessageAsync();
-        var first = Body(await app.GetAsync(id));
+        var first = await app.JobAsync(id);
         var etag = (await app.Images.GetBlobClient($"{id}.png").GetPropertiesAsync()).Value.ETag;
 
         await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default); // the same message, delivered again
 
-        var second = Body(await app.GetAsync(id));
+        var second = await app.JobAsync(id);
         Assert.Equal(1, second.GetProperty("attempt").GetInt32());
         Assert.Equal(first.GetProperty("completedAt").GetString(), second.GetProperty("completedAt").GetString());
         Assert.Equal(etag, (await app.Images.GetBlobClient($"{id}.png").GetPropertiesAsync()).Value.ETag);
@@ -132,7 +132,7 @@ public class JobLifecycleTests
         await using var app = await TestApp.StartAsync();
         await app.Pipelines.GetAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 120, "seed": 9, "scheduler": "ddim"}""");
-        string id = Id(submitted);
+        string id = IdOf(submitted);
         var message = (await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5))).Value;
 
         // The host shuts down mid-run: the function sees its token canceled and the message is not completed.
@@ -141,13 +141,13 @@ public class JobLifecycleTests
         await WaitUntil(app, id, j => j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
         await shutdown.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
-        var interrupted = Body(await app.GetAsync(id));
+        var interrupted = await app.JobAsync(id);
         Assert.Equal("queued", interrupted.GetProperty("status").GetString()); // given back, so the redelivery need not wait for a stale heartbeat
         Assert.Equal(1, interrupted.GetProperty("attempt").GetInt32());
 
         // The message comes back (dequeue count 2) and the job runs to the end.
         await app.Queue.Process(Delivery.Of(message.Body.ToString(), 2), default);
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(2, done.GetProperty("attempt").GetInt32());
         var blobs = new List<string>();
@@ -178,14 +178,14 @@ public class JobLifecycleTests
         for (int attempt = 1; attempt < app.Options.MaxDequeueCount; attempt++)
         {
             await Assert.ThrowsAnyAsync<Exception>(() => app.Queue.Process(Delivery.Of(message.Body.ToString(), attempt), default));
-            var retrying = Body(await app.GetAsync(id));
+            var retrying = await app.JobAsync(id);
             Assert.Equal("queued", retrying.GetProperty("status").GetString()); // waiting for its retry
             Assert.Equal(attempt, retrying.GetProperty("attempt").GetInt32());
             Assert.Empty(await OutageTests.ListAsync(app, "running/")); // the host brings the message back: the sweep need not
         }
         // The host moves the message to the poison queue after the last dequeue; the poison function fails the job.
         await app.Queue.Poison(message.Body.ToString(), default);
-        var failed = Body(await app.GetAsync(id));
+        var failed = await app.JobAsync(id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         var error = failed.GetProperty("error");
         Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());
@@ -215,7 +215,7 @@ public class JobLifecycleTests
         await using var app = await TestApp.StartAsync(modelDirectory: BrokenModel);
         var (id, message) = await SubmitAndReceiveAsync(app);
         await app.Queue.Process(Delivery.Of(message.Body.ToString(), app.Options.MaxDequeueCount), default); // no throw: final
-        var failed = Body(await app.GetAsync(id));
+        var failed = await app.JobAsync(id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());
         AssertSafe(failed, (await app.Store.GetAsync(id, default))!);
@@ -228,14 +228,14 @@ public class JobLifecycleTests
     private static async Task<(string Id, Azure.Storage.Queues.Models.QueueMessage Message)> SubmitAndReceiveAsync(TestApp app)
     {
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        return (Id(submitted), (await app.Messages.ReceiveMessageAsync()).Value);
+        return (IdOf(submitted), (await app.Messages.ReceiveMessageAsync()).Value);
     }
 
     private static async Task WaitUntil(TestApp app, string id, Func<JsonElement, bool> condition)
     {
         for (int i = 0; i < 600; i++)
         {
-            if (condition(Body(await app.GetAsync(id)))) return;
+            if (condition((await app.JobAsync(id)))) return;
             await Task.Delay(50);
         }
         throw new TimeoutException($"job {id} never reached the expected state");

@@ -1,8 +1,9 @@
 using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Options;
 using SdFunctions.Jobs;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -10,22 +11,17 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class MemoryBudgetServiceTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     [Fact]
     public async Task AnUnreachableBudgetTilesEveryFullDecodeAndTheJobRecordsItsPeak()
     {
         await using var app = await TestApp.StartAsync(configure: s => s["Model:MemoryBudget"] = "1MB"); // less than the runtime alone
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2, "seed": 4, "scheduler": "ddim", "tiledDecode": false}""");
-        await app.RunNextMessageAsync();
-
-        var job = Body(await app.GetAsync(Body(submitted).GetProperty("id").GetString()!));
+        var job = await app.RunJobAsync("""{"prompt": "a fox", "steps": 2, "seed": 4, "scheduler": "ddim", "tiledDecode": false}""");
         Assert.Equal("succeeded", job.GetProperty("status").GetString());
         var output = job.GetProperty("output");
         Assert.Equal(64, output.GetProperty("decodeTileSize").GetInt32()); // the smallest tile: the budget wins over tiledDecode: false
         Assert.InRange(output.GetProperty("peakMemoryBytes").GetInt64(), 50_000_000, 24L << 30); // a .NET process with ORT sessions, under the machine
 
-        var memory = Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory");
+        var memory = (await app.HealthAsync()).GetProperty("memory");
         Assert.Equal(1_000_000, memory.GetProperty("budgetBytes").GetInt64());
         Assert.Equal(64, memory.GetProperty("decodeTileSize").GetInt32());
         Assert.False(memory.GetProperty("met").GetBoolean());
@@ -36,12 +32,10 @@ public class MemoryBudgetServiceTests
     public async Task WithoutABudgetHealthShowsNoPlanAndJobsStillRecordTheirPeak()
     {
         await using var app = await TestApp.StartAsync();
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "a fox", "steps": 2, "seed": 4, "scheduler": "ddim"}""");
-        await app.RunNextMessageAsync();
-        var output = Body(await app.GetAsync(Body(submitted).GetProperty("id").GetString()!)).GetProperty("output");
+        var output = (await app.RunJobAsync("""{"prompt": "a fox", "steps": 2, "seed": 4, "scheduler": "ddim"}""")).GetProperty("output");
         Assert.False(output.TryGetProperty("decodeTileSize", out _));
         Assert.True(output.GetProperty("peakMemoryBytes").GetInt64() > 0);
-        Assert.Equal(JsonValueKind.Null, Body((ContentResult)await app.Health.Run(TestApp.Request("GET", "/api/health"))).GetProperty("memory").ValueKind);
+        Assert.Equal(JsonValueKind.Null, (await app.HealthAsync()).GetProperty("memory").ValueKind);
     }
 
     [Theory]

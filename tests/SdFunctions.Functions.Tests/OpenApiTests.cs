@@ -5,6 +5,8 @@ using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>
@@ -57,8 +59,6 @@ public class OpenApiTests
         ["get /playground"] = [],
         ["get /playground/{file}"] = [ProblemTypes.NotFound],
     };
-
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
     [Fact]
     public void TheDocumentIsValidOpenApi31()
@@ -191,9 +191,9 @@ public class OpenApiTests
             return Check("/generations/{id}", "get", await app.Api.Get(req, id, default), req);
         }
 
-        string webhooked = Body((await app.SubmitAsync("""{"prompt": "a", "steps": 2, "n": 2, "outputFormat": "jpeg", "webhook": {"url": "http://127.0.0.1:9/hook"}}""")).Result).GetProperty("id").GetString()!;
+        string webhooked = IdOf((await app.SubmitAsync("""{"prompt": "a", "steps": 2, "n": 2, "outputFormat": "jpeg", "webhook": {"url": "http://127.0.0.1:9/hook"}}""")).Result);
         string picture = Body((await app.SubmitAsync($$"""{"prompt": "b", "steps": 2, "strength": 0.5, "image": "data:image/png;base64,{{Convert.ToBase64String(ImageToImageServiceTests.Picture(64, 64))}}"}""")).Result).GetProperty("id").GetString()!;
-        string poisoned = Body((await app.SubmitAsync("""{"prompt": "c", "steps": 2}""")).Result).GetProperty("id").GetString()!;
+        string poisoned = IdOf((await app.SubmitAsync("""{"prompt": "c", "steps": 2}""")).Result);
         var queued = await Get(webhooked);
         Assert.Equal("queued", queued.GetProperty("status").GetString());
 
@@ -240,13 +240,13 @@ public class OpenApiTests
         var ids = new List<string>();
         foreach (string format in new[] { "png", "webp", "jpeg" })
         {
-            ids.Add(Body((await app.SubmitAsync($$"""{"prompt": "x", "steps": 1, "outputFormat": "{{format}}"}""")).Result).GetProperty("id").GetString()!);
+            ids.Add(IdOf((await app.SubmitAsync($$"""{"prompt": "x", "steps": 1, "outputFormat": "{{format}}"}""")).Result));
             await app.RunNextMessageAsync();
             var file = (FileContentResult)await Image(ids[^1]);
             Assert.Equal($"image/{format}", file.ContentType);
             Assert.Equal(format, SixLabors.ImageSharp.Image.DetectFormat(file.FileContents).Name.ToLowerInvariant());
         }
-        string queued = Body((await app.SubmitAsync("""{"prompt": "x", "steps": 1}""")).Result).GetProperty("id").GetString()!;
+        string queued = IdOf((await app.SubmitAsync("""{"prompt": "x", "steps": 1}""")).Result);
         Assert.Equal(ProblemTypes.NotFinished, Body((ContentResult)await Image(queued)).GetProperty("type").GetString());
         Assert.Equal(ProblemTypes.Validation, Body((ContentResult)await Image(ids[0], "1")).GetProperty("type").GetString());
         Assert.Equal(ProblemTypes.Validation, Body((ContentResult)await Image(ids[0], "-1")).GetProperty("type").GetString());
@@ -271,15 +271,15 @@ public class OpenApiTests
             return Check("/generations/{id}/cancel", "post", await app.Api.Cancel(req, id, default), req);
         }
 
-        string queued = Body((await app.SubmitAsync("""{"prompt": "x", "steps": 2}""")).Result).GetProperty("id").GetString()!;
+        string queued = IdOf((await app.SubmitAsync("""{"prompt": "x", "steps": 2}""")).Result);
         Assert.Equal("canceled", (await Cancel(queued)).GetProperty("status").GetString());
         Assert.Equal(ProblemTypes.AlreadyFinished, (await Cancel(queued)).GetProperty("type").GetString());
         await app.RunNextMessageAsync(); // the canceled job's message: nothing runs
 
         await app.Pipelines.GetAsync();
-        string running = Body((await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""")).Result).GetProperty("id").GetString()!;
+        string running = IdOf((await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""")).Result);
         var worker = app.RunNextMessageAsync();
-        for (int i = 0; i < 600 && Body(await app.GetAsync(running)).GetProperty("progress").GetProperty("step").GetInt32() == 0; i++) await Task.Delay(50);
+        for (int i = 0; i < 600 && (await app.JobAsync(running)).GetProperty("progress").GetProperty("step").GetInt32() == 0; i++) await Task.Delay(50);
         Assert.Equal("running", (await Cancel(running)).GetProperty("status").GetString()); // 202: it stops at its next check
         await worker;
 

@@ -3,6 +3,8 @@ using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>
@@ -15,8 +17,6 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
     // Nothing listens on port 1; the SAS is a dummy (the connection is refused before it matters).
     internal const string Unreachable =
         "BlobEndpoint=http://127.0.0.1:1/devstoreaccount1;QueueEndpoint=http://127.0.0.1:1/devstoreaccount1;SharedAccessSignature=sv=2021-08-06&sig=dummy";
-
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
     /// <summary>How the SDK reports storage it cannot reach, each seen in these tests, and what it must not swallow.</summary>
     [Fact]
@@ -37,7 +37,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         var app = new TestApp(configure: s => { s["JobsStorage"] = Unreachable; s["Jobs:StorageMaxRetries"] = "1"; s["Jobs:StorageRetryDelay"] = "00:00:00.050"; });
         var req = TestApp.Request("GET", "/api/generations/" + JobIds.New());
         var result = (ContentResult)await app.Api.Get(req, req.Path.Value!.Split('/')[^1], default);
-        FlowTests.AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
         Assert.Equal(HttpResults.RetryAfterOutageSeconds, req.HttpContext.Response.Headers.RetryAfter.ToString());
         await app.Services.DisposeAsync();
     }
@@ -53,7 +53,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         output.WriteLine($"progress resumed at step {seenAfter} after a 0.6 s blob outage");
 
         await worker; // does not throw
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(1, done.GetProperty("attempt").GetInt32());
         Assert.True(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
@@ -70,7 +70,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal(202, (await app.CancelAsync(id)).StatusCode);
         await worker;
 
-        var job = Body(await app.GetAsync(id));
+        var job = await app.JobAsync(id);
         Assert.Equal("canceled", job.GetProperty("status").GetString());
         Assert.True(StepNow(job) < 150, "the run stopped before its last step");
         Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
@@ -84,7 +84,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         await using var app = await TestApp.StartAsync(configure: storage.Configure);
         storage.Queues.Current = FaultProxy.Mode.Hang;
         var (result, response) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""", new Dictionary<string, string> { ["Idempotency-Key"] = "timeout-1" });
-        FlowTests.AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(result, 503, ProblemTypes.ServiceUnavailable);
         Assert.Equal(HttpResults.RetryAfterOutageSeconds, response.Headers.RetryAfter.ToString());
         storage.Queues.Current = FaultProxy.Mode.Up;
 
@@ -102,14 +102,14 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         await using var storage = new FaultyStorage();
         await using var app = await TestApp.StartAsync(configure: storage.Configure);
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         storage.Blobs.Current = FaultProxy.Mode.Hang;
-        FlowTests.AssertProblem(await app.GetAsync(id), 503, ProblemTypes.ServiceUnavailable);
-        FlowTests.AssertProblem(await app.CancelAsync(id), 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(await app.GetAsync(id), 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(await app.CancelAsync(id), 503, ProblemTypes.ServiceUnavailable);
         var image = (ContentResult)await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id}/image"), id, default);
-        FlowTests.AssertProblem(image, 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(image, 503, ProblemTypes.ServiceUnavailable);
         storage.Blobs.Current = FaultProxy.Mode.Up;
-        Assert.Equal("queued", Body(await app.GetAsync(id)).GetProperty("status").GetString());
+        Assert.Equal("queued", (await app.JobAsync(id)).GetProperty("status").GetString());
     }
 
     /// <summary>Starts a long job and, once it has made progress, takes blob storage away for 0.6 s: every progress write and its retries fail.</summary>
@@ -132,7 +132,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
     internal static async Task<string> SubmitLongJobAsync(TestApp app, int steps = 150)
     {
         var (submitted, _) = await app.SubmitAsync($$"""{"prompt": "x", "steps": {{steps}}, "seed": 3, "scheduler": "ddim"}""");
-        return Body(submitted).GetProperty("id").GetString()!;
+        return IdOf(submitted);
     }
 
     private static int StepNow(ContentResult r) => StepNow(Body(r));

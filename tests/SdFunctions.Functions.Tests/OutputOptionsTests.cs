@@ -6,14 +6,14 @@ using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.Formats.Png;
 using SixLabors.ImageSharp.PixelFormats;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>Several images per job, output formats and their parameters, usage for billing, and a queued job's position.</summary>
 [Collection(AzuriteCollection.Name)]
 public class OutputOptionsTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     private static async Task<FileContentResult> Image(TestApp app, string id, string? index = null)
     {
         var req = TestApp.Request("GET", $"/api/generations/{id}/image");
@@ -26,9 +26,9 @@ public class OutputOptionsTests
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "a lighthouse", "steps": 3, "seed": 100, "scheduler": "ddim", "n": 3}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.RunNextMessageAsync();
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         var output = done.GetProperty("output");
         var images = output.GetProperty("images").EnumerateArray().ToList();
@@ -46,7 +46,7 @@ public class OutputOptionsTests
 
         // Image 2 of this job is the image of a one-image job with seed 102.
         var (single, _) = await app.SubmitAsync("""{"prompt": "a lighthouse", "steps": 3, "seed": 102, "scheduler": "ddim"}""");
-        string singleId = Body(single).GetProperty("id").GetString()!;
+        string singleId = IdOf(single);
         await app.RunNextMessageAsync();
         Assert.Equal(files[2], (await Image(app, singleId)).FileContents);
 
@@ -54,7 +54,7 @@ public class OutputOptionsTests
         {
             var req = TestApp.Request("GET", $"/api/generations/{id}/image");
             req.QueryString = new Microsoft.AspNetCore.Http.QueryString($"?index={bad}");
-            FlowTests.AssertProblem((ContentResult)await app.Api.GetImage(req, id, default), 400, ProblemTypes.Validation);
+            AssertProblem((ContentResult)await app.Api.GetImage(req, id, default), 400, ProblemTypes.Validation);
         }
     }
 
@@ -71,7 +71,7 @@ public class OutputOptionsTests
         Assert.Equal(format, input.GetProperty("outputFormat").GetString());
         if (quality is null) Assert.False(input.TryGetProperty("quality", out _));
         else Assert.Equal(quality, input.GetProperty("quality").GetInt32());
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.RunNextMessageAsync();
 
         var file = await Image(app, id);
@@ -83,7 +83,7 @@ public class OutputOptionsTests
         Assert.Equal(contentType, blob.ContentType);
         Assert.Equal("a%20red%20barn%2C%20%22oil%22%20painting", blob.Metadata["prompt"]);
         Assert.Equal(("blurry", "7", "euler", "2", "256x256"), (blob.Metadata["negativeprompt"], blob.Metadata["seed"], blob.Metadata["scheduler"], blob.Metadata["steps"], blob.Metadata["size"]));
-        Assert.Equal(contentType, Body(await app.GetAsync(id)).GetProperty("output").GetProperty("contentType").GetString());
+        Assert.Equal(contentType, (await app.JobAsync(id)).GetProperty("output").GetProperty("contentType").GetString());
 
         if (format == "png")
         {
@@ -111,8 +111,7 @@ public class OutputOptionsTests
     public async Task BadOutputOptionsAreNamed(string body, string field)
     {
         await using var app = await TestApp.StartAsync();
-        var problem = FlowTests.AssertProblem((await app.SubmitAsync(body)).Result, 400, ProblemTypes.Validation);
-        Assert.True(problem.GetProperty("errors").TryGetProperty(field, out _), $"no error for '{field}'");
+        AssertFieldRefused((await app.SubmitAsync(body)).Result, field);
     }
 
     [Fact]
@@ -120,10 +119,10 @@ public class OutputOptionsTests
     {
         await using var app = await TestApp.StartAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 3, "scheduler": "ddim", "n": 2}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         Assert.Equal(JsonValueKind.Null, Body(submitted).GetProperty("usage").ValueKind);
         await app.RunNextMessageAsync();
-        var usage = Body(await app.GetAsync(id)).GetProperty("usage");
+        var usage = (await app.JobAsync(id)).GetProperty("usage");
         Assert.True(usage.GetProperty("billable").GetBoolean());
         Assert.Equal((6, 2), (usage.GetProperty("uNetCalls").GetInt32(), usage.GetProperty("images").GetInt32()));
         Assert.True(usage.GetProperty("cpuSeconds").GetDouble() > 0);
@@ -135,7 +134,7 @@ public class OutputOptionsTests
         await using var broken = await TestApp.StartAsync(Path.Combine(Path.GetTempPath(), "no-such-model-" + Guid.NewGuid().ToString("N")),
             s => s["Jobs:MaxDequeueCount"] = "1");
         var (doomed, _) = await broken.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-        string doomedId = Body(doomed).GetProperty("id").GetString()!;
+        string doomedId = IdOf(doomed);
         await broken.RunNextMessageAsync();
         var failed = Body(await broken.GetAsync(doomedId));
         Assert.Equal("failed", failed.GetProperty("status").GetString());
@@ -149,14 +148,14 @@ public class OutputOptionsTests
         var ids = new List<string>();
         for (int i = 0; i < 3; i++)
         {
-            ids.Add(Body((await app.SubmitAsync("""{"prompt": "x", "steps": 1}""")).Result).GetProperty("id").GetString()!);
+            ids.Add(IdOf((await app.SubmitAsync("""{"prompt": "x", "steps": 1}""")).Result));
             await Task.Delay(GenerationService.QueuePositionRefresh + TimeSpan.FromMilliseconds(200)); // each submit reads the queue afresh
         }
         var ahead = new List<int>();
-        foreach (string id in ids) ahead.Add(Body(await app.GetAsync(id)).GetProperty("queue").GetProperty("approximateAhead").GetInt32());
+        foreach (string id in ids) ahead.Add((await app.JobAsync(id)).GetProperty("queue").GetProperty("approximateAhead").GetInt32());
         Assert.Equal([0, 1, 2], ahead);
         await app.RunNextMessageAsync();
-        Assert.False(Body(await app.GetAsync(ids[0])).TryGetProperty("queue", out _)); // not queued any more
+        Assert.False((await app.JobAsync(ids[0])).TryGetProperty("queue", out _)); // not queued any more
     }
 
     private sealed class BytesComparer : IEqualityComparer<byte[]>

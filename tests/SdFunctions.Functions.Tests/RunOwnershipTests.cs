@@ -2,6 +2,8 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>
@@ -11,7 +13,6 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class RunOwnershipTests
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
     private static string Message(string id) => JsonSerializer.Serialize(new JobMessage(id), JobJson.Options);
 
     private static async Task<int> MessageCount(TestApp app) => (await app.Messages.GetPropertiesAsync()).Value.ApproximateMessagesCount;
@@ -34,10 +35,10 @@ public class RunOwnershipTests
         Assert.Equal(2, await MessageCount(app)); // the owner's message and the one the duplicate left to come back later
 
         var steps = new List<int>();
-        while (!owner.IsCompleted) { steps.Add(Body(await app.GetAsync(id)).GetProperty("progress").GetProperty("step").GetInt32()); await Task.Delay(20); }
+        while (!owner.IsCompleted) { steps.Add((await app.JobAsync(id)).GetProperty("progress").GetProperty("step").GetInt32()); await Task.Delay(20); }
         await owner;
         Assert.Equal(steps.Order(), steps); // one run reports: progress never goes back
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal("succeeded", done.GetProperty("status").GetString());
         Assert.Equal(1, done.GetProperty("attempt").GetInt32());
         Assert.IsType<FileContentResult>(await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id}/image"), id, default));
@@ -49,12 +50,12 @@ public class RunOwnershipTests
         await using var app = await TestApp.StartAsync();
         await app.Pipelines.GetAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 30, "seed": 8}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         var runs = new[] { app.Queue.Process(Delivery.Of(Message(id), 1), default), app.Queue.Process(Delivery.Of(Message(id), 2), default) };
         await Task.WhenAny(runs);
-        Assert.Equal("running", Body(await app.GetAsync(id)).GetProperty("status").GetString()); // the one that ended first backed off
+        Assert.Equal("running", (await app.JobAsync(id)).GetProperty("status").GetString()); // the one that ended first backed off
         await Task.WhenAll(runs);
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal(("succeeded", 1), (done.GetProperty("status").GetString(), done.GetProperty("attempt").GetInt32()));
     }
 
@@ -67,7 +68,7 @@ public class RunOwnershipTests
             s["Jobs:OwnerTimeout"] = "00:00:01";
         });
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2, "seed": 8}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         // What a crashed instance leaves: running, owned, a heartbeat that stopped.
         await app.Store.UpdateAsync(id, r => r with
         {
@@ -78,7 +79,7 @@ public class RunOwnershipTests
 
         await Task.Delay(1100);
         await app.Queue.Process(Delivery.Of(Message(id), 3), default);
-        var done = Body(await app.GetAsync(id));
+        var done = await app.JobAsync(id);
         Assert.Equal(("succeeded", 2), (done.GetProperty("status").GetString(), done.GetProperty("attempt").GetInt32()));
     }
 

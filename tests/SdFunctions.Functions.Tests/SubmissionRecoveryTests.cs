@@ -1,7 +1,7 @@
-using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using SdFunctions.Jobs;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -14,7 +14,6 @@ namespace SdFunctions.Functions.Tests;
 public class SubmissionRecoveryTests
 {
     private const string Request = """{"prompt": "a fox", "steps": 2, "seed": 4}""";
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
     private static Dictionary<string, string> Key(string key) => new() { ["Idempotency-Key"] = key };
 
     /// <summary>Submits while storage goes away exactly when the message is sent: the undo cannot run either.</summary>
@@ -24,7 +23,7 @@ public class SubmissionRecoveryTests
         storage.Queues.Current = FaultProxy.Mode.Refuse; // also drops the pooled connection, so the send connects anew
         storage.Queues.OnConnect = () => storage.Blobs.Current = FaultProxy.Mode.Refuse;
         var (interrupted, _) = await app.SubmitAsync(Request, Key(key));
-        FlowTests.AssertProblem(interrupted, 503, ProblemTypes.ServiceUnavailable);
+        AssertProblem(interrupted, 503, ProblemTypes.ServiceUnavailable);
         storage.Queues.OnConnect = null;
         storage.Queues.Current = FaultProxy.Mode.Up;
         storage.Blobs.Current = FaultProxy.Mode.Up;
@@ -52,7 +51,7 @@ public class SubmissionRecoveryTests
         Assert.Equal(id, Body(replay).GetProperty("id").GetString());
 
         await app.RunNextMessageAsync();
-        Assert.Equal("succeeded", Body(await app.GetAsync(id)).GetProperty("status").GetString());
+        Assert.Equal("succeeded", (await app.JobAsync(id)).GetProperty("status").GetString());
         var (again, _) = await app.SubmitAsync(Request, Key("order-1")); // queued once: a later replay adds no message
         Assert.Equal(id, Body(again).GetProperty("id").GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
@@ -75,9 +74,9 @@ public class SubmissionRecoveryTests
 
         var message = await app.RunNextMessageAsync();
         Assert.Contains(id, message.Body.ToString());
-        Assert.Equal("succeeded", Body(await app.GetAsync(id)).GetProperty("status").GetString());
+        Assert.Equal("succeeded", (await app.JobAsync(id)).GetProperty("status").GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value); // the normally queued job was not queued again
-        Assert.Equal("succeeded", Body(await app.GetAsync(Body(normal).GetProperty("id").GetString()!)).GetProperty("status").GetString());
+        Assert.Equal("succeeded", (await app.JobAsync(IdOf(normal))).GetProperty("status").GetString());
     }
 
     [Fact]
@@ -94,7 +93,7 @@ public class SubmissionRecoveryTests
         await Task.Delay(300);
         var swept = await app.Services.GetRequiredService<InterruptedJobSweeper>().SweepAsync(default);
         Assert.Equal((0, 1), (swept.Requeued, swept.Failed));
-        var job = Body(await app.GetAsync(id));
+        var job = await app.JobAsync(id);
         Assert.Equal("failed", job.GetProperty("status").GetString());
         Assert.Equal(ProblemTypes.ServiceUnavailable, job.GetProperty("error").GetProperty("type").GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);

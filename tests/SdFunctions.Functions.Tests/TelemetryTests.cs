@@ -1,6 +1,4 @@
 using System.Diagnostics;
-using System.Text.Json;
-using Microsoft.AspNetCore.Mvc;
 using Microsoft.Extensions.DependencyInjection;
 using Microsoft.Extensions.Logging;
 using OpenTelemetry;
@@ -8,6 +6,8 @@ using OpenTelemetry.Logs;
 using OpenTelemetry.Metrics;
 using OpenTelemetry.Trace;
 using SdFunctions.Jobs;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -19,8 +19,6 @@ namespace SdFunctions.Functions.Tests;
 [Collection(AzuriteCollection.Name)]
 public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
 {
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
-
     /// <summary>What the exporters received.</summary>
     private sealed class Exported
     {
@@ -74,7 +72,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
         var exported = new Exported();
         await using var app = await exported.StartAppAsync();
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "a lighthouse", "steps": 3, "seed": 5, "scheduler": "ddim"}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         var record = (await app.Store.GetAsync(id, default))!;
         Assert.True(ActivityContext.TryParse(record.TraceParent, null, out var submitContext));
         var message = (await app.Messages.PeekMessageAsync()).Value;
@@ -88,7 +86,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
             await app.RunNextMessageAsync();
         }
         Assert.NotEqual(submitContext.TraceId, invocation.TraceId);
-        Assert.Equal("succeeded", Body(await app.GetAsync(id)).GetProperty("status").GetString());
+        Assert.Equal("succeeded", (await app.JobAsync(id)).GetProperty("status").GetString());
 
         var trace = exported.Trace(submitContext.TraceId);
         foreach (var span in trace.OrderBy(s => s.StartTimeUtc))
@@ -132,7 +130,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
         {
             // Canceled while queued (the API ends it; its message is then ignored), and while running (the run ends it).
             var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-            string queued = Body(submitted).GetProperty("id").GetString()!;
+            string queued = IdOf(submitted);
             await app.CancelAsync(queued);
             await app.RunNextMessageAsync();
             string running = await OutageTests.SubmitLongJobAsync(app);
@@ -150,7 +148,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
         await using (var broken = await exported.StartAppAsync(modelDirectory: "/no/such/model"))
         {
             var (submitted, _) = await broken.SubmitAsync("""{"prompt": "x", "steps": 2}""");
-            string id = Body(submitted).GetProperty("id").GetString()!;
+            string id = IdOf(submitted);
             var message = (await broken.Messages.ReceiveMessageAsync()).Value;
             await broken.Queue.Process(Delivery.Of(message.Body.ToString(), broken.Options.MaxDequeueCount), default);
             Assert.Equal(1, Assert.Single(exported.Points(broken, "sdf.images"), p => (string?)Tag(p, "sdf.outcome") == "failed").GetSumLong());

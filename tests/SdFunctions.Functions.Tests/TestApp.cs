@@ -1,4 +1,5 @@
 using System.Text;
+using System.Text.Json;
 using Azure.Storage.Blobs;
 using Azure.Storage.Queues;
 using Azure.Storage.Queues.Models;
@@ -112,6 +113,15 @@ public sealed class TestApp : IAsyncDisposable
         return (result, req.HttpContext.Response);
     }
 
+    /// <summary>Submits a job (202 expected), runs the queue function on its message and answers the job resource.</summary>
+    public async Task<JsonElement> RunJobAsync(string json)
+    {
+        var (submitted, _) = await SubmitAsync(json);
+        Assert.Equal(202, submitted.StatusCode);
+        await RunNextMessageAsync();
+        return await JobAsync(ApiAnswers.IdOf(submitted));
+    }
+
     /// <summary>POST /api/generations as multipart/form-data, the parts made by HttpClient's own encoder.</summary>
     public async Task<(ContentResult Result, HttpResponse Response)> SubmitMultipartAsync(System.Net.Http.MultipartFormDataContent form,
         IDictionary<string, string>? headers = null)
@@ -128,6 +138,15 @@ public sealed class TestApp : IAsyncDisposable
     }
 
     public async Task<ContentResult> GetAsync(string id) => (ContentResult)await Api.Get(Request("GET", $"/api/generations/{id}"), id, default);
+
+    /// <summary>The job resource GET /api/generations/{id} answers.</summary>
+    public async Task<JsonElement> JobAsync(string id) => ApiAnswers.Body(await GetAsync(id));
+
+    /// <summary>The body GET /api/health answers.</summary>
+    public async Task<JsonElement> HealthAsync() => ApiAnswers.Body((ContentResult)await Health.Run(Request("GET", "/api/health")));
+
+    /// <summary>The PNG bytes a job stored as its (first) image.</summary>
+    public async Task<byte[]> ImageBytesAsync(string id) => (await Images.GetBlobClient($"{id}.png").DownloadContentAsync()).Value.Content.ToArray();
 
     public async Task<ContentResult> CancelAsync(string id) => (ContentResult)await Api.Cancel(Request("POST", $"/api/generations/{id}/cancel"), id, default);
 

@@ -2,6 +2,8 @@ using System.Text.Json;
 using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 
+using static SdFunctions.Functions.Tests.ApiAnswers;
+
 namespace SdFunctions.Functions.Tests;
 
 /// <summary>Every submit rule gives a 400/413/415 problem naming the field, and nothing is queued.</summary>
@@ -41,9 +43,8 @@ public class ValidationTests
     {
         await using var app = await TestApp.StartAsync();
         var (result, _) = await app.SubmitAsync(body);
-        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
-        Assert.True(problem.GetProperty("errors").TryGetProperty(field, out _), $"no error for '{field}' in {result.Content}");
-        Assert.Equal("/api/generations", problem.GetProperty("instance").GetString());
+        AssertFieldRefused(result, field);
+        Assert.Equal("/api/generations", Body(result).GetProperty("instance").GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 
@@ -52,7 +53,7 @@ public class ValidationTests
     {
         await using var app = await TestApp.StartAsync();
         var (result, _) = await app.SubmitAsync("""{"prompt": "", "steps": 0, "width": 1024, "scheduler": "nope"}""");
-        var problem = FlowTests.AssertProblem(result, 400, ProblemTypes.Validation);
+        var problem = AssertProblem(result, 400, ProblemTypes.Validation);
         var errors = problem.GetProperty("errors").EnumerateObject().Select(p => p.Name).Order();
         Assert.Equal(["prompt", "scheduler", "steps", "width"], errors);
         Assert.Equal("256x256", problem.GetProperty("allowed")[0].GetString());
@@ -67,7 +68,7 @@ public class ValidationTests
     {
         await using var app = await TestApp.StartAsync();
         var (result, _) = await app.SubmitAsync(body);
-        FlowTests.AssertProblem(result, 400, type);
+        AssertProblem(result, 400, type);
     }
 
     [Theory]
@@ -80,7 +81,7 @@ public class ValidationTests
     {
         await using var app = await TestApp.StartAsync();
         var result = (ContentResult)await app.Api.Submit(TestApp.Request("POST", "/api/generations", """{"prompt": "x"}""", contentType), default);
-        FlowTests.AssertProblem(result, 415, ProblemTypes.UnsupportedMediaType);
+        AssertProblem(result, 415, ProblemTypes.UnsupportedMediaType);
     }
 
     [Theory]
@@ -101,6 +102,6 @@ public class ValidationTests
         await using var app = await TestApp.StartAsync();
         string huge = JsonSerializer.Serialize(new { prompt = new string('a', 70_000) });
         var tooBig = (ContentResult)await app.Api.Submit(TestApp.Request("POST", "/api/generations", huge), default);
-        FlowTests.AssertProblem(tooBig, 413, ProblemTypes.RequestTooLarge);
+        AssertProblem(tooBig, 413, ProblemTypes.RequestTooLarge);
     }
 }

@@ -5,10 +5,11 @@ using System.Security.Cryptography;
 using System.Text;
 using System.Text.Json;
 using Microsoft.AspNetCore.Http;
-using Microsoft.AspNetCore.Mvc;
 using SdFunctions.Jobs;
 using SdFunctions.Jobs.Webhooks;
 using StandardWebhooks;
+
+using static SdFunctions.Functions.Tests.ApiAnswers;
 
 namespace SdFunctions.Functions.Tests;
 
@@ -17,8 +18,6 @@ namespace SdFunctions.Functions.Tests;
 public class WebhookTests
 {
     private const string Secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"; // the Standard Webhooks spec's example secret
-
-    private static JsonElement Body(ContentResult r) => JsonDocument.Parse(r.Content!).RootElement;
 
     private static Task<TestApp> StartAsync(bool allowLoopback = true) => TestApp.StartAsync(configure: s =>
     {
@@ -77,7 +76,7 @@ public class WebhookTests
         using var receiver = new Receiver();
         var (submitted, _) = await app.SubmitAsync($$$"""{"prompt": "x", "steps": 2, "seed": 4, "webhook": {"url": "{{{receiver.Url}}}", "events": ["started", "completed"]}}""");
         Assert.Equal(202, submitted.StatusCode);
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         Assert.Equal(receiver.Url, Body(submitted).GetProperty("input").GetProperty("webhook").GetProperty("url").GetString());
         await app.RunNextMessageAsync();
         Assert.True(await app.RunNextWebhookAsync());
@@ -102,7 +101,7 @@ public class WebhookTests
         // A tampered body does not verify.
         Assert.ThrowsAny<Exception>(() => new StandardWebhook(Secret).Verify(body.Replace("succeeded", "failed"), headerDictionary));
 
-        var deliveries = Body(await app.GetAsync(id)).GetProperty("webhooks").EnumerateArray().ToList();
+        var deliveries = (await app.JobAsync(id)).GetProperty("webhooks").EnumerateArray().ToList();
         Assert.All(deliveries, d => Assert.Equal("delivered", d.GetProperty("status").GetString()));
         Assert.Equal(2, deliveries.Count);
     }
@@ -123,16 +122,16 @@ public class WebhookTests
         var (retried, _) = await app.SubmitAsync($$$"""{"prompt": "x", "steps": 1, "webhook": {"url": "{{{second.Url}}}"}}""");
         await app.RunNextMessageAsync();
         await app.RunNextMessageAsync();
-        Assert.Equal("succeeded", Body(await app.GetAsync(Body(doomed).GetProperty("id").GetString()!)).GetProperty("status").GetString());
+        Assert.Equal("succeeded", (await app.JobAsync(IdOf(doomed))).GetProperty("status").GetString());
         while (await app.RunNextWebhookAsync()) { }
 
         Assert.Equal([500, 503, 500], receiver.Received.Select(r => r.Answered)); // MaxAttempts 3, then given up
         Assert.Equal([500, 200], second.Received.Select(r => r.Answered));
         Assert.Single(second.Received.Select(r => r.Headers["webhook-id"]).Distinct()); // one id across retries: receivers can drop repeats
-        var failed = Assert.Single(Body(await app.GetAsync(Body(doomed).GetProperty("id").GetString()!)).GetProperty("webhooks").EnumerateArray());
+        var failed = Assert.Single((await app.JobAsync(IdOf(doomed))).GetProperty("webhooks").EnumerateArray());
         Assert.Equal(("failed", 3), (failed.GetProperty("status").GetString(), failed.GetProperty("attempts").GetInt32()));
         Assert.Contains("500", failed.GetProperty("lastError").GetString());
-        var delivered = Assert.Single(Body(await app.GetAsync(Body(retried).GetProperty("id").GetString()!)).GetProperty("webhooks").EnumerateArray());
+        var delivered = Assert.Single((await app.JobAsync(IdOf(retried))).GetProperty("webhooks").EnumerateArray());
         Assert.Equal(("delivered", 2), (delivered.GetProperty("status").GetString(), delivered.GetProperty("attempts").GetInt32()));
     }
 
@@ -144,12 +143,12 @@ public class WebhookTests
         // https to a name (not a literal), so the URL passes at submit; it resolves to 127.0.0.1, refused at connect time.
         string url = receiver.Url.Replace("http://127.0.0.1", "https://localhost");
         var (submitted, _) = await app.SubmitAsync($$$"""{"prompt": "x", "steps": 1, "webhook": {"url": "{{{url}}}"}}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.RunNextMessageAsync();
         Assert.True(await app.RunNextWebhookAsync());
         Assert.False(await app.RunNextWebhookAsync()); // not retried
         Assert.Empty(receiver.Received);
-        var state = Assert.Single(Body(await app.GetAsync(id)).GetProperty("webhooks").EnumerateArray());
+        var state = Assert.Single((await app.JobAsync(id)).GetProperty("webhooks").EnumerateArray());
         Assert.Equal("failed", state.GetProperty("status").GetString());
         Assert.Contains("loopback", state.GetProperty("lastError").GetString());
     }
@@ -172,8 +171,7 @@ public class WebhookTests
     public async Task RefusedWebhooksAre400s(string webhook, string field)
     {
         await using var app = await StartAsync(allowLoopback: false);
-        var problem = FlowTests.AssertProblem((await app.SubmitAsync($$$"""{"prompt": "x", "webhook": {{{webhook}}}}""")).Result, 400, ProblemTypes.Validation);
-        Assert.True(problem.GetProperty("errors").TryGetProperty(field, out _), $"no error for {field}");
+        AssertFieldRefused((await app.SubmitAsync($$$"""{"prompt": "x", "webhook": {{{webhook}}}}""")).Result, field);
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 
@@ -181,7 +179,7 @@ public class WebhookTests
     public async Task WithoutASigningSecretWebhooksAreRefused()
     {
         await using var app = await TestApp.StartAsync();
-        var problem = FlowTests.AssertProblem((await app.SubmitAsync("""{"prompt": "x", "webhook": {"url": "https://example.com/hook"}}""")).Result, 400, ProblemTypes.Validation);
+        var problem = AssertProblem((await app.SubmitAsync("""{"prompt": "x", "webhook": {"url": "https://example.com/hook"}}""")).Result, 400, ProblemTypes.Validation);
         Assert.Contains("signing secret", problem.GetProperty("errors").GetProperty("webhook")[0].GetString());
     }
 
@@ -191,7 +189,7 @@ public class WebhookTests
         await using var app = await StartAsync();
         using var receiver = new Receiver();
         var (submitted, _) = await app.SubmitAsync($$$"""{"prompt": "x", "webhook": {"url": "{{{receiver.Url}}}"}}""");
-        string id = Body(submitted).GetProperty("id").GetString()!;
+        string id = IdOf(submitted);
         await app.CancelAsync(id);
         Assert.True(await app.RunNextWebhookAsync());
         Assert.Equal("canceled", JsonDocument.Parse(Assert.Single(receiver.Received).Body).RootElement.GetProperty("status").GetString());
