@@ -12,6 +12,9 @@ internal static class ApiAnswers
     /// <summary>The id of the job a 202 (or an idempotent replay's 200) answered.</summary>
     public static string IdOf(ContentResult submitted) => Body(submitted).GetProperty("id").GetString()!;
 
+    /// <summary>The step a job resource's progress has reached.</summary>
+    public static int StepOf(JsonElement job) => job.GetProperty("progress").GetProperty("step").GetInt32();
+
     /// <summary>Asserts an RFC 9457 problem of this status and type with a title, and returns it.</summary>
     public static JsonElement AssertProblem(ContentResult result, int status, string type)
     {

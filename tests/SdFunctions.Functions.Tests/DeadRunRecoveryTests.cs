@@ -24,13 +24,13 @@ public class DeadRunRecoveryTests
             s["Jobs:OwnerTimeout"] = "00:00:03";
         });
         await app.Pipelines.GetAsync();
-        string id = await OutageTests.SubmitLongJobAsync(app);
+        string id = await app.SubmitLongJobAsync();
 
         // The host's delivery: the message stays invisible (its lease) while the run goes on.
         var message = (await app.Messages.ReceiveMessageAsync(TimeSpan.FromMinutes(5))).Value;
         using var shutdown = new CancellationTokenSource();
         var run = app.Queue.Process(message, shutdown.Token);
-        await OutageTests.WaitForProgressAsync(app, id);
+        await app.WaitForProgressAsync(id);
         Assert.Equal([$"running/{id}"], await OutageTests.ListAsync(app, "running/"));
 
         // The instance stops while storage is out of reach: it can neither give the job back nor queue it again.

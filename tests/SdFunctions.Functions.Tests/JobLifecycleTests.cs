@@ -84,18 +84,13 @@ public class JobLifecycleTests
     public async Task ARunningJobStopsWhenCanceled()
     {
         await using var app = await TestApp.StartAsync();
-        await app.Pipelines.GetAsync(); // load first, so the job is running (not loading) when we cancel
-        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""");
-        string id = IdOf(submitted);
-        var worker = app.RunNextMessageAsync();
-
-        await WaitUntil(app, id, j => j.GetProperty("status").GetString() == "running" && j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        var (id, worker) = await app.StartLongJobAsync(); // loaded first, so the job is running (not loading) when we cancel
         var accepted = await app.CancelAsync(id);
         Assert.Equal(202, accepted.StatusCode);
         await worker;
 
         var job = await AssertCanceledForGood(app, id);
-        Assert.True(job.GetProperty("progress").GetProperty("step").GetInt32() < 150);
+        Assert.True(StepOf(job) < 150);
     }
 
     /// <summary>Canceled, no image written, and a second cancel is refused as finished.</summary>
@@ -138,7 +133,7 @@ public class JobLifecycleTests
         // The host shuts down mid-run: the function sees its token canceled and the message is not completed.
         using var shutdown = new CancellationTokenSource();
         var run = app.Queue.Process(message, shutdown.Token);
-        await WaitUntil(app, id, j => j.GetProperty("progress").GetProperty("step").GetInt32() > 0);
+        await app.WaitForProgressAsync(id);
         await shutdown.CancelAsync();
         await Assert.ThrowsAnyAsync<OperationCanceledException>(() => run);
         var interrupted = await app.JobAsync(id);
@@ -229,15 +224,5 @@ public class JobLifecycleTests
     {
         var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
         return (IdOf(submitted), (await app.Messages.ReceiveMessageAsync()).Value);
-    }
-
-    private static async Task WaitUntil(TestApp app, string id, Func<JsonElement, bool> condition)
-    {
-        for (int i = 0; i < 600; i++)
-        {
-            if (condition((await app.JobAsync(id)))) return;
-            await Task.Delay(50);
-        }
-        throw new TimeoutException($"job {id} never reached the expected state");
     }
 }

@@ -276,10 +276,7 @@ public class OpenApiTests
         Assert.Equal(ProblemTypes.AlreadyFinished, (await Cancel(queued)).GetProperty("type").GetString());
         await app.RunNextMessageAsync(); // the canceled job's message: nothing runs
 
-        await app.Pipelines.GetAsync();
-        string running = IdOf((await app.SubmitAsync("""{"prompt": "x", "steps": 150, "scheduler": "ddim"}""")).Result);
-        var worker = app.RunNextMessageAsync();
-        for (int i = 0; i < 600 && (await app.JobAsync(running)).GetProperty("progress").GetProperty("step").GetInt32() == 0; i++) await Task.Delay(50);
+        var (running, worker) = await app.StartLongJobAsync();
         Assert.Equal("running", (await Cancel(running)).GetProperty("status").GetString()); // 202: it stops at its next check
         await worker;
 

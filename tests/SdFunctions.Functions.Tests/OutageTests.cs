@@ -49,7 +49,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         await using var storage = new FaultyStorage();
         await using var app = await TestApp.StartAsync(configure: storage.Configure);
         var (id, worker) = await RunThroughABlobOutageAsync(app, storage);
-        int seenAfter = await WaitForProgressAsync(app, id, above: StepNow(await app.GetAsync(id)));
+        int seenAfter = await app.WaitForProgressAsync(id, above: StepOf(await app.JobAsync(id)));
         output.WriteLine($"progress resumed at step {seenAfter} after a 0.6 s blob outage");
 
         await worker; // does not throw
@@ -72,7 +72,7 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
 
         var job = await app.JobAsync(id);
         Assert.Equal("canceled", job.GetProperty("status").GetString());
-        Assert.True(StepNow(job) < 150, "the run stopped before its last step");
+        Assert.True(StepOf(job) < 150, "the run stopped before its last step");
         Assert.False(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
     }
 
@@ -115,38 +115,11 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
     /// <summary>Starts a long job and, once it has made progress, takes blob storage away for 0.6 s: every progress write and its retries fail.</summary>
     private static async Task<(string Id, Task Worker)> RunThroughABlobOutageAsync(TestApp app, FaultyStorage storage, int steps = 40)
     {
-        await app.Pipelines.GetAsync();
-        string id = await SubmitLongJobAsync(app, steps);
-        var worker = app.RunNextMessageAsync();
-        await WaitForProgressAsync(app, id);
+        var (id, worker) = await app.StartLongJobAsync(steps);
         storage.Blobs.Current = FaultProxy.Mode.Refuse;
         await Task.Delay(600);
         storage.Blobs.Current = FaultProxy.Mode.Up;
         return (id, worker);
-    }
-
-    /// <summary>
-    /// A job long enough that a test which has seen its first progress still finds it running (with 40 steps a run once
-    /// finished first in CI); tests that stop, cancel or take over the run pay nothing for the length.
-    /// </summary>
-    internal static async Task<string> SubmitLongJobAsync(TestApp app, int steps = 150)
-    {
-        var (submitted, _) = await app.SubmitAsync($$"""{"prompt": "x", "steps": {{steps}}, "seed": 3, "scheduler": "ddim"}""");
-        return IdOf(submitted);
-    }
-
-    private static int StepNow(ContentResult r) => StepNow(Body(r));
-    private static int StepNow(JsonElement job) => job.GetProperty("progress").GetProperty("step").GetInt32();
-
-    internal static async Task<int> WaitForProgressAsync(TestApp app, string id, int above = 0)
-    {
-        for (int i = 0; i < 1200; i++)
-        {
-            var r = await app.GetAsync(id);
-            if (r.StatusCode == 200 && StepNow(r) > above) return StepNow(r);
-            await Task.Delay(25);
-        }
-        throw new TimeoutException($"job {id} made no progress past step {above}");
     }
 
     internal static async Task<List<string>> ListAsync(TestApp app, string prefix)

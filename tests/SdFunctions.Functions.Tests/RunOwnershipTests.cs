@@ -21,10 +21,7 @@ public class RunOwnershipTests
     public async Task ASecondDeliveryOfARunningJobBacksOffAndItsFailuresDoNotFailTheJob()
     {
         await using var app = await TestApp.StartAsync();
-        await app.Pipelines.GetAsync();
-        string id = await OutageTests.SubmitLongJobAsync(app);
-        var owner = app.RunNextMessageAsync();
-        await OutageTests.WaitForProgressAsync(app, id);
+        var (id, owner) = await app.StartLongJobAsync();
         var before = (await app.Store.GetAsync(id, default))!;
 
         // The same message again, on its last delivery, and then in the poison queue: neither touches the live run.
@@ -35,7 +32,7 @@ public class RunOwnershipTests
         Assert.Equal(2, await MessageCount(app)); // the owner's message and the one the duplicate left to come back later
 
         var steps = new List<int>();
-        while (!owner.IsCompleted) { steps.Add((await app.JobAsync(id)).GetProperty("progress").GetProperty("step").GetInt32()); await Task.Delay(20); }
+        while (!owner.IsCompleted) { steps.Add(StepOf(await app.JobAsync(id))); await Task.Delay(20); }
         await owner;
         Assert.Equal(steps.Order(), steps); // one run reports: progress never goes back
         var done = await app.JobAsync(id);
@@ -87,10 +84,7 @@ public class RunOwnershipTests
     public async Task ARunThatLostItsJobStopsAndWritesNothing()
     {
         await using var app = await TestApp.StartAsync();
-        await app.Pipelines.GetAsync();
-        string id = await OutageTests.SubmitLongJobAsync(app);
-        var run = app.RunNextMessageAsync();
-        await OutageTests.WaitForProgressAsync(app, id);
+        var (id, run) = await app.StartLongJobAsync();
 
         var takenOver = await app.Store.UpdateAsync(id, r => r with { RunOwner = "another-delivery", HeartbeatAt = DateTimeOffset.UtcNow, Attempt = 2 }, default);
         await run; // stops without throwing

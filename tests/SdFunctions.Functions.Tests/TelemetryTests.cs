@@ -133,9 +133,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
             string queued = IdOf(submitted);
             await app.CancelAsync(queued);
             await app.RunNextMessageAsync();
-            string running = await OutageTests.SubmitLongJobAsync(app);
-            var run = app.RunNextMessageAsync();
-            await OutageTests.WaitForProgressAsync(app, running);
+            var (running, run) = await app.StartLongJobAsync();
             await app.CancelAsync(running);
             await run;
             Assert.Equal(2, Assert.Single(exported.Points(app, "sdf.images"), p => (string?)Tag(p, "sdf.outcome") == "canceled").GetSumLong());

@@ -122,6 +122,38 @@ public sealed class TestApp : IAsyncDisposable
         return await JobAsync(ApiAnswers.IdOf(submitted));
     }
 
+    /// <summary>
+    /// A job long enough that a test which has seen its first progress still finds it running (with 40 steps a run once
+    /// finished first in CI); tests that stop, cancel or take over the run pay nothing for the length.
+    /// </summary>
+    public async Task<string> SubmitLongJobAsync(int steps = 150)
+    {
+        var (submitted, _) = await SubmitAsync($$"""{"prompt": "x", "steps": {{steps}}, "seed": 3, "scheduler": "ddim"}""");
+        return ApiAnswers.IdOf(submitted);
+    }
+
+    /// <summary>Loads the model, submits a long job and runs it until it has made progress: the run goes on in the returned task.</summary>
+    public async Task<(string Id, Task<QueueMessage> Run)> StartLongJobAsync(int steps = 150)
+    {
+        await Pipelines.GetAsync();
+        string id = await SubmitLongJobAsync(steps);
+        var run = RunNextMessageAsync();
+        await WaitForProgressAsync(id);
+        return (id, run);
+    }
+
+    /// <summary>Polls the job until its progress is past <paramref name="above"/>, and answers the step it saw.</summary>
+    public async Task<int> WaitForProgressAsync(string id, int above = 0)
+    {
+        for (int i = 0; i < 1200; i++)
+        {
+            var r = await GetAsync(id);
+            if (r.StatusCode == 200 && ApiAnswers.StepOf(ApiAnswers.Body(r)) is var step && step > above) return step;
+            await Task.Delay(25);
+        }
+        throw new TimeoutException($"job {id} made no progress past step {above}");
+    }
+
     /// <summary>POST /api/generations as multipart/form-data, the parts made by HttpClient's own encoder.</summary>
     public async Task<(ContentResult Result, HttpResponse Response)> SubmitMultipartAsync(System.Net.Http.MultipartFormDataContent form,
         IDictionary<string, string>? headers = null)
