@@ -20,6 +20,7 @@ public static class Fixtures
     public static string TinySd => Path.Combine(Root, "tiny-sd");
     public static string TinyLcm => Path.Combine(Root, "tiny-lcm");
     public static string TinyTaesd => Path.Combine(Root, "tiny-taesd");
+    public static string TinyShapes => Path.Combine(Root, "tiny-shapes");
     public static string Reference => Path.Combine(Root, "reference");
 
     private static string FindRoot()
@@ -181,7 +182,7 @@ public static class Close
     public static double Psnr(byte[] a, byte[] b)
     {
         Assert.Equal(a.Length, b.Length);
-        return Cli.Bench.ImageQuality.Psnr(a, b);
+        return Inference.Quality.ImageQuality.Psnr(a, b);
     }
 
     /// <summary>The largest difference of one channel of one pixel, in levels.</summary>

@@ -3,6 +3,7 @@ using Onnx;
 using SdFunctions.Cli;
 using SdFunctions.Cli.Bench;
 using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Quality;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Optimizer;
 using SdFunctions.Optimizer.Quantization;

@@ -3,6 +3,7 @@ using System.Text.Json;
 using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Quality;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Optimizer;
 using SdFunctions.Optimizer.Quantization;
