@@ -6,6 +6,7 @@ using Microsoft.ML.OnnxRuntime;
 using SdFunctions.Cli.Bench;
 using SdFunctions.Inference.Bundle;
 using SdFunctions.Inference.Pipeline;
+using SdFunctions.Inference.Quality;
 using SdFunctions.Inference.Runtime;
 using SdFunctions.Inference.Schedulers;
 using SdFunctions.Optimizer;
@@ -14,11 +15,11 @@ using SdFunctions.Optimizer.Quantization;
 namespace SdFunctions.Cli;
 
 /// <summary>
-/// The <c>sdf</c> command line: <c>generate</c> an image, <c>decode</c> saved latents, <c>tokenize</c> a prompt, <c>optimize</c> a bundle and
-/// <c>bench</c> the variants at full size (<c>bench-probe</c> is bench's own child process).
+/// The <c>sdf</c> command line: <c>generate</c> an image, <c>decode</c> saved latents, <c>tokenize</c> a prompt, <c>optimize</c> a bundle,
+/// <c>evaluate</c> one bundle or recipe against another and <c>bench</c> the variants at full size (<c>bench-probe</c> is bench's own child process).
 /// Exit codes: 0 done, 1 the model or the run failed, 2 bad usage or input, 130 canceled.
 /// </summary>
-public static class CliApp
+public static partial class CliApp
 {
     public const int Ok = 0, Failed = 1, BadInput = 2, Canceled = 130;
 
@@ -54,6 +55,7 @@ public static class CliApp
         root.Subcommands.Add(DecodeCommand(stderr));
         root.Subcommands.Add(TokenizeCommand(stdout));
         root.Subcommands.Add(OptimizeCommand(stderr));
+        root.Subcommands.Add(EvaluateCommand(stdout, stderr));
         root.Subcommands.Add(BenchCommand(stderr));
         root.Subcommands.Add(BenchProbeCommand(stderr));
 
@@ -237,7 +239,7 @@ public static class CliApp
                     throw new CliUsageException($"--step-noise: {noisePath} holds {values.Length} floats, not a whole number of latents of {latentSize} (1×{pipeline.LatentChannels}×{pipeline.LatentHeight}×{pipeline.LatentWidth}).");
                 request = request with { StepNoise = new RecordedGaussianNoise(values) };
             }
-            var bar = new ProgressBar(stderr, interactive: ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
+            var bar = ProgressBar.On(stderr);
             var result = await pipeline.GenerateAsync(request, bar, ct);
             bar.Finish();
 
@@ -527,23 +529,30 @@ public sealed class CliUsageException(string message) : Exception(message);
 /// Progress on stderr: a bar redrawn in place on a terminal; when stderr is a file or a pipe, a plain line every tenth of
 /// the run (a log gets lines, not one line of carriage returns).
 /// </summary>
-internal sealed class ProgressBar(TextWriter writer, bool interactive) : IProgress<GenerationProgress>
+internal sealed class ProgressBar(TextWriter writer, bool interactive) : IProgress<GenerationProgress>, IProgress<EvaluationProgress>
 {
     private const int Width = 30;
     private bool _drawn;
 
-    public void Report(GenerationProgress p)
+    /// <summary>A bar on stderr when it is the console and a terminal, else plain lines.</summary>
+    public static ProgressBar On(TextWriter stderr) => new(stderr, interactive: ReferenceEquals(stderr, Console.Error) && !Console.IsErrorRedirected);
+
+    // Iterations, with the steps asked for when they differ (PNDM's extra one).
+    public void Report(GenerationProgress p) =>
+        Draw(p.Step, p.Total, p.Steps is > 0 && p.Steps != p.Total ? $"iteration {p.Step}/{p.Total} ({p.Steps} steps)" : $"step {p.Step}/{p.Total}", p.Elapsed);
+
+    public void Report(EvaluationProgress p) => Draw(p.Done, p.Total, $"image {p.Done}/{p.Total}", p.Elapsed);
+
+    private void Draw(int done, int total, string count, TimeSpan elapsed)
     {
-        // Iterations, with the steps asked for when they differ (PNDM's extra one).
-        string count = p.Steps is > 0 && p.Steps != p.Total ? $"iteration {p.Step}/{p.Total} ({p.Steps} steps)" : $"step {p.Step}/{p.Total}";
         if (interactive)
         {
-            int filled = p.Total == 0 ? Width : p.Step * Width / p.Total;
-            writer.Write($"\r[{new string('#', filled)}{new string('.', Width - filled)}] {count} {p.Elapsed.TotalSeconds:F1} s");
+            int filled = total == 0 ? Width : done * Width / total;
+            writer.Write($"\r[{new string('#', filled)}{new string('.', Width - filled)}] {count} {elapsed.TotalSeconds:F1} s");
             _drawn = true;
         }
-        else if (p.Step == p.Total || p.Step * 10 / Math.Max(1, p.Total) != (p.Step - 1) * 10 / Math.Max(1, p.Total))
-            writer.WriteLine($"{count} {p.Elapsed.TotalSeconds:F1} s");
+        else if (done == total || done * 10 / Math.Max(1, total) != (done - 1) * 10 / Math.Max(1, total))
+            writer.WriteLine($"{count} {elapsed.TotalSeconds:F1} s");
         writer.Flush();
     }
 

@@ -103,6 +103,15 @@ public sealed record OptimizeManifest
         IReadOnlyDictionary<string, int> QuantizedNodes, IReadOnlyDictionary<string, int> IntegerKernels,
         IReadOnlyDictionary<string, int> FloatKernelsLeft);
     public const string FileName = "sdfunctions-optimize.json";
+
+    /// <summary>The bundle an optimized bundle in <paramref name="directory"/> was made from (null: it has no manifest).</summary>
+    public static string? SourceOf(string directory)
+    {
+        string path = Path.Combine(directory, FileName);
+        if (!File.Exists(path)) return null;
+        using var manifest = JsonDocument.Parse(File.ReadAllBytes(path));
+        return manifest.RootElement.TryGetProperty("source", out var source) ? source.GetString() : null;
+    }
 }
 
 /// <summary>

@@ -32,7 +32,7 @@ public class ShapeJudgeTests
                 Assert.Equal(c.GetProperty("fill").GetDouble(), v.Fill, 0.0005 + 1e-9);
                 Assert.Equal(c.GetProperty("asym").GetDouble(), v.Asym, 0.0005 + 1e-9);
                 int[] box = [.. c.GetProperty("bbox").EnumerateArray().Select(e => e.GetInt32())];
-                Assert.Equal((box[0], box[1], box[2], box[3]), v.Bbox);
+                Assert.Equal(new PixelBox(box[0], box[1], box[2], box[3]), v.Bbox);
             }
             agreed++;
             if (v.Matches(caption)) accepted++;

@@ -1,14 +1,17 @@
 namespace SdFunctions.Inference.Quality;
 
 /// <summary>What <see cref="ShapeJudge"/> read from a picture; <c>"none"</c> for colour and kind when no shape was found.</summary>
-/// <param name="Bbox">The shape region's box: x, y, width, height (zeros when there is none).</param>
-public sealed record ShapeVerdict(string Background, string Colour, string Kind, int Area, double Fill, double Asym, (int X, int Y, int Width, int Height) Bbox)
+/// <param name="Bbox">The shape region's box (zeros when there is none).</param>
+public sealed record ShapeVerdict(string Background, string Colour, string Kind, int Area, double Fill, double Asym, PixelBox Bbox)
 {
     public const string None = "none";
 
     /// <summary>Whether the picture shows <paramref name="caption"/>: background, shape colour and kind all right.</summary>
     public bool Matches(ShapesCaption caption) => Background == caption.Background && Colour == caption.Colour && Kind == caption.Shape;
 }
+
+/// <summary>A rectangle of pixels: its top-left corner and size.</summary>
+public readonly record struct PixelBox(int X, int Y, int Width, int Height);
 
 /// <summary>
 /// Reads a tiny-shapes picture back, by the rules of the fixture's README: the background is the colour of the border ring's
@@ -63,7 +66,7 @@ public static class ShapeJudge
         double fill = (double)area / (boxWidth * boxHeight), asym = (double)top / Math.Max(1, bottom);
         string kind = fill < 0.64 || asym < 0.45 ? "triangle" : fill >= 0.89 ? "square" : "circle";
         int colour = labels[Array.IndexOf(shape, true)];
-        return new(backgroundName, ShapesCaption.Palette[colour].Name, kind, area, fill, asym, (x0, y0, boxWidth, boxHeight));
+        return new(backgroundName, ShapesCaption.Palette[colour].Name, kind, area, fill, asym, new PixelBox(x0, y0, boxWidth, boxHeight));
     }
 
     /// <summary>The per-channel median (numpy's: the mean of the middle two of an even count) of the outer max(2, W/32) px.</summary>
