@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the Functions app locally: Azurite from tests/azurite, then `func start` with local.settings.json
-# (created from local.settings.json.example on first run: Azurite + the tiny bundle); without Core Tools, the real
+# (created from local.settings.json.example on first run: Azurite + the bundled tiny-shapes model); without Core Tools, the real
 # Functions host from ../shared/functions-host (unpacked into functions/.functions-host), which enforces function
 # keys: it prints the base URL and the key. Ctrl+C stops everything it started.
 set -euo pipefail

@@ -35,6 +35,7 @@ public sealed class HealthApi(PipelineHolder pipelines, ModelProfiles profiles, 
             UNetBatch = profile?.UNetBatch,
             DeepCache = profile?.DeepCache, // cacheInterval > 1 is accepted
             ImageToImage = profile?.ImageToImage,
+            ExamplePrompts = profile?.ExamplePrompts, // from the model's card: the playground offers them
             // Under Model:MemoryBudget: how the full VAE decodes and the peak the plan expects (null without a budget).
             Memory = pipeline?.Memory is { Budget: { } budget } plan
                 ? new { BudgetBytes = budget, plan.DecodeTileSize, plan.ExpectedPeakBytes, plan.Met } : null,

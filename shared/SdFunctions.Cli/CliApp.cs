@@ -23,19 +23,14 @@ public static partial class CliApp
 {
     public const int Ok = 0, Failed = 1, BadInput = 2, Canceled = 130;
 
-    /// <summary>
-    /// The model used when --model is not given: $SDF_MODEL, else the tiny test bundle beside the checkout the tool was built
-    /// in (found from the tool's own location, so it works from any working directory).
-    /// </summary>
-    public static string DefaultModel => Environment.GetEnvironmentVariable("SDF_MODEL") is { Length: > 0 } m ? m : TinyBundleBesideCheckout();
+    /// <summary>The model used when --model is not given: $SDF_MODEL, else the bundled tiny-shapes model.</summary>
+    public static string DefaultModel => Environment.GetEnvironmentVariable("SDF_MODEL") is { Length: > 0 } m ? m : BundledModel;
 
-    private static string TinyBundleBesideCheckout()
-    {
-        for (var dir = new DirectoryInfo(AppContext.BaseDirectory); dir is not null; dir = dir.Parent)
-            if (File.Exists(Path.Combine(dir.FullName, "SdFunctions.sln")))
-                return Path.GetFullPath(Path.Combine(dir.FullName, "..", "shared", "fixtures", "tiny-sd"));
-        return Path.GetFullPath(Path.Combine("..", "shared", "fixtures", "tiny-sd"));
-    }
+    /// <summary>
+    /// The trained tiny-shapes bundle (shared/models/tiny-shapes), copied beside the tool when it is built, so the default works
+    /// from any working directory and with nothing beside the checkout.
+    /// </summary>
+    public static string BundledModel => Path.Combine(AppContext.BaseDirectory, "models", "tiny-shapes");
 
     // The option a user typed for each request parameter the pipeline names in its refusals.
     private static readonly Dictionary<string, string> OptionOf = new()
@@ -117,13 +112,13 @@ public static partial class CliApp
     {
         string full = Path.GetFullPath(path);
         if (Directory.Exists(full)) return full;
-        string which = path == DefaultModel ? " (the default: the tiny test bundle beside the checkout, or $SDF_MODEL)" : "";
+        string which = path == DefaultModel ? " (the default: $SDF_MODEL, else the bundled tiny-shapes model)" : "";
         throw new CliUsageException($"--model: there is no model folder at {full}{which}. Pass --model DIR, a diffusers ONNX bundle (optimum-cli export onnx).");
     }
 
     private static Option<string> ModelOption() => new("--model", "-m")
     {
-        Description = "Model bundle directory (diffusers ONNX layout). Default: $SDF_MODEL or ../shared/fixtures/tiny-sd.",
+        Description = "Model bundle directory (diffusers ONNX layout). Default: $SDF_MODEL or the bundled tiny-shapes model.",
         DefaultValueFactory = _ => DefaultModel,
     };
 
@@ -360,6 +355,21 @@ public static partial class CliApp
             Description = "mixed: convolutions and linear layers; aggressive: also attention matmuls and residual adds.",
             DefaultValueFactory = _ => QuantizationPreset.Mixed,
         };
+        var ranges = new Option<RangeMethod>("--quantize-ranges")
+        {
+            Description = "How activation ranges come from calibration: percentile (default: each run's --quantize-percentile at both ends, rare spikes clipped) or minmax (every value seen).",
+            DefaultValueFactory = _ => new QuantizationOptions().Ranges,
+        };
+        var percentile = new Option<double>("--quantize-percentile") { Description = "With --quantize-ranges percentile: the share of a run's values kept inside the range, in percent.", DefaultValueFactory = _ => new QuantizationOptions().Percentile };
+        var errorBudget = new Option<double?>("--quantize-error-budget")
+        {
+            Description = "Sensitivity-guided mixed precision: keep the most harmful layer groups float until the UNet's output error (relative L2 vs float) is at most this, e.g. 0.05.",
+        };
+        var keepFloat = new Option<string[]>("--keep-float")
+        {
+            Description = "Node-name parts whose nodes stay float, beside the defaults (comma-separated), e.g. /up_blocks.3/attentions.2/.",
+            CustomParser = r => r.Tokens.SelectMany(t => t.Value.Split(',', StringSplitOptions.RemoveEmptyEntries | StringSplitOptions.TrimEntries)).ToArray(),
+        };
         var fullRange = new Option<bool>("--quantize-full-range")
         {
             Description = "8-bit weights instead of 7-bit: a bit more precise, but only correct on CPUs with VNNI (AVX2-only CPUs saturate).",
@@ -369,8 +379,10 @@ public static partial class CliApp
             Description = "Store the text encoder's weights as int8 (weight-only: ~4x smaller, activations stay float, no calibration).",
         };
         var quantizeVae = new Option<bool>("--quantize-vae") { Description = "Experimental: also quantize the VAE decoder to INT8 (with --quantize int8): ~2.8x faster decode, visibly lower fidelity; check it on your model." };
-        var calibration = new Option<string?>("--calibration") { Description = "Prompt file for calibration, one per line. Default: four built-in prompts." };
-        var calibrationSteps = new Option<int>("--calibration-steps") { Description = "Denoising steps per calibration prompt.", DefaultValueFactory = _ => 10 };
+        var calibration = new Option<string?>("--calibration") { Description = "Prompt file for calibration and the fidelity check, one per line. Default: the model card's example prompts, else four built-in ones." };
+        var noFidelity = new Option<bool>("--no-fidelity") { Description = "Skip measuring the bundle against its source on the calibration prompts (UNet error per timestep range, PSNR/SSIM)." };
+        var minPsnr = new Option<double?>("--min-psnr") { Description = "Fail, writing nothing, when the bundle's median PSNR against its source on the calibration prompts is below this many dB." };
+        var calibrationSteps = new Option<int?>("--calibration-steps") { Description = "Denoising steps per calibration prompt and fidelity image. Default: the model card's steps, else 10." };
         var fuseAttention = new Option<bool>("--fuse-attention") { Description = "Replace the exported attention subgraphs with ONNX Runtime's fused MultiHeadAttention." };
         var compile = new Option<bool>("--compile") { Description = "Also store graphs optimized for this machine in the bundle (compiled/): faster first load where they match." };
         var deepCache = new Option<bool>("--deep-cache") { Description = "Also write DeepCache's full and shallow UNet graphs (same weights file), for generate --deep-cache-interval." };
@@ -378,7 +390,7 @@ public static partial class CliApp
         var command = new Command("optimize",
             "Write an optimized copy of a bundle: static-shape UNet with Token Merging and INT8 quantization, and a manifest.")
         {
-            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, fullRange, quantizeTextEncoder, quantizeVae, calibration, calibrationSteps, fuseAttention, compile, deepCache, deepCacheBranch,
+            model, output, tome, sx, sy, maxDownsample, merge, tomeSeed, width, height, batch, quantize, preset, ranges, percentile, errorBudget, keepFloat, fullRange, quantizeTextEncoder, quantizeVae, calibration, calibrationSteps, noFidelity, minPsnr, fuseAttention, compile, deepCache, deepCacheBranch,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -389,9 +401,14 @@ public static partial class CliApp
                 TomeSx = parse.GetValue(sx), TomeSy = parse.GetValue(sy), TomeMaxDownsample = parse.GetValue(maxDownsample),
                 TomeMerge = parse.GetValue(merge)!, TomeSeed = parse.GetValue(tomeSeed),
                 Width = parse.GetValue(width), Height = parse.GetValue(height), Batch = parse.GetValue(batch),
-                Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions { Preset = parse.GetValue(preset), ReduceRange = !parse.GetValue(fullRange) },
+                Quantization = parse.GetValue(quantize) is null ? null : new QuantizationOptions
+                {
+                    Preset = parse.GetValue(preset), ReduceRange = !parse.GetValue(fullRange), Ranges = parse.GetValue(ranges), Percentile = parse.GetValue(percentile),
+                    ErrorBudget = parse.GetValue(errorBudget), KeepFloat = [.. new QuantizationOptions().KeepFloat, .. parse.GetValue(keepFloat) ?? []],
+                },
                 QuantizeVaeDecoder = parse.GetValue(quantizeVae), QuantizeTextEncoder = parse.GetValue(quantizeTextEncoder), CalibrationFile = parse.GetValue(calibration), CalibrationSteps = parse.GetValue(calibrationSteps), Compile = parse.GetValue(compile),
                 FuseAttention = parse.GetValue(fuseAttention), DeepCache = parse.GetValue(deepCache), DeepCacheBranch = parse.GetValue(deepCacheBranch),
+                Fidelity = !parse.GetValue(noFidelity), MinPsnr = parse.GetValue(minPsnr),
             }, progress, ct);
             stderr.WriteLine($"optimize: UNet {manifest.UnetBytesBefore / 1e6:F1} MB → {manifest.UnetBytesAfter / 1e6:F1} MB; " +
                 $"{manifest.TokenMerging.Count} blocks merge tokens; {(manifest.Quantization is null ? "float" : "int8 " + manifest.Quantization.Preset)}; shape {string.Join(", ", manifest.StaticDims.Select(d => $"{d.Key}={d.Value}"))}");
@@ -445,28 +462,45 @@ public static partial class CliApp
         {
             Description = "Measure nothing: write the report and its chart (--out, and the .svg beside it) from the figures an earlier run saved.",
         };
+        var qualityPairs = new Option<int>("--quality-pairs")
+        {
+            Description = "Caption × seed pairs per quality figure, measured on the bundled trained tiny-shapes model with each row's recipe (0 = none).",
+            DefaultValueFactory = _ => 100,
+        };
+        var measureQuality = new Option<bool>("--measure-quality") { Description = "With --from-json: measure the saved rows' quality columns (the speed figures stay those of their run)." };
         var command = new Command("bench",
             "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md, its chart BENCHMARKS.svg and BENCHMARKS.json.")
         {
-            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json, fromJson,
+            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json, fromJson, qualityPairs, measureQuality,
         };
         command.SetAction(async (parse, ct) =>
         {
+            if (parse.GetValue(qualityPairs) is < 0 or > 10_000) throw new CliUsageException($"--quality-pairs must be in 0–10000; got {parse.GetValue(qualityPairs)}.");
+            if (parse.GetValue(measureQuality) && parse.GetValue(fromJson) is null) throw new CliUsageException("--measure-quality adds quality to a saved report: give --from-json.");
+            var progress = new SynchronousProgress(message => stderr.WriteLine($"[{DateTime.Now:HH:mm:ss}] bench: {message}"));
             if (parse.GetValue(fromJson) is { } saved)
             {
                 if (!File.Exists(saved)) throw new CliUsageException($"--from-json {saved}: no such file.");
                 string report = parse.GetValue(markdown)!;
-                await (await BenchReport.ReadAsync(saved, ct)).WriteAsync(report, jsonPath: null, ct);
+                var read = await BenchReport.ReadAsync(saved, ct);
+                if (parse.GetValue(measureQuality))
+                {
+                    read = await BenchRunner.WithQualityAsync(read, new BenchOptions { WorkDirectory = parse.GetValue(work)!, QualityPairs = Math.Max(1, parse.GetValue(qualityPairs)) }, progress, ct);
+                    await read.WriteAsync(report, saved, ct);
+                    stderr.WriteLine($"bench: measured the quality columns; wrote {report}, {BenchReport.ChartPath(report)} and {saved}");
+                    return Ok;
+                }
+                await read.WriteAsync(report, jsonPath: null, ct);
                 stderr.WriteLine($"bench: wrote {report} and {BenchReport.ChartPath(report)} from {saved}");
                 return Ok;
             }
-            var progress = new SynchronousProgress(message => stderr.WriteLine($"[{DateTime.Now:HH:mm:ss}] bench: {message}"));
             await BenchRunner.RunAsync(new BenchOptions
             {
                 WorkDirectory = parse.GetValue(work)!, GraphsDirectory = parse.GetValue(graphs)!, Fp32Bundle = parse.GetValue(fp32),
                 Variants = parse.GetValue(variants)!, Repeats = parse.GetValue(repeats), Findings = !parse.GetValue(noFindings),
                 E2e50 = parse.GetValue(e2e50)!, TimeToImage = !parse.GetValue(noImages),
                 Recipes = parse.GetValue(recipes)!, DeepCacheIntervals = parse.GetValue(deepCacheIntervals)!, MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
+                QualityPairs = parse.GetValue(qualityPairs),
                 Command = "sdf " + string.Join(' ', parse.Tokens.Select(t => t.Value)),
             }, progress, ct);
             return Ok;

@@ -46,11 +46,23 @@ public sealed record OptimizeOptions
     /// <summary>DeepCache's cache_branch_id: 0 caches the most (only the outermost resnet and attention run on a cached step).</summary>
     public int DeepCacheBranch { get; init; }
 
-    /// <summary>Prompts to calibrate on (one per line); null = <see cref="Calibration.DefaultPrompts"/>.</summary>
+    /// <summary>
+    /// Measure the bundle against its source on the calibration prompts (UNet error per timestep range, end-to-end PSNR/SSIM, the
+    /// judge where it applies) and write the figures into the manifest (<see cref="FidelityCheck"/>).
+    /// </summary>
+    public bool Fidelity { get; init; } = true;
+
+    /// <summary>Fail (and write nothing) when the median end-to-end PSNR against the source is below this many dB; needs <see cref="Fidelity"/>.</summary>
+    public double? MinPsnr { get; init; }
+
+    /// <summary>Prompts to calibrate on (one per line); null = the model card's example prompts, else <see cref="Calibration.DefaultPrompts"/>.</summary>
     public string? CalibrationFile { get; init; }
 
-    /// <summary>Denoising steps per calibration prompt (the bundle's default scheduler).</summary>
-    public int CalibrationSteps { get; init; } = 10;
+    /// <summary>Denoising steps per calibration prompt (the bundle's default scheduler); null = the model card's steps, else 10.</summary>
+    public int? CalibrationSteps { get; init; }
+
+    /// <summary>What <see cref="CalibrationSteps"/> comes to for <paramref name="bundle"/>.</summary>
+    public int CalibrationStepsFor(ModelBundle bundle) => CalibrationSteps ?? bundle.Card?.Steps ?? 10;
 
     /// <summary>
     /// Also compile every model for this machine into the bundle's <c>compiled/</c> folder (ORT's optimized graphs with
@@ -58,6 +70,9 @@ public sealed record OptimizeOptions
     /// </summary>
     public bool Compile { get; init; }
 }
+
+/// <summary>An optimized bundle failed the fidelity gate (<see cref="OptimizeOptions.MinPsnr"/>).</summary>
+public sealed class FidelityException(string message) : InvalidOperationException(message);
 
 /// <summary>The manifest written beside an optimized bundle: where it came from and what was done.</summary>
 public sealed record OptimizeManifest
@@ -89,6 +104,9 @@ public sealed record OptimizeManifest
     /// <summary>The DeepCache cut (null: none written).</summary>
     public DeepCacheSplitter.Result? DeepCache { get; init; }
 
+    /// <summary>The bundle measured against its source (null: not checked, <c>--no-fidelity</c>).</summary>
+    public FidelityReport? Fidelity { get; init; }
+
     /// <summary>The compiled graphs in the bundle and what they are valid for (null: not compiled).</summary>
     public CompiledGraphs? Compiled { get; init; }
 
@@ -101,8 +119,14 @@ public sealed record OptimizeManifest
         string Format, string Preset, string WeightScheme, string ActivationScheme, string RangeMethod,
         int CalibrationPrompts, int CalibrationSteps, int CalibrationInputs, int CalibratedTensors,
         IReadOnlyDictionary<string, int> QuantizedNodes, IReadOnlyDictionary<string, int> IntegerKernels,
-        IReadOnlyDictionary<string, int> FloatKernelsLeft);
+        IReadOnlyDictionary<string, int> FloatKernelsLeft, IReadOnlyList<string>? KeepFloat = null, MixedPrecisionChoice? MixedPrecision = null);
     public const string FileName = "sdfunctions-optimize.json";
+
+    /// <summary>How the manifest is written and read: web names, indented, ∞ dB (identical pictures) as "Infinity".</summary>
+    public static readonly JsonSerializerOptions Json = new(JsonSerializerDefaults.Web)
+    {
+        WriteIndented = true, NumberHandling = System.Text.Json.Serialization.JsonNumberHandling.AllowNamedFloatingPointLiterals,
+    };
 
     /// <summary>The bundle an optimized bundle in <paramref name="directory"/> was made from (null: it has no manifest).</summary>
     public static string? SourceOf(string directory)
@@ -129,8 +153,15 @@ public static class BundleOptimizer
         if (options.TomeMaxDownsample is not (1 or 2 or 4 or 8)) throw new ArgumentException($"--tome-max-downsample must be 1, 2, 4 or 8; got {options.TomeMaxDownsample}.");
         if (options.TomeMerge.FirstOrDefault(m => m is not ("attn" or "crossattn" or "mlp")) is { } unknown)
             throw new ArgumentException($"--tome-merge: '{unknown}' is not one of attn, crossattn, mlp.");
-        if (options.CalibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {options.CalibrationSteps}.");
-        var prompts = options.Quantization is null ? [] : options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPrompts;
+        int calibrationSteps = options.CalibrationStepsFor(bundle);
+        if (calibrationSteps is < 1 or > 150) throw new ArgumentException($"--calibration-steps must be in 1–150; got {calibrationSteps}.");
+        var prompts = options.CalibrationFile is { } promptFile ? Calibration.ReadPrompts(promptFile) : Calibration.DefaultPromptsFor(bundle);
+        if (options.MinPsnr is { } minPsnr && (!options.Fidelity || !(minPsnr > 0)))
+            throw new ArgumentException(options.Fidelity ? $"--min-psnr must be a positive number of dB; got {minPsnr}." : "--min-psnr needs the fidelity check (drop --no-fidelity).");
+        if (options.Quantization is { Ranges: RangeMethod.Percentile, Percentile: var pct } && !(pct > 50 && pct < 100))
+            throw new ArgumentException($"--quantize-percentile must be above 50 and below 100; got {pct}.");
+        if (options.Quantization?.ErrorBudget is { } errorBudget && !(errorBudget > 0 && errorBudget < 1))
+            throw new ArgumentException($"--quantize-error-budget must be above 0 and below 1 (a relative L2 error, e.g. 0.05); got {errorBudget}.");
         if (options.QuantizeVaeDecoder && options.Quantization is null) throw new ArgumentException("--quantize-vae needs --quantize int8 (both calibrate on one run).");
         if (options.DeepCacheBranch < 0 || (options.DeepCacheBranch != 0 && !options.DeepCache))
             throw new ArgumentException($"--deep-cache-branch needs --deep-cache and must be 0 or more; got {options.DeepCacheBranch}.");
@@ -219,8 +250,8 @@ public static class BundleOptimizer
             if (options.Quantization is { } q)
             {
                 var session = new SessionSettings();
-                var inputs = await Calibration.CollectInputsAsync(output, prompts, options.CalibrationSteps, batch, session, progress, ct);
-                quantization = await QuantizeUNetAsync(model, unetOut, options, q, prompts, inputs.UNet, session, progress, ct);
+                var inputs = await Calibration.CollectInputsAsync(output, prompts, calibrationSteps, batch, session, progress, ct);
+                quantization = await QuantizeUNetAsync(model, unetOut, q, prompts, calibrationSteps, inputs.UNet, session, progress, ct);
                 if (options.QuantizeVaeDecoder)
                     vaeQuantized = await VaeDecoderQuantizer.QuantizeAsync(Path.Combine(output, "vae_decoder"), inputs.DecoderLatents, latentH, latentW, q, session, progress, ct);
             }
@@ -246,6 +277,17 @@ public static class BundleOptimizer
                     Directory.GetDirectories(cache).Select(Path.GetFileName).Order(StringComparer.Ordinal).ToList()!);
             }
 
+            FidelityReport? fidelity = null;
+            if (options.Fidelity)
+            {
+                fidelity = await FidelityCheck.MeasureAsync(bundle.Directory, output, prompts, calibrationSteps, batch, progress, ct);
+                progress?.Report($"fidelity: PSNR against the source median {fidelity.Psnr.Median:F1} dB (worst {fidelity.Psnr.Min:F1}), SSIM mean {fidelity.Ssim.Mean:F3}; " +
+                    $"UNet relative L2 {string.Join(", ", fidelity.UNetError.Select(e => $"t {e.From}–{e.To}: {e.MeanRelativeL2:P1}"))}" +
+                    (fidelity.SourceAccuracy is { } before ? $"; judge {before.Right}/{before.Total} → {fidelity.OptimizedAccuracy!.Right}/{fidelity.OptimizedAccuracy.Total}" : ""));
+                if (options.MinPsnr is { } floor && !(fidelity.Psnr.Median >= floor))
+                    throw new FidelityException($"The optimized bundle drifts too far from its source: median PSNR {fidelity.Psnr.Median:F1} dB over {prompts.Count} calibration prompts is below --min-psnr {floor:0.#}; nothing was written.");
+            }
+
             var manifest = new OptimizeManifest
             {
                 Tool = "sdf optimize",
@@ -253,7 +295,7 @@ public static class BundleOptimizer
                 CreatedAt = DateTimeOffset.UtcNow,
                 Source = bundle.Directory,
                 SourceUnetSha256 = hashes,
-                Options = options with { Width = width, Height = height, Batch = batch },
+                Options = options with { Width = width, Height = height, Batch = batch, CalibrationSteps = calibrationSteps },
                 StaticDims = dims,
                 TokenMerging = blocks,
                 ZeroAttentionAddsRemoved = zeroAdds,
@@ -267,11 +309,12 @@ public static class BundleOptimizer
                 TextEncoderQuantization = textEncoder,
                 DeepCache = deepCache,
                 Compiled = compiled,
+                Fidelity = fidelity,
             };
             // What the API side checks requests against without downloading the model: read from the bundle as written.
             ModelProfile.Read(ModelBundle.Open(output)).Write(output);
             await File.WriteAllTextAsync(Path.Combine(output, OptimizeManifest.FileName),
-                JsonSerializer.Serialize(manifest, new JsonSerializerOptions(JsonSerializerDefaults.Web) { WriteIndented = true }), ct);
+                JsonSerializer.Serialize(manifest, OptimizeManifest.Json), ct);
             if (Directory.Exists(destination)) Directory.Delete(destination); // empty: checked above
             Directory.Move(output, destination);
             progress?.Report($"wrote {destination}");
@@ -287,14 +330,24 @@ public static class BundleOptimizer
     /// Measures ranges on the float UNet just written (so they are those of the rewritten graph, Token Merging included)
     /// with the inputs the float pipeline fed it, rewrites it in QDQ form and reports the integer kernels ONNX Runtime fuses from it.
     /// </summary>
-    private static async Task<OptimizeManifest.QuantizationReport> QuantizeUNetAsync(ModelProto model, string unetDir, OptimizeOptions options,
-        QuantizationOptions quantization, IReadOnlyList<string> prompts, IReadOnlyList<UNetInputs> inputs, SessionSettings session,
+    private static async Task<OptimizeManifest.QuantizationReport> QuantizeUNetAsync(ModelProto model, string unetDir,
+        QuantizationOptions quantization, IReadOnlyList<string> prompts, int calibrationSteps, IReadOnlyList<UNetInputs> inputs, SessionSettings session,
         IProgress<string>? progress, CancellationToken ct)
     {
         var plan = QdqQuantizer.Plan(model.Graph, quantization);
         if (plan.Targets.Count == 0) throw new InvalidOperationException("The UNet has no Conv or MatMul with initializer weights to quantize.");
-        var ranges = Calibration.MeasureRanges(model, unetDir, plan.Tensors, inputs, session, progress, ct);
+        var ranges = Calibration.MeasureRanges(model, unetDir, plan.Tensors, inputs, session, progress, ct, quantization.ClipPercentile);
 
+        MixedPrecisionChoice? mixed = null;
+        if (quantization.ErrorBudget is { } budget)
+        {
+            // A few calls spread over the timesteps: the error of every trial is measured on the same ones.
+            var sample = Enumerable.Range(0, Math.Min(SensitivityInputs, inputs.Count)).Select(i => inputs[i * inputs.Count / Math.Min(SensitivityInputs, inputs.Count)]).ToList();
+            mixed = SensitivityAnalysis.Choose(model, unetDir, quantization, ranges, sample, budget, session, progress, ct);
+            quantization = quantization with { KeepFloat = [.. quantization.KeepFloat, .. mixed.KeptFloat] };
+            plan = QdqQuantizer.Plan(model.Graph, quantization);
+            progress?.Report($"mixed precision: {mixed.KeptFloat.Count} of {mixed.Groups.Count} layer groups kept float ({string.Join(", ", mixed.KeptFloat)}); error {mixed.FullError:P2} → {mixed.FinalError:P2}");
+        }
         progress?.Report($"quantizing {plan.Targets.Count} nodes ({quantization.Preset})");
         var quantized = QdqQuantizer.Apply(model, plan, ranges, unetDir);
         await ModelFiles.WriteAsync(model, unetDir, unetDir, ct);
@@ -306,10 +359,15 @@ public static class BundleOptimizer
         progress?.Report($"integer kernels: {string.Join(", ", integer.Select(o => $"{o.Key} {o.Value}"))}; float left: {string.Join(", ", floatLeft.Select(o => $"{o.Key} {o.Value}"))}");
         return new OptimizeManifest.QuantizationReport(
             Format: "QDQ", Preset: quantization.Preset.ToString().ToLowerInvariant(),
-            WeightScheme: "int8 symmetric per output channel", ActivationScheme: "uint8 asymmetric per tensor", RangeMethod: "min-max",
-            CalibrationPrompts: prompts.Count, CalibrationSteps: options.CalibrationSteps, CalibrationInputs: inputs.Count,
-            CalibratedTensors: plan.Tensors.Count, QuantizedNodes: quantized, IntegerKernels: integer, FloatKernelsLeft: floatLeft);
+            WeightScheme: "int8 symmetric per output channel", ActivationScheme: "uint8 asymmetric per tensor",
+            RangeMethod: quantization.ClipPercentile is { } clip ? $"percentile {clip}" : "min-max",
+            CalibrationPrompts: prompts.Count, CalibrationSteps: calibrationSteps, CalibrationInputs: inputs.Count,
+            CalibratedTensors: plan.Tensors.Count, QuantizedNodes: quantized, IntegerKernels: integer, FloatKernelsLeft: floatLeft, KeepFloat: quantization.KeepFloat,
+            MixedPrecision: mixed);
     }
+
+    /// <summary>Calibration inputs sensitivity-guided mixed precision measures each trial on.</summary>
+    private const int SensitivityInputs = 12;
 
     private static long DirectorySize(string dir) => Directory.EnumerateFiles(dir).Sum(f => new FileInfo(f).Length);
 }

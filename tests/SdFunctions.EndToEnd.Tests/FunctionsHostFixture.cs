@@ -34,6 +34,9 @@ public class FunctionsHostFixture : IAsyncLifetime
     /// <summary>The model folder the app loads; a fixture for a broken deployment points it elsewhere.</summary>
     protected virtual string ModelDirectory => Path.Combine(RepoRoot(), "..", "shared", "fixtures", "tiny-sd");
 
+    /// <summary>The side of the square images the app serves (Jobs__Width/Height).</summary>
+    public virtual int ImageSize => 256;
+
     public async Task InitializeAsync()
     {
         try { await StartAsync(); }
@@ -89,8 +92,8 @@ public class FunctionsHostFixture : IAsyncLifetime
         env["AzureFunctionsJobHost__singleton__listenerLockRecoveryPollingInterval"] = "00:00:15";
         env["Model__Directory"] = ModelDirectory;
         env["Model__CacheDirectory"] = Path.Combine(_work, "cache");
-        env["Jobs__Width"] = "256";
-        env["Jobs__Height"] = "256";
+        env["Jobs__Width"] = ImageSize.ToString();
+        env["Jobs__Height"] = ImageSize.ToString();
         env["Jobs__ProgressInterval"] = "00:00:00.250";
         // A run that died is seen as dead after 5 s (not a minute), so the sweep picks it up at the next host start.
         env["Jobs__HeartbeatInterval"] = "00:00:00.500";

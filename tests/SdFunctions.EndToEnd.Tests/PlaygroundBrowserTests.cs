@@ -1,4 +1,3 @@
-using System.Diagnostics;
 using System.Text.Json;
 using SixLabors.ImageSharp;
 
@@ -12,9 +11,7 @@ namespace SdFunctions.EndToEnd.Tests;
 [Collection(HostCollection.Name), Trait("Category", "EndToEnd")]
 public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstractions.ITestOutputHelper output) : IClassFixture<FunctionsHostFixture>
 {
-    private static readonly string Driver = Path.Combine(FunctionsHostFixture.RepoRoot(), "tests", "SdFunctions.EndToEnd.Tests", "browser");
-    public static readonly string Screenshots = Path.Combine(FunctionsHostFixture.RepoRoot(), "tests", "SdFunctions.EndToEnd.Tests", "TestResults", "playground");
-    private const string Chromium = "/usr/bin/chromium";
+    private Task<JsonElement> RunAsync(string scenario) => PlaygroundDriver.RunAsync(host, scenario, output);
 
     [Fact]
     public async Task AKeyAndAPromptGiveTheImageAtItsSizeWithADownloadAndAHistoryEntryThatReopensIt()
@@ -46,7 +43,7 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         Assert.Equal("data:image/jpeg;base64,", history[0].GetProperty("thumbnail").GetString());
         Assert.Equal("Succeeded", page.GetProperty("reopened").GetProperty("status").GetString());
         Assert.Equal(256, page.GetProperty("reopened").GetProperty("naturalWidth").GetInt32());
-        AssertNoConsoleErrors(page);
+        PlaygroundDriver.AssertNoConsoleErrors(page);
     }
 
     [Fact]
@@ -58,7 +55,7 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         Assert.True(page.GetProperty("resultHidden").GetBoolean());
         Assert.True(page.GetProperty("cancelDisabled").GetBoolean());
         Assert.True(page.GetProperty("problemHidden").GetBoolean());
-        AssertNoConsoleErrors(page);
+        PlaygroundDriver.AssertNoConsoleErrors(page);
     }
 
     [Fact]
@@ -73,7 +70,7 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         Assert.Equal("Invalid request", invalid.GetProperty("title").GetString());
         Assert.Equal(["steps: Between 1 and 150."], invalid.GetProperty("errors").EnumerateArray().Select(e => e.GetString()!));
         Assert.False(invalid.GetProperty("jobShown").GetBoolean());
-        AssertNoConsoleErrors(page, "401", "400");
+        PlaygroundDriver.AssertNoConsoleErrors(page, "401", "400");
     }
 
     [Fact]
@@ -85,42 +82,6 @@ public class PlaygroundBrowserTests(FunctionsHostFixture host, Xunit.Abstraction
         Assert.Equal(["key", "prompt", "negative", "steps", "guidance", "scheduler", "seed", "decoder", "submit"],
             page.GetProperty("order").EnumerateArray().Select(e => e.GetString()!));
         Assert.Equal("Function key needed (401 Unauthorized)", page.GetProperty("problemTitle").GetString()); // Enter on Generate submitted
-        AssertNoConsoleErrors(page, "401");
-    }
-
-    // Script errors, CSP refusals and failed loads show in the console; the refused requests a case makes on purpose log the
-    // browser's own line for their status.
-    private static void AssertNoConsoleErrors(JsonElement page, params string[] allowStatuses) =>
-        Assert.DoesNotContain(page.GetProperty("consoleErrors").EnumerateArray().Select(e => e.GetString()!),
-            e => !allowStatuses.Any(status => e.Contains($"status of {status} ", StringComparison.Ordinal)));
-
-    /// <summary>Runs one scenario of browser/playground.mjs against the host and returns what it printed.</summary>
-    private async Task<JsonElement> RunAsync(string scenario)
-    {
-        if (!File.Exists(Chromium))
-            throw new FileNotFoundException("Debian's chromium is needed for the browser tests: apt-get install chromium (.ci/run installs it)", Chromium);
-        await EnsurePlaywrightAsync();
-        var start = new ProcessStartInfo("node", ["playground.mjs", scenario, $"{host.BaseUrl}/api/", FunctionsHostFixture.FunctionKey, Screenshots])
-        {
-            WorkingDirectory = Driver, RedirectStandardOutput = true, RedirectStandardError = true,
-        };
-        using var node = Process.Start(start)!;
-        var stdout = node.StandardOutput.ReadToEndAsync();
-        var stderr = node.StandardError.ReadToEndAsync();
-        using var timeout = new CancellationTokenSource(TimeSpan.FromMinutes(4));
-        try { await node.WaitForExitAsync(timeout.Token); }
-        catch (OperationCanceledException) { node.Kill(entireProcessTree: true); throw new TimeoutException($"playground.mjs {scenario} ran over 4 minutes"); }
-        string printed = await stdout;
-        output.WriteLine($"playground.mjs {scenario}: {printed}screenshots in {Screenshots}");
-        Assert.True(node.ExitCode == 0, $"playground.mjs {scenario} failed ({node.ExitCode}): {await stderr}\nhost log:\n{host.RecentLog}");
-        return JsonDocument.Parse(printed.Trim().Split('\n')[^1]).RootElement;
-    }
-
-    // playwright-core from npm (pinned in browser/package-lock.json): unlike the playwright package it downloads no browser.
-    // The cases of one class run one after another, so one of them installs it.
-    private static async Task EnsurePlaywrightAsync()
-    {
-        if (!Directory.Exists(Path.Combine(Driver, "node_modules", "playwright-core")))
-            await FunctionsHostFixture.RunAsync("npm", ["ci", "--no-audit", "--no-fund", "--silent"], Driver);
+        PlaygroundDriver.AssertNoConsoleErrors(page, "401");
     }
 }

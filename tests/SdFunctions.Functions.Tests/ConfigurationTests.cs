@@ -159,8 +159,9 @@ public class ConfigurationTests
         var testDir = new DirectoryInfo(AppContext.BaseDirectory);
         string output = Path.Combine(AzuriteFixture.RepoRoot(), "functions", "SdFunctions.Functions", "bin", testDir.Parent!.Name, testDir.Name);
         string model = Path.GetFullPath(Path.Combine(output, values.GetProperty("Model__Directory").GetString()!));
-        Assert.Equal("sdref-tiny-sd", ModelBundle.Open(model).Name);
-        Assert.Equal("256", values.GetProperty("Jobs__Width").GetString());
+        var bundle = ModelBundle.Open(model); // the bundled tiny-shapes model, at its native size
+        Assert.Equal("sdref-tiny-shapes", bundle.Name);
+        Assert.Equal((bundle.DefaultWidth.ToString(), bundle.DefaultHeight.ToString()), (values.GetProperty("Jobs__Width").GetString(), values.GetProperty("Jobs__Height").GetString()));
     }
 }
 

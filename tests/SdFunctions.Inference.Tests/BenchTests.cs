@@ -73,7 +73,7 @@ public class BenchTests
         string md = Path.Combine(dir, "BENCHMARKS.md"), json = Path.Combine(dir, "BENCHMARKS.json");
         var stderr = new StringWriter();
         int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--graphs", Sd15Graphs, "--work", Path.Combine(dir, "work"),
-            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--deep-cache-intervals", "2,3", "--out", md, "--json", json], TextWriter.Null, stderr);
+            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--deep-cache-intervals", "2,3", "--quality-pairs", "6", "--out", md, "--json", json], TextWriter.Null, stderr);
         Assert.True(code == 0, stderr.ToString());
 
         using var report = JsonDocument.Parse(File.ReadAllText(json));
@@ -93,8 +93,18 @@ public class BenchTests
         // The 50-step run goes to the fastest variant only.
         Assert.Single(variants.EnumerateObject(), v => v.Value.TryGetProperty("e2e_50_pndm_s", out _));
 
-        // + (d) time, (d) memory, (a)/(d), (e) and (f) memory, DeepCache 20 and 50 steps
-        Assert.Equal(6 + 3 + 2 + 2, report.RootElement.GetProperty("targets").GetArrayLength());
+        // Quality beside speed, on tiny-shapes: FP32 against itself is identical; the production recipe is judged beside FP32.
+        var fp32Quality = variants.GetProperty("fp32").GetProperty("quality");
+        Assert.Equal(6, fp32Quality.GetProperty("pairs").GetInt32());
+        Assert.Equal("Infinity", fp32Quality.GetProperty("psnr_median").GetString());
+        Assert.Equal(fp32Quality.GetProperty("fp32").GetProperty("right").GetInt32(), fp32Quality.GetProperty("candidate").GetProperty("right").GetInt32());
+        var productionQuality = production.GetProperty("quality");
+        Assert.InRange(productionQuality.GetProperty("psnr_median").GetDouble(), 10, 60);
+        Assert.InRange(productionQuality.GetProperty("ssim_mean").GetDouble(), 0.5, 0.999);
+        Assert.Equal("tiny-shapes", report.RootElement.GetProperty("quality_bundle").GetString());
+
+        // + judge accuracy, (d) time, (d) memory, (a)/(d), (e) and (f) memory, DeepCache 20 and 50 steps
+        Assert.Equal(7 + 3 + 2 + 2, report.RootElement.GetProperty("targets").GetArrayLength());
 
         // Time to an image: the six recipes, each what it says it ran.
         var images = report.RootElement.GetProperty("time_to_image").EnumerateArray().ToList();
@@ -121,15 +131,17 @@ public class BenchTests
             {
                 Assert.Equal(0, shallow);
                 Assert.Equal(plain.GetProperty("image_s").GetDouble(), image.GetProperty("image_s").GetDouble());
-                Assert.False(row.TryGetProperty("psnr_db", out _), "no PSNR against itself");
                 continue;
             }
             // Every interval-th step runs in full: about (interval − 1) / interval of the calls are shallow.
             Assert.InRange(shallow, calls * (interval - 1) / interval - 2 * interval, calls * (interval - 1) / interval + 2 * interval);
             Assert.Equal(plain.GetProperty("image_s").GetDouble() / image.GetProperty("image_s").GetDouble(), row.GetProperty("speedup_vs_interval1").GetDouble(), 9);
-            Assert.InRange(row.GetProperty("psnr_db").GetDouble(), 5, 200); // a different image than interval 1's, yet not noise
+            // The same recipe with DeepCache on tiny-shapes: a different image than FP32's, yet not noise.
+            Assert.InRange(image.GetProperty("quality").GetProperty("psnr_median").GetDouble(), 5, 60);
         }
-        Assert.Equal("tiny-sd", report.RootElement.GetProperty("deep_cache_psnr_bundle").GetString());
+        // The few-step rows need a trained LCM model: no quality yet.
+        Assert.All(images.Where(i => i.GetProperty("variant").GetString() == "int8_tome0.4_b1"), i => Assert.False(i.TryGetProperty("quality", out _)));
+        Assert.All(images.Where(i => i.GetProperty("variant").GetString() == "int8_tome0.4"), i => Assert.True(i.TryGetProperty("quality", out _)));
 
         var findings = report.RootElement.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("group").GetString()).ToList();
         Assert.Equal(["threads", "optimization level", "memory", "VAE decoder"], findings.Distinct());
@@ -146,7 +158,8 @@ public class BenchTests
         Assert.Contains("| (f) = (d) in 1.5 GB | `int8_tome0.4_b1` | lcm | 4 | 1 | tiny | 1.5GB |", text);
         Assert.Contains("## What else buys speed", text);
         Assert.Contains("## DeepCache: the multi-step recipes with cached deep features", text);
-        Assert.Contains("DeepCache made of `tiny-sd`", text);
+        Assert.Contains("judge (FP32) | PSNR dB | SSIM |", text);
+        Assert.Contains("judge ", System.IO.File.ReadAllText(Path.Combine(dir, "BENCHMARKS.svg")));
         Assert.Contains("| (b) 20 DPM++ steps | 2 | 20 (", text);
         Assert.Contains("ONNX Runtime " + Runtime.OnnxSessionFactory.OrtVersion, text);
     }

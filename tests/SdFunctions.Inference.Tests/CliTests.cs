@@ -231,19 +231,24 @@ public class CliTests
         Assert.DoesNotContain("Dictionary", err);
     }
 
+    /// <summary>The README's first command, as a newcomer runs it: the built sdf, another working directory, no --model.</summary>
     [Fact]
-    public async Task TheDefaultModelIsFoundFromAnyWorkingDirectory()
+    public async Task TheBundledModelIsTheDefaultFromAnyWorkingDirectoryAndDrawsTheCaption()
     {
-        string before = Environment.CurrentDirectory;
-        try
+        string dir = Fixtures.TempDirectory("cwd");
+        Directory.CreateDirectory(dir);
+        var start = new System.Diagnostics.ProcessStartInfo(Path.Combine(AppContext.BaseDirectory, "sdf"), ["generate", "--prompt", "a red square on a white background", "--seed", "2", "--out", "square.png"])
         {
-            Environment.CurrentDirectory = Path.GetTempPath();
-            Assert.Equal(Path.GetFullPath(Fixtures.TinySd), CliApp.DefaultModel);
-            var (code, stdout, err) = await Run("tokenize", "hello");
-            Assert.True(code == 0, err);
-            Assert.StartsWith("[49406,", stdout);
-        }
-        finally { Environment.CurrentDirectory = before; }
+            WorkingDirectory = dir, RedirectStandardError = true, RedirectStandardOutput = true,
+        };
+        start.Environment.Remove("SDF_MODEL");
+        using var process = System.Diagnostics.Process.Start(start)!;
+        string err = await process.StandardError.ReadToEndAsync();
+        await process.WaitForExitAsync();
+        Assert.True(process.ExitCode == 0, err);
+        Assert.Contains("guidance 3 cfg", err); // the bundled model's card
+        var verdict = Quality.ShapeJudge.Judge(Fixtures.Pixels(Path.Combine(dir, "square.png")), 64, 64);
+        Assert.True(verdict.Matches(new Quality.ShapesCaption("red", "square", "white")), $"read as a {verdict.Colour} {verdict.Kind} on {verdict.Background}");
     }
 
     [Fact]

@@ -100,3 +100,28 @@ public class EvaluateTests
         File.WriteAllBytes(modelPath, model.ToByteArray());
     }
 }
+
+/// <summary>
+/// The production recipe's quality floor on the trained model: INT8 (the default calibration) + ToMe 0.4 of the bundled
+/// tiny-shapes. Measured with `sdf evaluate` on 100 pairs (PNDM 50, guidance 3): FP32 96 %, INT8 + ToMe 94 %. This guards
+/// a looser floor on 30 pairs, so that a calibration or rewrite that ruins pictures fails CI.
+/// </summary>
+public class ProductionRecipeQualityTests
+{
+    [Fact]
+    public async Task Int8WithTokenMergingKeepsTheJudgesAccuracyNearFp32()
+    {
+        string dir = Fixtures.TempDirectory("shapes-int8-tome");
+        var stderr = new StringWriter();
+        int code = await CliApp.RunAsync(["optimize", "--out", dir, "--quantize", "int8", "--tome-ratio", "0.4", "--no-fidelity"], new StringWriter(), stderr);
+        Assert.True(code == CliApp.Ok, stderr.ToString());
+        string json = dir + ".json";
+        code = await CliApp.RunAsync(["evaluate", "-m", dir, "--count", "30", "--json", json, "--sheet", dir + ".png"], new StringWriter(), stderr);
+        Assert.True(code == CliApp.Ok, stderr.ToString());
+        var s = JsonDocument.Parse(File.ReadAllText(json)).RootElement.GetProperty("summary");
+        int fp32 = s.GetProperty("referenceAccuracy").GetProperty("right").GetInt32(), int8 = s.GetProperty("candidateAccuracy").GetProperty("right").GetInt32();
+        Assert.True(fp32 >= 25, $"FP32 drew {fp32} of 30 right: the reference itself is broken");
+        Assert.True(int8 >= fp32 - 5, $"INT8 + ToMe 0.4 drew {int8} of 30 right, FP32 {fp32}: more than 5 lost");
+        Assert.InRange(s.GetProperty("psnr").GetProperty("median").GetDouble(), 20, 60);
+    }
+}

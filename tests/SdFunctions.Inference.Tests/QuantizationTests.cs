@@ -127,7 +127,7 @@ public class QuantizationTests(QuantizedBundles bundles, ITestOutputHelper outpu
     {
         var m = bundles.Mixed.Manifest;
         var q = m.Quantization!;
-        Assert.Equal(("QDQ", "mixed", "min-max"), (q.Format, q.Preset, q.RangeMethod));
+        Assert.Equal(("QDQ", "mixed", "percentile 99.9"), (q.Format, q.Preset, q.RangeMethod));
         var config = ModelBundle.Open(Fixtures.TinySd).Scheduler;
         var scheduler = SchedulerCatalog.Create(SchedulerCatalog.DefaultFor(config).Name, config);
         scheduler.SetTimesteps(QuantizedBundles.CalibrationSteps);

@@ -22,8 +22,7 @@ public sealed class Int8TextEncoderBundle
         var stderr = new StringWriter();
         int code = CliApp.RunAsync(["optimize", "--model", Fixtures.TinySd, "--out", Dir, "--quantize-text-encoder"], TextWriter.Null, stderr).GetAwaiter().GetResult();
         Assert.True(code == 0, stderr.ToString());
-        Manifest = System.Text.Json.JsonSerializer.Deserialize<OptimizeManifest>(File.ReadAllText(Path.Combine(Dir, OptimizeManifest.FileName)),
-            new System.Text.Json.JsonSerializerOptions(System.Text.Json.JsonSerializerDefaults.Web))!;
+        Manifest = System.Text.Json.JsonSerializer.Deserialize<OptimizeManifest>(File.ReadAllText(Path.Combine(Dir, OptimizeManifest.FileName)), OptimizeManifest.Json)!;
     }
 }
 

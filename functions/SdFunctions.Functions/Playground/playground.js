@@ -105,6 +105,8 @@
     const image = $('image');
     image.src = url;
     await image.decode();
+    // A small model's pictures (64 px) are shown four times larger, pixels kept sharp; the download is the image itself.
+    image.classList.toggle('upscaled', image.naturalWidth < 192);
     const out = job.output, t = out.timings || {};
     image.alt = `Generated image: ${job.input && job.input.prompt ? job.input.prompt : ''}`.trim();
     $('caption').textContent = `Seed ${out.seed} · ${out.scheduler}, ${out.steps} steps, guidance ${out.guidanceScale} · ` +
@@ -308,6 +310,7 @@
       }
       fill($('scheduler'), schedulers, health.defaults && health.defaults.scheduler);
       fill($('decoder'), decoders, health.defaultDecoder);
+      showExamples(health.examplePrompts || []);
       if (health.defaults) {
         $('steps').placeholder = health.defaults.steps;
         $('steps').max = health.defaults.maxSteps;
@@ -319,6 +322,22 @@
     } catch (e) {
       $('service').textContent = `The service did not answer /api/health (${e}).`;
     }
+  }
+
+  // The model card's prompts, as buttons that fill the prompt (text only: a card is data, not markup).
+  function showExamples(prompts) {
+    const box = $('examples');
+    box.querySelectorAll('button').forEach(b => b.remove());
+    for (const text of prompts) {
+      const button = document.createElement('button');
+      button.type = 'button';
+      button.className = 'example';
+      button.textContent = text;
+      button.addEventListener('click', () => { $('prompt').value = text; $('prompt').focus(); });
+      box.appendChild(button);
+    }
+    box.hidden = prompts.length === 0;
+    if (prompts.length > 0 && !$('prompt').placeholder) $('prompt').placeholder = prompts[0];
   }
 
   // --- wiring -------------------------------------------------------------------------------------------------------

@@ -11,8 +11,12 @@ namespace SdFunctions.Cli.Bench;
 public static class BenchChart
 {
     private static readonly XNamespace Svg = "http://www.w3.org/2000/svg";
-    private const int Width = 860, LabelWidth = 270, BarWidth = 420, RowHeight = 26, BarHeight = 16;
+    private const int Width = 1000, LabelWidth = 270, BarWidth = 420, RowHeight = 26, BarHeight = 16;
     private const string Denoise = "#3b6fb6", Decode = "#e08a2c", Unet = "#4a9a5b", Grid = "#d9dce1", Text = "#24292f", Muted = "#57606a";
+
+    /// <summary>A bar's quality beside its speed: the judge's accuracy on tiny-shapes, FP32's in brackets.</summary>
+    private static string Judged(QualityFigures? q) =>
+        q is null ? "" : $" · judge {q.Candidate.Share.ToString("P0", CultureInfo.InvariantCulture)} ({q.Fp32.Share.ToString("P0", CultureInfo.InvariantCulture)})";
 
     public static string Render(BenchReport report)
     {
@@ -23,13 +27,13 @@ public static class BenchChart
             double a = report.TimeToImage[0].ImageS;
             y = Panel(body, y, "Time to a 512² image, seconds (lower is better)",
                 [.. report.TimeToImage.Select(i => new Bar(i.Label, [(i.EncodeS + i.DenoiseS, Denoise), (i.DecodeS, Decode)], i.ImageS,
-                    i == report.TimeToImage[0] ? $"{Seconds(i.ImageS)} s" : $"{Seconds(i.ImageS)} s · {a / i.ImageS:F1}× (a)"))],
+                    (i == report.TimeToImage[0] ? $"{Seconds(i.ImageS)} s" : $"{Seconds(i.ImageS)} s · {a / i.ImageS:F1}× (a)") + Judged(i.Quality)))],
                 [("text encoder + denoise", Denoise), ("decode", Decode)]);
         }
         if (report.Variants.Count > 0)
         {
             y = Panel(body, y, "UNet step (batch 2, 512²), seconds · speed-up vs fp32", [.. report.Variants.Select(v => new Bar(v.Key, [(v.Value.UnetStepS, Unet)], v.Value.UnetStepS,
-                v.Value.SpeedupVsFp32 is { } x ? $"{Seconds(v.Value.UnetStepS)} s · {x:F2}×" : $"{Seconds(v.Value.UnetStepS)} s"))], []);
+                (v.Value.SpeedupVsFp32 is { } x ? $"{Seconds(v.Value.UnetStepS)} s · {x:F2}×" : $"{Seconds(v.Value.UnetStepS)} s") + Judged(v.Value.Quality)))], []);
         }
         y += 8;
         body.Add(Label(12, y, $"sdf bench, {report.CreatedAt:yyyy-MM-dd}: {report.Machine.Cpu}, {report.Machine.PhysicalCores} cores, ONNX Runtime {report.Machine.OrtVersion}", Muted, 11));

@@ -36,6 +36,9 @@ public sealed record VariantResult
     public double? E2e50PndmS { get; init; }
     public double? SpeedupVsFp32 { get; init; }
 
+    /// <summary>The variant's optimizer recipe on the trained tiny-shapes model (null: not measured).</summary>
+    public QualityFigures? Quality { get; init; }
+
     /// <summary>The pipeline's own time per step (scheduler, guidance, copies) as a share of the step.</summary>
     public double OverheadFraction => OverheadPerStepS / StepS;
 
@@ -65,7 +68,7 @@ public sealed record VariantResult
 /// <param name="GenerationPeakBytes">The largest of the generations' own peaks (what a job records), null where it cannot be measured.</param>
 public sealed record ImageRow(string Label, string Variant, string Scheduler, int Steps, double GuidanceScale, string Decoder,
     int UNetBatch, int UNetCalls, int ShallowUNetCalls, double ImageS, double EncodeS, double DenoiseS, double DecodeS, long PeakRssBytes,
-    string? MemoryBudget = null, int? DecodeTileSize = null, long? GenerationPeakBytes = null, long? ExpectedPeakBytes = null)
+    string? MemoryBudget = null, int? DecodeTileSize = null, long? GenerationPeakBytes = null, long? ExpectedPeakBytes = null, QualityFigures? Quality = null)
 {
     public static ImageRow From(ImageRecipe recipe, ProbeResult r)
     {
@@ -77,10 +80,10 @@ public sealed record ImageRow(string Label, string Variant, string Scheduler, in
 }
 
 /// <summary>
-/// A multi-step recipe at one DeepCache interval (1 = its plain time-to-image row): the whole image against interval 1 of the same run,
-/// and the PSNR of the same recipe on the PSNR bundle against its own interval-1 image (null for interval 1).
+/// A multi-step recipe at one DeepCache interval (1 = its plain time-to-image row): the whole image against interval 1 of the same run;
+/// its quality (in <see cref="ImageRow.Quality"/>) is the same recipe and interval on tiny-shapes against FP32 without DeepCache.
 /// </summary>
-public sealed record DeepCacheRow(ImageRow Image, int Interval, double SpeedupVsInterval1, double? PsnrDb);
+public sealed record DeepCacheRow(ImageRow Image, int Interval, double SpeedupVsInterval1);
 
 /// <summary>One setting tried on one model: its figure, its ratio to the group's baseline (&gt; 1 = faster) and its peak RSS.</summary>
 public sealed record Finding(string Group, string Measure, string Setting, double Seconds, double SpeedupVsBaseline, long PeakRssBytes, double CreateS, string Note);
@@ -117,8 +120,8 @@ public sealed record BenchReport
     /// <summary>The multi-step recipes at each DeepCache interval (empty when not run).</summary>
     public required IReadOnlyList<DeepCacheRow> DeepCache { get; init; }
 
-    /// <summary>The bundle the DeepCache PSNRs come from.</summary>
-    public required string DeepCachePsnrBundle { get; init; }
+    /// <summary>The trained bundle the quality columns come from (null: no quality measured).</summary>
+    public string? QualityBundle { get; init; }
 
     public static readonly JsonSerializerOptions Json = new()
     {
@@ -132,9 +135,12 @@ public sealed record BenchReport
         CreatedAt = DateTimeOffset.UtcNow, Command = options.Command, DurationS = duration.TotalSeconds, Machine = MachineInfo.Current,
         Model = sd15 ? "SD 1.5 graphs (fixtures/sd15-graphs) with random weights, 512×512, batch 2 (guidance), 77 tokens" : $"{options.Fp32Bundle} at its native size, batch 2",
         Repeats = options.Repeats, Variants = variants, Findings = findings, UnetProfiles = profiles, TimeToImage = images, DeepCache = deepCache,
-        DeepCachePsnrBundle = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.PsnrBundle)),
-        Targets = [.. JudgeTargets(variants), .. JudgeImageTargets(images), .. JudgeDeepCacheTargets(deepCache)],
+        Targets = TargetsOf(variants, images, deepCache),
     };
+
+    /// <summary>Every target of the benchmark issues, judged on these rows.</summary>
+    public static IReadOnlyList<Target> TargetsOf(IReadOnlyDictionary<string, VariantResult> variants, IReadOnlyList<ImageRow> images, IReadOnlyList<DeepCacheRow> deepCache) =>
+        [.. JudgeTargets(variants), .. JudgeImageTargets(images), .. JudgeDeepCacheTargets(deepCache)];
 
     /// <summary>The few-step targets ((d) within 5 s and 1.5 GB, how many times faster than the seed's recipe) and the budget rows' memory.</summary>
     private static List<Target> JudgeImageTargets(IReadOnlyList<ImageRow> images)
@@ -164,7 +170,7 @@ public sealed record BenchReport
             var fastest = rows.Where(r => r.Interval > 1 && r.Image.Scheduler == scheduler && r.Image.Steps == steps).MinBy(r => r.Image.ImageS);
             if (fastest is null) continue;
             targets.Add(new Target($"{steps} {scheduler} steps with DeepCache (fastest interval)", $"≤ {goal:0} s",
-                $"{fastest.Image.ImageS:F1} s at interval {fastest.Interval} ({fastest.SpeedupVsInterval1:F2}×, PSNR {fastest.PsnrDb:F1} dB)", fastest.Image.ImageS <= goal));
+                $"{fastest.Image.ImageS:F1} s at interval {fastest.Interval} ({fastest.SpeedupVsInterval1:F2}×{(fastest.Image.Quality is { } q ? $", judge {q.Candidate.Share:P0} vs FP32 {q.Fp32.Share:P0}" : "")})", fastest.Image.ImageS <= goal));
         }
         return targets;
     }
@@ -181,6 +187,8 @@ public sealed record BenchReport
         targets.Add(new Target("warm cold start (3 sessions, cached graphs)", "≤ 10 s", $"{p.LoadWarmS:F1} s", p.LoadWarmS <= 10));
         targets.Add(new Target("first step after load (with the warm-up)", "≤ 1.5× steady", $"{p.FirstStepS / p.UnetStepS:F2}×", p.FirstStepS <= 1.5 * p.UnetStepS));
         targets.Add(new Target("pipeline overhead per step", "< 2 % of a step", $"{p.OverheadFraction:P2}", p.OverheadFraction < 0.02));
+        if (p.Quality is { } q)
+            targets.Add(new Target("judge accuracy on tiny-shapes vs FP32", "within 5 points", $"{q.Candidate.Share:P0} vs {q.Fp32.Share:P0} ({q.PointsLost:0.#} points lost, {q.Pairs} pairs)", q.PointsLost <= 5));
         return targets;
     }
 
@@ -214,6 +222,10 @@ public sealed record BenchReport
         string S(double? v) => v is { } x && double.IsFinite(x) ? x.ToString(x < 10 ? "F2" : "F1", CultureInfo.InvariantCulture) : "–";
         string Gb(long v) => (v / 1e9).ToString("F2", CultureInfo.InvariantCulture);
         string X(double? v) => v is { } x && double.IsFinite(x) ? x.ToString("F2", CultureInfo.InvariantCulture) + "×" : "–";
+        // Quality columns: judge accuracy (FP32's beside it), PSNR and SSIM against FP32, on tiny-shapes.
+        string Q(QualityFigures? q) => q is null ? "– | – | –"
+            : $"{q.Candidate.Share.ToString("P0", CultureInfo.InvariantCulture)} ({q.Fp32.Share.ToString("P0", CultureInfo.InvariantCulture)}) | {(double.IsPositiveInfinity(q.PsnrMedian) ? "∞" : q.PsnrMedian.ToString("F1", CultureInfo.InvariantCulture))} | {q.SsimMean.ToString("F3", CultureInfo.InvariantCulture)}";
+        const string QualityHeader = " judge (FP32) | PSNR dB | SSIM |", QualityRule = "---|---|---|";
 
         md.AppendLine("# Benchmarks").AppendLine();
         md.AppendLine($"Written by `{Command}` on {CreatedAt:yyyy-MM-dd HH:mm} UTC in {DurationS / 60:F0} min. Every figure below comes from that one run;");
@@ -223,10 +235,10 @@ public sealed record BenchReport
         md.AppendLine($"- Model: {Model}; {Repeats} timed repeats for the text encoder and the VAE");
         if (chartFile is not null) md.AppendLine().AppendLine($"![Time to a 512² image per recipe and UNet step per variant, from this run]({chartFile})");
         md.AppendLine().AppendLine("## Variants").AppendLine();
-        md.AppendLine("| variant | UNet step s | vs FP32 | first step s | text encoder s | VAE decode s | load cold s | load warm s | + warm-up s | peak RSS GB | UNet on disk GB | 3 models on disk GB | 20 steps DPM++ s | 50 steps PNDM s | pipeline overhead |");
-        md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        md.AppendLine($"| variant | UNet step s | vs FP32 | first step s | text encoder s | VAE decode s | load cold s | load warm s | + warm-up s | peak RSS GB | UNet on disk GB | 3 models on disk GB | 20 steps DPM++ s | 50 steps PNDM s | pipeline overhead |{QualityHeader}");
+        md.AppendLine($"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{QualityRule}");
         foreach (var (name, v) in Variants)
-            md.AppendLine($"| `{name}` | {S(v.UnetStepS)} | {X(v.SpeedupVsFp32)} | {S(v.FirstStepS)} | {S(v.TextEncoderS)} | {S(v.VaeDecodeS)} | {S(v.LoadColdS)} | {S(v.LoadWarmS)}{(v.LoadWarmFromCache ? "" : " (not cached)")} | {S(v.WarmUpS)} | {Gb(v.PeakRssBytes)} | {Gb(v.UnetBytes)} | {Gb(v.ModelBytes)} | {S(v.E2e20DpmppS)} | {S(v.E2e50PndmS)} | {v.OverheadFraction.ToString("P2", CultureInfo.InvariantCulture)} |");
+            md.AppendLine($"| `{name}` | {S(v.UnetStepS)} | {X(v.SpeedupVsFp32)} | {S(v.FirstStepS)} | {S(v.TextEncoderS)} | {S(v.VaeDecodeS)} | {S(v.LoadColdS)} | {S(v.LoadWarmS)}{(v.LoadWarmFromCache ? "" : " (not cached)")} | {S(v.WarmUpS)} | {Gb(v.PeakRssBytes)} | {Gb(v.UnetBytes)} | {Gb(v.ModelBytes)} | {S(v.E2e20DpmppS)} | {S(v.E2e50PndmS)} | {v.OverheadFraction.ToString("P2", CultureInfo.InvariantCulture)} | {Q(v.Quality)} |");
         md.AppendLine();
         foreach (var (name, v) in Variants) md.AppendLine($"- `{name}`: {v.Description}");
         if (Model.StartsWith("SD 1.5", StringComparison.Ordinal) && Variants.Count > 0)
@@ -240,26 +252,28 @@ public sealed record BenchReport
         md.AppendLine("- Load cold: the three sessions with an empty optimized-graph cache (ORT optimizes and saves); load warm: a new process creating them from that cache; + warm-up: the one run of each model the service does next, so that no user meets the slow first runs.");
         md.AppendLine("- Peak RSS: the process's peak (VmHWM) over load + first generation + text encoder and VAE repeats + the 20-step generation.");
         md.AppendLine("- Pipeline overhead: step time minus the UNet's `Run` (scheduler, guidance, copies), as a share of the step.");
+        if (QualityBundle is not null)
+            md.AppendLine($"- Quality (every table): random weights draw nothing, so each row's optimizer recipe is applied to the trained `{QualityBundle}` model (calibrated as `sdf optimize` ships it) and run with the row's scheduler, steps, decoder and DeepCache interval at guidance {BenchQuality.Guidance} (the row's 7.5 breaks that model's multistep solvers, FP32 included); variant rows with 20 DPM++ steps. Judge: share of caption × seed pairs the shapes judge reads right, FP32's in brackets; PSNR (median) and SSIM (mean) against FP32 tiny-shapes, same recipe without DeepCache. `sdf evaluate` gives the per-image figures ([docs/quality.md](docs/quality.md)). Few-step rows: – until a trained LCM model is measured.");
 
         if (TimeToImage.Count > 0)
         {
             md.AppendLine().AppendLine("## Time to a 512² image on this machine").AppendLine();
             md.AppendLine("Each row: whole generations (encode + steps + decode) in a fresh process after the service's load and warm-up, median of its runs; peak RSS of that process. The batch-1 variant is the same SD 1.5 graph (an LCM-LoRA-fused UNet has this graph; an LCM-distilled one adds one small linear layer).").AppendLine();
             md.AppendLine("Peak RSS: the process's, load included; generation peak: the largest a job records (the peak restarted when it begins). The budget rows run the service's `Model:MemoryBudget`: the pipeline measures its models at load and decodes the full VAE in tiles when a whole decode would not fit (tile column), and the text encoder and decoders hand their memory back after each run; planned: the peak the plan expected.").AppendLine();
-            md.AppendLine("| recipe | variant | scheduler | steps | guidance | decoder | budget | VAE tile px | UNet batch × calls | image s | encode s | denoise s | decode s | peak RSS GB | generation peak GB | planned GB | vs (a) |");
-            md.AppendLine("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+            md.AppendLine($"| recipe | variant | scheduler | steps | guidance | decoder | budget | VAE tile px | UNet batch × calls | image s | encode s | denoise s | decode s | peak RSS GB | generation peak GB | planned GB | vs (a) |{QualityHeader}");
+            md.AppendLine($"|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|{QualityRule}");
             double a = TimeToImage[0].ImageS;
             foreach (var i in TimeToImage)
-                md.AppendLine($"| {i.Label} | `{i.Variant}` | {i.Scheduler} | {i.Steps} | {i.GuidanceScale:0.#} | {i.Decoder} | {i.MemoryBudget ?? "–"} | {(i.DecodeTileSize is { } t ? t.ToString(CultureInfo.InvariantCulture) : "–")} | {i.UNetBatch} × {i.UNetCalls} | {S(i.ImageS)} | {S(i.EncodeS)} | {S(i.DenoiseS)} | {S(i.DecodeS)} | {Gb(i.PeakRssBytes)} | {(i.GenerationPeakBytes is { } g ? Gb(g) : "–")} | {(i.ExpectedPeakBytes is { } e ? Gb(e) : "–")} | {X(a / i.ImageS)} |");
+                md.AppendLine($"| {i.Label} | `{i.Variant}` | {i.Scheduler} | {i.Steps} | {i.GuidanceScale:0.#} | {i.Decoder} | {i.MemoryBudget ?? "–"} | {(i.DecodeTileSize is { } t ? t.ToString(CultureInfo.InvariantCulture) : "–")} | {i.UNetBatch} × {i.UNetCalls} | {S(i.ImageS)} | {S(i.EncodeS)} | {S(i.DenoiseS)} | {S(i.DecodeS)} | {Gb(i.PeakRssBytes)} | {(i.GenerationPeakBytes is { } g ? Gb(g) : "–")} | {(i.ExpectedPeakBytes is { } e ? Gb(e) : "–")} | {X(a / i.ImageS)} | {Q(i.Quality)} |");
         }
         if (DeepCache.Count > 0)
         {
             md.AppendLine().AppendLine("## DeepCache: the multi-step recipes with cached deep features").AppendLine();
-            md.AppendLine($"Each row a fresh process as above, the same variant (its full graph also outputs the cached feature). Every `interval`-th step runs the whole UNet, the steps between only the shallow branch (uniform schedule, branch 0). Speed-up against interval 1 of the same run; PSNR: the same optimizer recipe + DeepCache made of `{DeepCachePsnrBundle}`, at its native size, seed 42, against its own interval-1 image (the SD 1.5 graphs' random weights draw nothing to lose; tiny-sd's random weights say little of a real picture either: the paper's figures do).").AppendLine();
-            md.AppendLine("| recipe | interval | UNet calls (shallow) | image s | denoise s | decode s | speed-up vs interval 1 | PSNR dB | peak RSS GB |");
-            md.AppendLine("|---|---|---|---|---|---|---|---|---|");
+            md.AppendLine($"Each row a fresh process as above, the same variant (its full graph also outputs the cached feature). Every `interval`-th step runs the whole UNet, the steps between only the shallow branch (uniform schedule, branch 0). Speed-up against interval 1 of the same run; quality: the same recipe and interval on tiny-shapes, against FP32 without DeepCache.").AppendLine();
+            md.AppendLine($"| recipe | interval | UNet calls (shallow) | image s | denoise s | decode s | speed-up vs interval 1 | peak RSS GB |{QualityHeader}");
+            md.AppendLine($"|---|---|---|---|---|---|---|---|{QualityRule}");
             foreach (var r in DeepCache)
-                md.AppendLine($"| {r.Image.Label} | {r.Interval} | {r.Image.UNetCalls} ({r.Image.ShallowUNetCalls}) | {S(r.Image.ImageS)} | {S(r.Image.DenoiseS)} | {S(r.Image.DecodeS)} | {X(r.SpeedupVsInterval1)} | {(r.PsnrDb is { } p ? (double.IsInfinity(p) ? "∞" : p.ToString("F1", CultureInfo.InvariantCulture)) : "–")} | {Gb(r.Image.PeakRssBytes)} |");
+                md.AppendLine($"| {r.Image.Label} | {r.Interval} | {r.Image.UNetCalls} ({r.Image.ShallowUNetCalls}) | {S(r.Image.ImageS)} | {S(r.Image.DenoiseS)} | {S(r.Image.DecodeS)} | {X(r.SpeedupVsInterval1)} | {Gb(r.Image.PeakRssBytes)} | {Q(r.Image.Quality)} |");
         }
         if (Targets.Count > 0)
         {

@@ -21,8 +21,11 @@ public sealed record BenchOptions
     /// <summary>Tokenizer, scheduler and config files for the bundle made from the graphs.</summary>
     public string TemplateBundle { get; init; } = Path.Combine("..", "shared", "fixtures", "tiny-sd");
 
-    /// <summary>The bundle DeepCache's PSNR is measured on: the given FP32 bundle, else the tiny template.</summary>
-    public string PsnrBundle => Fp32Bundle ?? TemplateBundle;
+    /// <summary>The trained model every row's quality is measured on (<see cref="BenchQuality"/>): the bundled tiny-shapes.</summary>
+    public string QualityBundle { get; init; } = CliApp.BundledModel;
+
+    /// <summary>Caption × seed pairs per quality figure; 0 = measure no quality.</summary>
+    public int QualityPairs { get; init; } = 100;
 
     /// <summary>Use this bundle as the FP32 variant instead of making one from the graphs (e.g. the tiny bundle).</summary>
     public string? Fp32Bundle { get; init; }
@@ -198,25 +201,50 @@ public static class BenchRunner
 
             var multiStep = recipes.Where(r => r.IsMultiStep).ToList();
             if (options.DeepCacheIntervals.Count > 0 && multiStep.Count > 0)
-            {
-                var psnr = await DeepCachePsnrAsync(options.PsnrBundle, multiStep, options.DeepCacheIntervals, work, options, progress, ct);
                 foreach (var recipe in multiStep)
                 {
                     var plain = images.Single(i => i.Label == recipe.Label);
-                    deepCache.Add(new DeepCacheRow(plain, 1, 1, null));
+                    deepCache.Add(new DeepCacheRow(plain, 1, 1));
                     foreach (int interval in options.DeepCacheIntervals)
                     {
                         var cached = await TimeImageAsync(recipe, interval);
-                        deepCache.Add(new DeepCacheRow(cached, interval, plain.ImageS / cached.ImageS, psnr[(recipe.Key, interval)]));
+                        deepCache.Add(new DeepCacheRow(cached, interval, plain.ImageS / cached.ImageS));
                     }
                 }
-            }
         }
 
         var report = BenchReport.Create(options, results, findings, profiles, images, deepCache, sd15: options.Fp32Bundle is null, total.Elapsed);
+        if (options.QualityPairs > 0) report = await WithQualityAsync(report, options, progress, ct);
         await report.WriteAsync(options.MarkdownPath, options.JsonPath, ct);
         progress.Report($"wrote {options.MarkdownPath}, {BenchReport.ChartPath(options.MarkdownPath)} and {options.JsonPath} in {total.Elapsed.TotalMinutes:F1} min");
         return report;
+    }
+
+    /// <summary>
+    /// <paramref name="report"/> with every row's quality measured on the trained model (<see cref="BenchQuality"/>): variant rows, the
+    /// multi-step time-to-image rows and their DeepCache intervals. Also run on a saved report (<c>--from-json --measure-quality</c>):
+    /// the speed figures stay those of their run.
+    /// </summary>
+    public static async Task<BenchReport> WithQualityAsync(BenchReport report, BenchOptions options, IProgress<string> progress, CancellationToken ct)
+    {
+        string work = Path.GetFullPath(options.WorkDirectory);
+        var quality = new BenchQuality(Path.GetFullPath(options.QualityBundle), work, options.QualityPairs, progress);
+        var variants = new Dictionary<string, VariantResult>();
+        foreach (var (name, v) in report.Variants)
+            variants[name] = BenchVariant.All.FirstOrDefault(b => b.Name == name) is { } known ? v with { Quality = await quality.ForVariantAsync(known, ct) } : v;
+        var images = new List<ImageRow>();
+        foreach (var row in report.TimeToImage) images.Add(row with { Quality = await quality.ForImageAsync(row, 1, ct) });
+        var deepCache = new List<DeepCacheRow>();
+        foreach (var r in report.DeepCache)
+            deepCache.Add(r with
+            {
+                Image = r.Image with { Quality = r.Interval == 1 ? images.FirstOrDefault(i => i.Label == r.Image.Label)?.Quality : await quality.ForImageAsync(r.Image, r.Interval, ct) },
+            });
+        return report with
+        {
+            Variants = variants, TimeToImage = images, DeepCache = deepCache, QualityBundle = Path.GetFileName(Path.TrimEndingDirectorySeparator(options.QualityBundle)),
+            Targets = BenchReport.TargetsOf(variants, images, deepCache),
+        };
     }
 
     /// <summary>The optimized bundle of a variant, made once and reused while the FP32 bundle and the recipe are the same.</summary>
@@ -239,36 +267,11 @@ public static class BenchRunner
             ModelDirectory = fp32, OutputDirectory = dir, TomeRatio = variant.TomeRatio, FuseAttention = true, Batch = variant.Batch, DeepCache = variant.DeepCache,
             QuantizeTextEncoder = variant.Int8TextEncoder,
             Quantization = new QuantizationOptions(), CalibrationFile = prompts, CalibrationSteps = options.CalibrationSteps,
+            Fidelity = false, // the bench measures quality itself, on the trained model
         }, new SynchronousProgress(m => progress.Report($"optimize {variant.Name}: {m}")), ct);
         progress.Report($"optimized {variant.Name} in {watch.Elapsed.TotalSeconds:F0} s");
         await File.WriteAllTextAsync(stamp, recipe, ct);
         return dir;
-    }
-
-    /// <summary>
-    /// What DeepCache costs in the picture, on <paramref name="bundleSource"/> (the tiny bundle: random-weight SD 1.5 graphs draw nothing to
-    /// lose): the production recipe with the DeepCache graphs made of it, each multi-step recipe at each interval against its own interval-1
-    /// image, same seed, at the bundle's native size.
-    /// </summary>
-    private static async Task<Dictionary<(string Recipe, int Interval), double>> DeepCachePsnrAsync(string bundleSource, IReadOnlyList<ImageRecipe> recipes,
-        IReadOnlyList<int> intervals, string work, BenchOptions options, IProgress<string> progress, CancellationToken ct)
-    {
-        var production = BenchVariant.All.Single(v => v.Name == BenchVariant.Production);
-        string bundle = await EnsureVariantAsync(Path.GetFullPath(bundleSource), work, production with { Name = "psnr-" + production.Name }, options, progress, ct);
-        using var pipeline = await StableDiffusionPipeline.LoadAsync(bundle, new PipelineOptions { WarmUp = false }, cancellationToken: ct);
-        var psnr = new Dictionary<(string, int), double>();
-        foreach (var recipe in recipes)
-        {
-            var request = new GenerationRequest { Prompt = BenchProbe.Prompt, Scheduler = recipe.Scheduler, Steps = recipe.Steps, GuidanceScale = recipe.GuidanceScale, Seed = 42 };
-            var plain = await pipeline.GenerateAsync(request, null, ct);
-            foreach (int interval in intervals)
-            {
-                var cached = await pipeline.GenerateAsync(request with { CacheInterval = interval }, null, ct);
-                psnr[(recipe.Key, interval)] = ImageQuality.Psnr(plain.Rgb, cached.Rgb);
-                progress.Report($"{Path.GetFileName(bundleSource)}, {recipe.Label}, DeepCache interval {interval}: PSNR {psnr[(recipe.Key, interval)]:F1} dB against interval 1");
-            }
-        }
-        return psnr;
     }
 
     /// <summary>The real TAESD (sd15-graphs/taesd_decoder, random weights) beside a bundle's VAE, as a bundle carries it.</summary>

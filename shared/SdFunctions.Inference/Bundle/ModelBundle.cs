@@ -35,6 +35,9 @@ public sealed class ModelBundle
     /// </summary>
     public int? UnetTimestepCondDim { get; init; }
 
+    /// <summary>What the model's authors declare in <see cref="ModelCard.FileName"/>; null when the bundle has none.</summary>
+    public ModelCard? Card { get; init; }
+
     /// <summary>The UNet cut for DeepCache (<c>sdf optimize --deep-cache</c>); null when the bundle has none.</summary>
     public DeepCacheGraphs? DeepCache { get; init; }
 
@@ -143,7 +146,7 @@ public sealed class ModelBundle
             Directory = dir, Name = name, Tokenizer = tokenizer, Scheduler = scheduler,
             TextEncoder = textEncoder, Unet = unet, VaeDecoder = vaeDecoder, VaeEncoder = vaeEncoder, Encoder = encoder,
             UnetSampleSize = sampleSize, VaeScaleFactor = scale, VaeScalingFactor = scaling, VaeFullResolutionChannels = vaeIsTiny ? null : vaeChannels, Decoders = decoders, UnetTimestepCondDim = condDim,
-            DeepCache = deepCache,
+            DeepCache = deepCache, Card = ModelCard.Read(dir),
         };
     }
 

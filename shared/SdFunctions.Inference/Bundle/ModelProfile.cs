@@ -61,6 +61,9 @@ public sealed record ModelProfile
     /// </summary>
     public const double DecodeTensorsPerPixel = 11;
 
+    /// <summary>Prompts that show what the model draws (its <see cref="ModelCard"/>'s), for the playground to offer.</summary>
+    public IReadOnlyList<string> ExamplePrompts { get; init; } = [];
+
     [JsonIgnore] public string DefaultDecoder => Decoders[0];
     [JsonIgnore] public int LatentHeight => Height / VaeScaleFactor;
     [JsonIgnore] public int LatentWidth => Width / VaeScaleFactor;
@@ -87,8 +90,9 @@ public sealed record ModelProfile
         {
             if (!SchedulerCatalog.TryCreate(row.Name, bundle.Scheduler, out string? why)) { unsupported[row.Name] = why!; continue; }
             int maxSteps = row.MaxSteps(bundle.Scheduler, GenerationRequest.MaxSteps);
-            double guidance = bundle.GuidanceDistilled ? DistilledGuidance : row.DefaultGuidance;
-            supported.Add(new GenerationDefaults(row.Name, Math.Min(row.DefaultSteps, maxSteps), guidance, maxSteps));
+            double guidance = bundle.GuidanceDistilled ? DistilledGuidance : row.FewStep ? row.DefaultGuidance : bundle.Card?.GuidanceScale ?? row.DefaultGuidance;
+            int steps = row.FewStep ? row.DefaultSteps : bundle.Card?.Steps ?? row.DefaultSteps;
+            supported.Add(new GenerationDefaults(row.Name, Math.Min(steps, maxSteps), guidance, maxSteps));
         }
         string defaultScheduler = SchedulerCatalog.DefaultFor(bundle.Scheduler).Name;
         if (unsupported.TryGetValue(defaultScheduler, out string? whyNot))
@@ -103,6 +107,7 @@ public sealed record ModelProfile
             DeepCache = bundle.DeepCache is not null, ImageToImage = bundle.Encoder is not null,
             UNetBatch = bundle.FixedUnetBatch ?? (bundle.GuidanceDistilled ? 1 : 2), FixedUNetBatch = bundle.FixedUnetBatch is not null,
             FullDecodeBytesPerPixel = bundle.VaeFullResolutionChannels * DecodeTensorsPerPixel * sizeof(float),
+            ExamplePrompts = bundle.Card?.ExamplePrompts ?? [],
         };
     }
 

@@ -38,42 +38,57 @@ public static class Calibration
     }
 
     /// <summary>Runs the float pipeline of <paramref name="bundleDirectory"/> once per prompt and keeps every model input.</summary>
+    /// <param name="width">The image size to run at (null: the bundle's own, which an optimized UNet fixes).</param>
     public static async Task<CalibrationInputs> CollectInputsAsync(string bundleDirectory, IReadOnlyList<string> prompts, int steps, int batch,
-        SessionSettings session, IProgress<string>? progress, CancellationToken ct)
+        SessionSettings session, IProgress<string>? progress, CancellationToken ct, int? width = null, int? height = null)
     {
         var recorder = new Recorder();
         var decoderLatents = new List<float[]>();
-        using var pipeline = await StableDiffusionPipeline.LoadAsync(bundleDirectory, new PipelineOptions { Session = session, WarmUp = false }, cancellationToken: ct);
+        using var pipeline = await StableDiffusionPipeline.LoadAsync(bundleDirectory,
+            new PipelineOptions { Session = session, WarmUp = false, Width = width, Height = height }, cancellationToken: ct);
         for (int i = 0; i < prompts.Count; i++)
         {
             progress?.Report($"calibration: prompt {i + 1}/{prompts.Count} × {steps} steps");
-            // Batch 2: the usual guidance (negative and prompt halves); batch 1: the model's own default (off, or an LCM's embedded guidance).
-            var request = new GenerationRequest { Prompt = prompts[i], Steps = steps, Seed = i, GuidanceScale = batch == 2 ? 7.5 : pipeline.Bundle.GuidanceDistilled ? null : 1.0 };
+            var request = RequestFor(prompts[i], steps, batch, pipeline.Bundle.GuidanceDistilled) with { Seed = i };
             var result = await pipeline.GenerateAsync(request, progress: null, recorder, ct);
             decoderLatents.Add([.. result.Latents.Select(v => v / pipeline.Bundle.VaeScalingFactor)]); // what the full decoder is fed
         }
         return new CalibrationInputs(recorder.Inputs, decoderLatents);
     }
 
+    /// <summary>
+    /// What a calibration run asks for. Batch 2: the model's own guidance (SD's 7.5, or its card's), with negative and prompt halves;
+    /// batch 1: guidance off, or a guidance-distilled UNet's embedded default.
+    /// </summary>
+    public static GenerationRequest RequestFor(string prompt, int steps, int batch, bool guidanceDistilled) =>
+        new() { Prompt = prompt, Steps = steps, GuidanceScale = batch == 2 || guidanceDistilled ? null : 1.0 };
+
+    /// <summary>The prompts to calibrate on when no file is given: the model card's examples (its own domain), else <see cref="DefaultPrompts"/>.</summary>
+    public static IReadOnlyList<string> DefaultPromptsFor(ModelBundle bundle) => bundle.Card?.ExamplePrompts is { Count: > 0 } examples ? examples : DefaultPrompts;
+
     /// <summary>The range of each of the UNet's <paramref name="tensors"/> over all <paramref name="inputs"/>.</summary>
+    /// <param name="percentile">Null: min-max; else each run's percentile at both ends (see <see cref="RangeMethod.Percentile"/>).</param>
     public static Dictionary<string, ActivationRange> MeasureRanges(ModelProto model, string modelDirectory, IReadOnlyList<string> tensors,
-        IReadOnlyList<UNetInputs> inputs, SessionSettings session, IProgress<string>? progress, CancellationToken ct) =>
-        MeasureRanges(model, modelDirectory, tensors, inputs.Count, i => UNetFeeds(model.Graph, inputs[i]), session, progress, ct);
+        IReadOnlyList<UNetInputs> inputs, SessionSettings session, IProgress<string>? progress, CancellationToken ct, double? percentile = null) =>
+        MeasureRanges(model, modelDirectory, tensors, inputs.Count, i => UNetFeeds(model.Graph, inputs[i]), session, progress, ct, percentile);
 
     /// <summary>
     /// The range of each of <paramref name="tensors"/> over <paramref name="count"/> runs of <paramref name="model"/> (any model:
     /// <paramref name="feeds"/> gives run i's named inputs, disposed after the run), measured inside ONNX Runtime.
     /// </summary>
     public static Dictionary<string, ActivationRange> MeasureRanges(ModelProto model, string modelDirectory, IReadOnlyList<string> tensors,
-        int count, Func<int, IReadOnlyList<(string Name, OrtValue Value)>> feeds, SessionSettings session, IProgress<string>? progress, CancellationToken ct)
+        int count, Func<int, IReadOnlyList<(string Name, OrtValue Value)>> feeds, SessionSettings session, IProgress<string>? progress, CancellationToken ct,
+        double? percentile = null)
     {
-        // Each tensor gets ReduceMin/ReduceMax nodes whose scalars become extra graph outputs: only 8 bytes per tensor leave the run.
+        // Each tensor gets ReduceMin/ReduceMax nodes (or its percentiles, below) whose scalars become extra graph outputs: only 8 bytes per
+        // tensor leave the run.
         var augmented = model.Clone();
         var b = new GraphBuilder(augmented.Graph, "/calibration/");
         var outputs = new List<(string Tensor, string Min, string Max)>();
         foreach (string tensor in tensors)
         {
-            string min = b.Op("ReduceMin", [tensor], ("keepdims", 0L)), max = b.Op("ReduceMax", [tensor], ("keepdims", 0L));
+            var (min, max) = percentile is { } p ? Percentiles(b, tensor, p)
+                : (b.Op("ReduceMin", [tensor], ("keepdims", 0L)), b.Op("ReduceMax", [tensor], ("keepdims", 0L)));
             foreach (string o in new[] { min, max })
                 augmented.Graph.Output.Add(new ValueInfoProto
                 {
@@ -114,7 +129,22 @@ public static class Calibration
         }
     }
 
-    private static List<(string, OrtValue)> UNetFeeds(GraphProto graph, UNetInputs input)
+    /// <summary>
+    /// The tensor's p-th percentile at both ends, inside the graph: k = ⌈N · (100 − p) / 200⌉ values are cut from each end with TopK
+    /// (so a run's k − 1 most extreme values fall outside the range).
+    /// </summary>
+    private static (string Min, string Max) Percentiles(GraphBuilder b, string tensor, double p)
+    {
+        string flat = b.Op("Reshape", [tensor, b.Int64("flat", [1], [-1])]);
+        string size = b.Op("Cast", [b.Op("Size", [tensor])], ("to", (long)TensorProto.Types.DataType.Float));
+        string share = b.Float("tail_share", [], [(float)((100 - p) / 200)]);
+        string k = b.Op("Cast", [b.Op("Ceil", [b.Op("Mul", [size, share])])], ("to", (long)TensorProto.Types.DataType.Int64));
+        k = b.Op("Reshape", [b.Op("Max", [k, b.Int64("one", [], [1])]), b.Int64("k_shape", [1], [1])]);
+        string top = b.OpN("TopK", [flat, k], 2, ("largest", 1L))[0], bottom = b.OpN("TopK", [flat, k], 2, ("largest", 0L))[0];
+        return (b.Op("ReduceMax", [bottom], ("keepdims", 0L)), b.Op("ReduceMin", [top], ("keepdims", 0L)));
+    }
+
+    internal static List<(string, OrtValue)> UNetFeeds(GraphProto graph, UNetInputs input)
     {
         long[] Shape(string name) => [.. graph.Input.First(i => i.Name == name).Type.TensorType.Shape.Dim.Select(d => d.DimValue)];
         long[] timestepShape = Shape("timestep");

@@ -23,7 +23,7 @@ public static class VaeDecoderQuantizer
         string input = model.Graph.Input[0].Name;
         long[] shape = [1, 4, latentHeight, latentWidth];
         var ranges = Calibration.MeasureRanges(model, decoderDirectory, plan.Tensors, latents.Count,
-            i => [(input, OrtValue.CreateTensorValueFromMemory(latents[i], shape))], session, progress, ct);
+            i => [(input, OrtValue.CreateTensorValueFromMemory(latents[i], shape))], session, progress, ct, options.ClipPercentile);
         progress?.Report($"VAE decoder: quantizing {plan.Targets.Count} nodes");
         var quantized = QdqQuantizer.Apply(model, plan, ranges, decoderDirectory);
         await ModelFiles.WriteAsync(model, decoderDirectory, decoderDirectory, ct);

@@ -132,6 +132,29 @@ const scenarios = {
     return result;
   },
 
+  // The bundled model: its card's prompts are offered; one click fills the prompt; the 64 px image is shown four times larger.
+  async examples() {
+    const { page } = await openPage({ width: 900, height: 900 });
+    await page.locator('#examples button').first().waitFor({ state: 'visible', timeout: 30_000 });
+    const examples = await page.locator('#examples button').allTextContents();
+    await page.getByLabel('Function key').fill(functionKey);
+    await page.locator('#examples button').first().click();
+    const prompt = await page.getByLabel('Prompt', { exact: true }).inputValue();
+    await page.getByLabel(/^Seed/).fill('2');
+    await page.getByRole('button', { name: 'Generate' }).click();
+    await page.locator('#result').waitFor({ state: 'visible', timeout: 120_000 });
+    await page.waitForFunction(() => document.getElementById('image').complete && document.getElementById('image').naturalWidth > 0, null, { timeout: 10_000 });
+    await shot(page, '9-bundled-model');
+    const image = await page.locator('#image').evaluate(i => ({ naturalWidth: i.naturalWidth, shownWidth: i.getBoundingClientRect().width, rendering: getComputedStyle(i).imageRendering }));
+    const [download] = await Promise.all([page.waitForEvent('download'), page.getByRole('link', { name: 'Download' }).click()]);
+    const saved = join(shots, download.suggestedFilename());
+    await download.saveAs(saved);
+    return {
+      examples, prompt, placeholder: await page.getByLabel('Prompt', { exact: true }).getAttribute('placeholder'), image,
+      caption: await page.locator('#caption').textContent(), download: saved,
+    };
+  },
+
   // 360 px wide, keyboard only: every control labelled, no sideways scrolling, Tab reaches each control in order, Enter submits.
   async narrow() {
     const { page } = await openPage({ width: 360, height: 740 });
