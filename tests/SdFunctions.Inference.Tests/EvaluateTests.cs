@@ -103,7 +103,7 @@ public class EvaluateTests
 
 /// <summary>
 /// The production recipe's quality floor on the trained model: INT8 (the default calibration) + ToMe 0.4 of the bundled
-/// tiny-shapes. Measured with `sdf evaluate` on 100 pairs (PNDM 50, guidance 3): FP32 96 %, INT8 + ToMe 94 %. This guards
+/// tiny-shapes. Measured with `sdf evaluate` on 100 pairs (PNDM 50, guidance 3): FP32 96 %, INT8 + ToMe 96 % (docs/quality.md). This guards
 /// a looser floor on 30 pairs, so that a calibration or rewrite that ruins pictures fails CI.
 /// </summary>
 public class ProductionRecipeQualityTests

@@ -62,7 +62,10 @@ public sealed class BenchQuality(string shapesBundle, string work, int pairs, IP
         if (!variant.Int8 && variant.TomeRatio == 0 && !variant.DeepCache) return shapesBundle;
         string dir = Path.Combine(work, "quality", variant.Name);
         string stamp = Path.Combine(dir, ".bench-variant.json");
-        string recipe = JsonSerializer.Serialize(new { source = shapesBundle, unet = File.GetLastWriteTimeUtc(ModelBundle.Open(shapesBundle).Unet.Path).Ticks, variant });
+        string recipe = JsonSerializer.Serialize(new
+        {
+            source = shapesBundle, unet = File.GetLastWriteTimeUtc(ModelBundle.Open(shapesBundle).Unet.Path).Ticks, variant, quantization = new QuantizationOptions(),
+        });
         if (File.Exists(stamp) && await File.ReadAllTextAsync(stamp, ct) == recipe) return dir;
         if (Directory.Exists(dir)) Directory.Delete(dir, recursive: true);
         await BundleOptimizer.OptimizeAsync(new OptimizeOptions

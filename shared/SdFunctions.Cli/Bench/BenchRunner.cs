@@ -254,6 +254,7 @@ public static class BenchRunner
         string recipe = JsonSerializer.Serialize(new
         {
             source = fp32, sourceUnet = File.GetLastWriteTimeUtc(ModelBundle.Open(fp32).Unet.Path).Ticks, variant, options.CalibrationPrompts, options.CalibrationSteps,
+            quantization = new QuantizationOptions(), // a changed default makes the variant again
         });
         string stamp = Path.Combine(dir, ".bench-variant.json");
         if (File.Exists(stamp) && await File.ReadAllTextAsync(stamp, ct) == recipe) { progress.Report($"reusing {dir}"); return dir; }
