@@ -467,11 +467,15 @@ public static partial class CliApp
             Description = "Caption × seed pairs per quality figure, measured on the bundled trained tiny-shapes model with each row's recipe (0 = none).",
             DefaultValueFactory = _ => 100,
         };
+        var qualityLcm = new Option<string>("--quality-lcm-bundle")
+        {
+            Description = "The trained LCM model the few-step rows' quality is measured on.", DefaultValueFactory = _ => new BenchOptions { WorkDirectory = "" }.QualityFewStepBundle,
+        };
         var measureQuality = new Option<bool>("--measure-quality") { Description = "With --from-json: measure the saved rows' quality columns (the speed figures stay those of their run)." };
         var command = new Command("bench",
             "Real-size benchmark: FP32 vs INT8 vs INT8+ToMe on the SD 1.5 graphs with random weights; writes BENCHMARKS.md, its chart BENCHMARKS.svg and BENCHMARKS.json.")
         {
-            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json, fromJson, qualityPairs, measureQuality,
+            work, graphs, fp32, variants, repeats, noFindings, e2e50, noImages, recipes, deepCacheIntervals, markdown, json, fromJson, qualityPairs, qualityLcm, measureQuality,
         };
         command.SetAction(async (parse, ct) =>
         {
@@ -485,7 +489,10 @@ public static partial class CliApp
                 var read = await BenchReport.ReadAsync(saved, ct);
                 if (parse.GetValue(measureQuality))
                 {
-                    read = await BenchRunner.WithQualityAsync(read, new BenchOptions { WorkDirectory = parse.GetValue(work)!, QualityPairs = Math.Max(1, parse.GetValue(qualityPairs)) }, progress, ct);
+                    read = await BenchRunner.WithQualityAsync(read, new BenchOptions
+                    {
+                        WorkDirectory = parse.GetValue(work)!, QualityPairs = Math.Max(1, parse.GetValue(qualityPairs)), QualityFewStepBundle = parse.GetValue(qualityLcm)!,
+                    }, progress, ct);
                     await read.WriteAsync(report, saved, ct);
                     stderr.WriteLine($"bench: measured the quality columns; wrote {report}, {BenchReport.ChartPath(report)} and {saved}");
                     return Ok;
@@ -500,7 +507,7 @@ public static partial class CliApp
                 Variants = parse.GetValue(variants)!, Repeats = parse.GetValue(repeats), Findings = !parse.GetValue(noFindings),
                 E2e50 = parse.GetValue(e2e50)!, TimeToImage = !parse.GetValue(noImages),
                 Recipes = parse.GetValue(recipes)!, DeepCacheIntervals = parse.GetValue(deepCacheIntervals)!, MarkdownPath = parse.GetValue(markdown)!, JsonPath = parse.GetValue(json)!,
-                QualityPairs = parse.GetValue(qualityPairs),
+                QualityPairs = parse.GetValue(qualityPairs), QualityFewStepBundle = parse.GetValue(qualityLcm)!,
                 Command = "sdf " + string.Join(' ', parse.Tokens.Select(t => t.Value)),
             }, progress, ct);
             return Ok;

@@ -73,7 +73,8 @@ public class BenchTests
         string md = Path.Combine(dir, "BENCHMARKS.md"), json = Path.Combine(dir, "BENCHMARKS.json");
         var stderr = new StringWriter();
         int code = await CliApp.RunAsync(["bench", "--fp32-bundle", Fixtures.TinySd, "--graphs", Sd15Graphs, "--work", Path.Combine(dir, "work"),
-            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--deep-cache-intervals", "2,3", "--quality-pairs", "6", "--out", md, "--json", json], TextWriter.Null, stderr);
+            "--variants", "fp32,int8_tome0.4", "--repeats", "1", "--deep-cache-intervals", "2,3", "--quality-pairs", "6",
+            "--quality-lcm-bundle", Path.Combine(Fixtures.Root, "tiny-shapes-lcm"), "--out", md, "--json", json], TextWriter.Null, stderr);
         Assert.True(code == 0, stderr.ToString());
 
         using var report = JsonDocument.Parse(File.ReadAllText(json));
@@ -139,9 +140,9 @@ public class BenchTests
             // The same recipe with DeepCache on tiny-shapes: a different image than FP32's, yet not noise.
             Assert.InRange(image.GetProperty("quality").GetProperty("psnr_median").GetDouble(), 5, 60);
         }
-        // The few-step rows need a trained LCM model: no quality yet.
-        Assert.All(images.Where(i => i.GetProperty("variant").GetString() == "int8_tome0.4_b1"), i => Assert.False(i.TryGetProperty("quality", out _)));
-        Assert.All(images.Where(i => i.GetProperty("variant").GetString() == "int8_tome0.4"), i => Assert.True(i.TryGetProperty("quality", out _)));
+        // Every row is judged; the few-step ones on the trained LCM model, at its 4 steps, with the row's decoder.
+        Assert.All(images, i => Assert.Equal(6, i.GetProperty("quality").GetProperty("pairs").GetInt32()));
+        Assert.Contains("lcm 4 steps, guidance 3, tiny decoder", images[3].GetProperty("quality").GetProperty("recipe").GetString());
 
         var findings = report.RootElement.GetProperty("findings").EnumerateArray().Select(f => f.GetProperty("group").GetString()).ToList();
         Assert.Equal(["threads", "optimization level", "memory", "VAE decoder"], findings.Distinct());

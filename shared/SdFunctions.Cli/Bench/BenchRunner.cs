@@ -24,6 +24,9 @@ public sealed record BenchOptions
     /// <summary>The trained model every row's quality is measured on (<see cref="BenchQuality"/>): the bundled tiny-shapes.</summary>
     public string QualityBundle { get; init; } = CliApp.BundledModel;
 
+    /// <summary>The trained LCM model the few-step rows' quality is measured on (tiny-shapes distilled); missing: those rows get none.</summary>
+    public string QualityFewStepBundle { get; init; } = Path.Combine("..", "shared", "fixtures", "tiny-shapes-lcm");
+
     /// <summary>Caption × seed pairs per quality figure; 0 = measure no quality.</summary>
     public int QualityPairs { get; init; } = 100;
 
@@ -228,7 +231,7 @@ public static class BenchRunner
     public static async Task<BenchReport> WithQualityAsync(BenchReport report, BenchOptions options, IProgress<string> progress, CancellationToken ct)
     {
         string work = Path.GetFullPath(options.WorkDirectory);
-        var quality = new BenchQuality(Path.GetFullPath(options.QualityBundle), work, options.QualityPairs, progress);
+        var quality = new BenchQuality(Path.GetFullPath(options.QualityBundle), Path.GetFullPath(options.QualityFewStepBundle), work, options.QualityPairs, progress);
         var variants = new Dictionary<string, VariantResult>();
         foreach (var (name, v) in report.Variants)
             variants[name] = BenchVariant.All.FirstOrDefault(b => b.Name == name) is { } known ? v with { Quality = await quality.ForVariantAsync(known, ct) } : v;

@@ -12,7 +12,7 @@ public sealed record ModelCard
 {
     public const string FileName = "sdf_model.json";
 
-    /// <summary>The guidance scale a request that leaves it out gets (not for a guidance-distilled UNet, nor for a few-step sampler, which runs without guidance).</summary>
+    /// <summary>The guidance scale a request that leaves it out gets (a guidance-distilled UNet's embedded one too); not for a few-step sampler on a plain UNet, which runs without guidance.</summary>
     public double? GuidanceScale { get; init; }
 
     /// <summary>The steps a request that leaves them out gets, for every scheduler that is not a few-step sampler.</summary>

@@ -90,7 +90,9 @@ public sealed record ModelProfile
         {
             if (!SchedulerCatalog.TryCreate(row.Name, bundle.Scheduler, out string? why)) { unsupported[row.Name] = why!; continue; }
             int maxSteps = row.MaxSteps(bundle.Scheduler, GenerationRequest.MaxSteps);
-            double guidance = bundle.GuidanceDistilled ? DistilledGuidance : row.FewStep ? row.DefaultGuidance : bundle.Card?.GuidanceScale ?? row.DefaultGuidance;
+            // A few-step sampler on a plain UNet runs without guidance; otherwise the model card's word, else the family's default.
+            double guidance = !bundle.GuidanceDistilled && row.FewStep ? row.DefaultGuidance
+                : bundle.Card?.GuidanceScale ?? (bundle.GuidanceDistilled ? DistilledGuidance : row.DefaultGuidance);
             int steps = row.FewStep ? row.DefaultSteps : bundle.Card?.Steps ?? row.DefaultSteps;
             supported.Add(new GenerationDefaults(row.Name, Math.Min(steps, maxSteps), guidance, maxSteps));
         }
