@@ -11,9 +11,8 @@ public class CalibrationMethodTests
     private static async Task<string> OptimizeAsync(string name, params string[] more)
     {
         string dir = Fixtures.TempDirectory(name);
-        var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(["optimize", "--out", dir, "--quantize", "int8", "--no-fidelity", "--calibration-steps", "10", .. more], new StringWriter(), stderr);
-        Assert.True(code == CliApp.Ok, stderr.ToString());
+        var (code, _, err) = await CliRun.Run(["optimize", "--out", dir, "--quantize", "int8", "--no-fidelity", "--calibration-steps", "10", .. more]);
+        Assert.True(code == CliApp.Ok, err);
         return dir;
     }
 

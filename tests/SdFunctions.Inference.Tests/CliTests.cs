@@ -3,20 +3,13 @@ using System.Text.Json;
 using SdFunctions.Cli;
 using SixLabors.ImageSharp;
 using SixLabors.ImageSharp.PixelFormats;
+using static SdFunctions.Inference.Tests.CliRun;
 
 namespace SdFunctions.Inference.Tests;
 
 /// <summary>The sdf command line, run in-process with captured output.</summary>
 public class CliTests
 {
-    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
-
     private static string TempPng() => Fixtures.TempDirectory("out") + ".png";
 
     [Fact]

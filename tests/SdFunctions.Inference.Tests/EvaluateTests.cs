@@ -3,20 +3,13 @@ using Google.Protobuf;
 using Onnx;
 using SdFunctions.Cli;
 using SixLabors.ImageSharp;
+using static SdFunctions.Inference.Tests.CliRun;
 
 namespace SdFunctions.Inference.Tests;
 
 /// <summary><c>sdf evaluate</c> on the trained tiny-shapes bundle: against itself, against a damaged copy, against its optimized source.</summary>
 public class EvaluateTests
 {
-    private static async Task<(int Code, string Out, string Err)> Run(params string[] args)
-    {
-        var stdout = new StringWriter();
-        var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(args, stdout, stderr);
-        return (code, stdout.ToString(), stderr.ToString());
-    }
-
     private static async Task<(JsonElement Summary, string Out, string Sheet)> Evaluate(string candidate, params string[] more)
     {
         string dir = Fixtures.TempDirectory("evaluate");
@@ -112,12 +105,11 @@ public class ProductionRecipeQualityTests
     public async Task Int8WithTokenMergingKeepsTheJudgesAccuracyNearFp32()
     {
         string dir = Fixtures.TempDirectory("shapes-int8-tome");
-        var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(["optimize", "--out", dir, "--quantize", "int8", "--tome-ratio", "0.4", "--no-fidelity"], new StringWriter(), stderr);
-        Assert.True(code == CliApp.Ok, stderr.ToString());
+        var (code, _, err) = await Run("optimize", "--out", dir, "--quantize", "int8", "--tome-ratio", "0.4", "--no-fidelity");
+        Assert.True(code == CliApp.Ok, err);
         string json = dir + ".json";
-        code = await CliApp.RunAsync(["evaluate", "-m", dir, "--count", "30", "--json", json, "--sheet", dir + ".png"], new StringWriter(), stderr);
-        Assert.True(code == CliApp.Ok, stderr.ToString());
+        (code, _, err) = await Run("evaluate", "-m", dir, "--count", "30", "--json", json, "--sheet", dir + ".png");
+        Assert.True(code == CliApp.Ok, err);
         var s = JsonDocument.Parse(File.ReadAllText(json)).RootElement.GetProperty("summary");
         int fp32 = s.GetProperty("referenceAccuracy").GetProperty("right").GetInt32(), int8 = s.GetProperty("candidateAccuracy").GetProperty("right").GetInt32();
         Assert.True(fp32 >= 25, $"FP32 drew {fp32} of 30 right: the reference itself is broken");

@@ -8,9 +8,8 @@ public class FidelityGateTests
 {
     private static async Task<(int Code, string Err)> Optimize(string output, params string[] more)
     {
-        var stderr = new StringWriter();
-        int code = await CliApp.RunAsync(["optimize", "-m", CliApp.BundledModel, "--out", output, "--tome-ratio", "0.4", "--calibration-steps", "25", .. more], new StringWriter(), stderr);
-        return (code, stderr.ToString());
+        var (code, _, err) = await CliRun.Run(["optimize", "-m", CliApp.BundledModel, "--out", output, "--tome-ratio", "0.4", "--calibration-steps", "25", .. more]);
+        return (code, err);
     }
 
     [Fact]
