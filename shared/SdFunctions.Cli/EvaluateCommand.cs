@@ -11,9 +11,6 @@ namespace SdFunctions.Cli;
 
 public static partial class CliApp
 {
-    /// <summary>The tiny-shapes model was trained for this guidance (its README: at 7.5 the multistep solvers fall apart).</summary>
-    private const double ShapesGuidance = 3.0;
-
     /// <summary>
     /// <c>sdf evaluate</c>: the same prompts × seeds through a reference and a candidate; per image and overall PSNR, SSIM and (for
     /// captions of the shapes grammar) the judge's verdicts; a table on stdout, a contact sheet PNG, optionally JSON.
@@ -31,7 +28,7 @@ public static partial class CliApp
         var firstSeed = new Option<long>("--first-seed") { Description = "The first pair's seed.", DefaultValueFactory = _ => 1000 };
         var scheduler = new Option<string?>("--scheduler") { Description = $"The candidate's scheduler: {string.Join(", ", SchedulerCatalog.Names)}. Default: the bundle's." };
         var steps = new Option<int?>("--steps") { Description = "The candidate's steps. Default: the scheduler's." };
-        var guidance = new Option<double?>("--guidance") { Description = $"Guidance for both. Default: {ShapesGuidance} with the shapes captions (what that model was trained for), else the model's." };
+        var guidance = new Option<double?>("--guidance") { Description = $"Guidance for both. Default: {ShapesCaption.TrainedGuidance} with the shapes captions (what that model was trained for), else the model's." };
         var decoder = new Option<string?>("--decoder") { Description = "The candidate's decoder: full or tiny. Default: the bundle's." };
         var cacheInterval = new Option<int?>("--deep-cache-interval") { Description = "The candidate's DeepCache interval (a bundle made with optimize --deep-cache)." };
         var refScheduler = new Option<string?>("--reference-scheduler") { Description = "The reference's scheduler. Default: the candidate's." };
@@ -57,7 +54,7 @@ public static partial class CliApp
             var candidateRecipe = new GenerationRequest
             {
                 Prompt = promptList[0], NegativePrompt = "", Scheduler = parse.GetValue(scheduler), Steps = parse.GetValue(steps),
-                GuidanceScale = parse.GetValue(guidance) ?? (shapes ? ShapesGuidance : null), Decoder = parse.GetValue(decoder),
+                GuidanceScale = parse.GetValue(guidance) ?? (shapes ? ShapesCaption.TrainedGuidance : null), Decoder = parse.GetValue(decoder),
                 CacheInterval = parse.GetValue(cacheInterval),
             };
             var referenceRecipe = candidateRecipe with

@@ -25,8 +25,8 @@ public sealed record QualityFigures(string Recipe, int Pairs, Accuracy Fp32, Acc
 /// </summary>
 public sealed class BenchQuality(string shapesBundle, string? fewStepBundle, string work, int pairs, IProgress<string> progress)
 {
-    /// <summary>The trained model's guidance (its card's): at the rows' own 7.5 its multistep solvers fall apart, FP32 included.</summary>
-    public const double Guidance = 3.0;
+    /// <summary>The trained model's guidance: at the rows' own 7.5 its multistep solvers fall apart, FP32 included.</summary>
+    public const double Guidance = ShapesCaption.TrainedGuidance;
 
     /// <summary>The recipe the variant rows are judged with: the 20-step DPM++ run their UNet step is timed in.</summary>
     public static GenerationRequest VariantRecipe => new() { Prompt = "", Scheduler = "dpmpp-2m", Steps = 20, GuidanceScale = Guidance };

@@ -16,6 +16,9 @@ public sealed record ShapesCaption(string Colour, string Shape, string Backgroun
 
     public static readonly IReadOnlyList<string> Shapes = ["circle", "square", "triangle"];
 
+    /// <summary>The guidance the tiny-shapes models were trained for (their README: at SD's 7.5 the multistep solvers fall apart).</summary>
+    public const double TrainedGuidance = 3.0;
+
     /// <summary>Every caption of the grammar: colour, then shape, then background, each in list order.</summary>
     public static readonly IReadOnlyList<ShapesCaption> All =
     [
