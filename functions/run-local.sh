@@ -38,7 +38,7 @@ trap "exit 130" INT TERM # so Ctrl+C and SIGTERM run stop_all too
 if ! (exec 3<>/dev/tcp/127.0.0.1/10001) 2>/dev/null; then
   (cd "$root/tests/azurite" && [ -d node_modules ] || npm ci --no-audit --no-fund --silent)
   mkdir -p "$root/tests/azurite/data"
-  "$root/tests/azurite/node_modules/.bin/azurite" --silent --skipApiVersionCheck --location "$root/tests/azurite/data" \
+  "$root/tests/azurite/node_modules/.bin/azurite" --silent --skipApiVersionCheck --disableTelemetry --location "$root/tests/azurite/data" \
     --blobHost 127.0.0.1 --queueHost 127.0.0.1 --tableHost 127.0.0.1 &
   azurite_pid=$!
   for _ in $(seq 1 50); do (exec 3<>/dev/tcp/127.0.0.1/10001) 2>/dev/null && break; sleep 0.2; done

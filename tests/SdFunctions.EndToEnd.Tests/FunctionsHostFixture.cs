@@ -179,7 +179,7 @@ public class FunctionsHostFixture : IAsyncLifetime
         (_blobPort, _queuePort, _tablePort) = (FreePort(), FreePort(), FreePort());
         _azurite = Process.Start(new ProcessStartInfo(azurite,
         [
-            "--silent", "--skipApiVersionCheck", "--location", Path.Combine(_work, "azurite"),
+            "--silent", "--skipApiVersionCheck", "--disableTelemetry", "--location", Path.Combine(_work, "azurite"),
             "--blobHost", "127.0.0.1", "--blobPort", $"{_blobPort}", "--queueHost", "127.0.0.1", "--queuePort", $"{_queuePort}",
             "--tableHost", "127.0.0.1", "--tablePort", $"{_tablePort}",
         ]) { RedirectStandardOutput = true, RedirectStandardError = true })!;

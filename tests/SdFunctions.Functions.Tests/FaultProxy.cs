@@ -119,15 +119,10 @@ public sealed class FaultProxy : IAsyncDisposable
 /// <summary>Azurite behind two fault proxies (blob and queue), and the connection string that goes through them.</summary>
 public sealed class FaultyStorage : IAsyncDisposable
 {
-    // Azurite's published development account key (not a secret).
-    private const string DevKey = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw==";
+    public FaultProxy Blobs { get; } = new(AzuriteFixture.BlobPort);
+    public FaultProxy Queues { get; } = new(AzuriteFixture.QueuePort);
 
-    public FaultProxy Blobs { get; } = new(10000);
-    public FaultProxy Queues { get; } = new(10001);
-
-    public string ConnectionString =>
-        $"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DevKey};" +
-        $"BlobEndpoint=http://127.0.0.1:{Blobs.Port}/devstoreaccount1;QueueEndpoint=http://127.0.0.1:{Queues.Port}/devstoreaccount1;";
+    public string ConnectionString => AzuriteFixture.ConnectionStringFor(Blobs.Port, Queues.Port);
 
     /// <summary>
     /// Test app settings: storage through the proxies, two quick retries (a pooled connection that Azurite closed when idle
