@@ -57,7 +57,7 @@ public static partial class CliApp
         var parsed = root.Parse(args);
         if (parsed.Errors.Count > 0)
         {
-            stderr.WriteLine($"sdf: {string.Join("; ", parsed.Errors.Select(e => InUserWords(e.Message)))} (see sdf --help)");
+            stderr.WriteLine($"sdf: {ParseErrors(parsed)} (see sdf --help)");
             return BadInput;
         }
         try
@@ -68,7 +68,7 @@ public static partial class CliApp
         catch (InvalidGenerationRequestException e)
         {
             string option = e.ParamName is { } p && OptionOf.TryGetValue(p, out string? o) ? o : e.ParamName ?? "request";
-            return Fail(stderr, $"{option}: {WithoutParameter(e)}", BadInput);
+            return Fail(stderr, $"{option}: {InOptionWords(WithoutParameter(e))}", BadInput);
         }
         catch (CliUsageException e) { return Fail(stderr, e.Message, BadInput); }
         catch (ArgumentException e) { return Fail(stderr, WithoutParameter(e), BadInput); }
@@ -95,6 +95,44 @@ public static partial class CliApp
     // ArgumentException appends " (Parameter 'x')" to its text: a .NET detail, not the user's.
     private static string WithoutParameter(ArgumentException e) =>
         e.ParamName is { } p ? e.Message.Replace($" (Parameter '{p}')", "", StringComparison.Ordinal) : e.Message;
+
+    /// <summary>
+    /// The parser's errors for a person: an unknown option is named once with the nearest real one (its value, also unmatched,
+    /// is not a second error); otherwise every error in user words.
+    /// </summary>
+    internal static string ParseErrors(ParseResult parsed)
+    {
+        if (parsed.UnmatchedTokens.FirstOrDefault(t => t.StartsWith('-')) is { } unknown)
+        {
+            var names = parsed.CommandResult.Command.Options.SelectMany(o => o.Aliases.Prepend(o.Name)).Where(n => n.StartsWith("--")).Distinct();
+            string? nearest = names.MinBy(n => EditDistance(n, unknown));
+            return nearest is not null && EditDistance(nearest, unknown) <= Math.Max(2, unknown.Length / 3)
+                ? $"unknown option {unknown}; did you mean {nearest}?" : $"unknown option {unknown}";
+        }
+        return string.Join("; ", parsed.Errors.Select(e => InUserWords(e.Message)));
+    }
+
+    private static int EditDistance(string a, string b)
+    {
+        var row = Enumerable.Range(0, b.Length + 1).ToArray();
+        for (int i = 1; i <= a.Length; i++)
+        {
+            int diagonal = row[0];
+            row[0] = i;
+            for (int j = 1; j <= b.Length; j++)
+            {
+                int above = row[j];
+                row[j] = Math.Min(Math.Min(row[j] + 1, row[j - 1] + 1), diagonal + (a[i - 1] == b[j - 1] ? 0 : 1));
+                diagonal = above;
+            }
+        }
+        return row[b.Length];
+    }
+
+    /// <summary>A request rule's text names the API's fields (cacheInterval); on the command line the option is what the user typed.</summary>
+    private static string InOptionWords(string reason) =>
+        OptionOf.Where(kv => kv.Key.Any(char.IsUpper)) // camelCase names only: "steps" or "seed" are also plain words
+            .Aggregate(reason, (text, kv) => System.Text.RegularExpressions.Regex.Replace(text, $@"\b{kv.Key}\b", kv.Value));
 
     /// <summary>System.CommandLine names .NET types in its parse errors ("System.Nullable`1[System.Int64]"); say what is expected instead.</summary>
     internal static string InUserWords(string message) =>

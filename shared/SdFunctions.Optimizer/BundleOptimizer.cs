@@ -173,9 +173,9 @@ public static class BundleOptimizer
             throw new ArgumentException($"Width and height must be positive multiples of {multiple}; got {width}×{height}.");
         string destination = Path.GetFullPath(options.OutputDirectory);
         if (Directory.Exists(destination) && Directory.EnumerateFileSystemEntries(destination).Any())
-            throw new IOException($"{destination} exists and is not empty; choose a new folder for the optimized bundle.");
+            throw new IOException($"--out: {destination} exists and is not empty; choose a new folder for the optimized bundle.");
         if (destination.StartsWith(bundle.Directory + Path.DirectorySeparatorChar, StringComparison.Ordinal) || destination == bundle.Directory)
-            throw new IOException($"{destination} is inside the source bundle; choose a folder outside it.");
+            throw new IOException($"--out: {destination} is inside the source bundle; choose a folder outside it.");
 
         // The cut is checked on the source graph before any work (the rewrites keep the names it is found by).
         if (options.DeepCache) DeepCacheSplitter.FeatureTensor((await ModelFiles.ReadAsync(bundle.Unet.Path, ct)).Graph, options.DeepCacheBranch);

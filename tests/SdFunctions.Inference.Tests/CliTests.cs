@@ -152,6 +152,8 @@ public class CliTests
     public static TheoryData<string, string[], int, string> MistakesInTheUsersWords()
     {
         string folder = Directory.CreateDirectory(Fixtures.TempDirectory("out-folder")).FullName;
+        string folderWithAFile = Directory.CreateDirectory(Fixtures.TempDirectory("full-folder")).FullName;
+        File.WriteAllText(Path.Combine(folderWithAFile, "keep.txt"), "x");
         string nanLatents = Fixtures.TempDirectory("nan") + ".bin";
         var values = new float[4 * 32 * 32];
         values[7] = float.NaN;
@@ -169,7 +171,9 @@ public class CliTests
             { "out is a folder", Generate("--out", folder), CliApp.BadInput, "is a folder" },
             { "out cannot be written", Generate("--out", "/proc/sdf-test.png"), CliApp.BadInput, "--out: /proc/sdf-test.png cannot be written" },
             { "non-finite latents", Generate("--latents", nanLatents, "--out", TempPng()), CliApp.BadInput, "holds a non-finite value (NaN) at float 7" },
-            { "deep cache on a model without its graphs", Generate("--deep-cache-interval", "3", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: This model has no DeepCache graphs" },
+            { "deep cache on a model without its graphs", Generate("--deep-cache-interval", "3", "--out", TempPng()), CliApp.BadInput, "or leave --deep-cache-interval at 1" }, // the option, not the API's cacheInterval
+            { "misspelled option", Generate("--stepz", "3", "--out", TempPng()), CliApp.BadInput, "sdf: unknown option --stepz; did you mean --steps? (see sdf --help)" },
+            { "optimize into a full folder", ["optimize", "--model", Fixtures.TinySd, "--out", folderWithAFile], CliApp.Failed, "sdf: --out: " },
             { "deep cache interval out of range", Generate("--deep-cache-interval", "0", "--out", TempPng()), CliApp.BadInput, "--deep-cache-interval: From 1 (off) to 20." },
             { "memory budget without a size", Generate("--memory-budget", "lots", "--out", TempPng()), CliApp.BadInput, "--memory-budget: 'lots' is not a positive size" },
             { "deep cache branch past the UNet", ["optimize", "--model", Fixtures.TinySd, "--out", Fixtures.TempDirectory("opt"), "--deep-cache", "--deep-cache-branch", "12"], CliApp.BadInput, "--deep-cache-branch must be from 0 to 11" },
@@ -266,8 +270,8 @@ public class CliTests
         Directory.CreateDirectory(Path.GetDirectoryName(output)!);
         string[] args = ["optimize", "--model", Fixtures.TinySd, "--out", output, "--quantize", "int8", "--calibration-steps", "20"];
         using var cancel = new CancellationTokenSource();
-        var stderr = new StringWriter();
-        var run = CliApp.RunAsync(args, new StringWriter(), stderr, cancel.Token);
+        var stderr = new SharedWriter(); // read below while the run writes it
+        var run = CliApp.RunAsync(args, new SharedWriter(), stderr, cancel.Token);
         while (!stderr.ToString().Contains("calibrat") && !run.IsCompleted) await Task.Delay(20); // well into the run
         await cancel.CancelAsync();
         Assert.Equal(CliApp.Canceled, await run);
