@@ -6,8 +6,8 @@ namespace SdFunctions.Jobs.Webhooks;
 /// <summary>
 /// Where webhooks may go. A client names the URL, so the service must not become a way into its own network (SSRF): https only
 /// (http to a loopback address only when <see cref="WebhookOptions.AllowHttpLoopback"/> is on, for tests and local runs), and never an
-/// address that is private, loopback, link-local (the cloud metadata endpoint 169.254.169.254), shared (CGNAT), multicast or
-/// unspecified — checked on the addresses the name resolves to at connect time (<see cref="ConnectAsync"/>), so a name that
+/// address in <see cref="RefusedRanges"/> (private, loopback, link-local and the cloud metadata endpoint, Azure's platform
+/// address, shared (CGNAT), multicast, reserved, and IPv6 forms that embed an IPv4 address) — checked on the addresses the name resolves to at connect time (<see cref="ConnectAsync"/>), so a name that
 /// resolves differently later (DNS rebinding) is caught too.
 /// </summary>
 public static class OutboundAddress
@@ -28,29 +28,50 @@ public static class OutboundAddress
     private static bool IsLoopbackHost(Uri uri) =>
         uri.IsLoopback || (IPAddress.TryParse(uri.DnsSafeHost, out var a) && IPAddress.IsLoopback(a));
 
+    /// <summary>
+    /// Every range webhooks never go to, in one place, with why. IPv6 forms that carry an IPv4 address (IPv4-compatible,
+    /// NAT64, 6to4, Teredo) are refused whole: through a translator they reach any IPv4 address, private ones included.
+    /// IPv4-mapped addresses (::ffff:a.b.c.d) are checked as the IPv4 address they are.
+    /// </summary>
+    public static readonly IReadOnlyList<(IPNetwork Range, string Why)> RefusedRanges =
+    [
+        (IPNetwork.Parse("0.0.0.0/8"), "\"this network\""),
+        (IPNetwork.Parse("10.0.0.0/8"), "private"),
+        (IPNetwork.Parse("100.64.0.0/10"), "shared address space (CGNAT)"),
+        (IPNetwork.Parse("168.63.129.16/32"), "Azure's platform address (WireServer, DNS, health probes)"),
+        (IPNetwork.Parse("169.254.0.0/16"), "link-local (the cloud metadata endpoint)"),
+        (IPNetwork.Parse("172.16.0.0/12"), "private"),
+        (IPNetwork.Parse("192.0.0.0/24"), "IETF protocol assignments"),
+        (IPNetwork.Parse("192.0.2.0/24"), "documentation"),
+        (IPNetwork.Parse("192.88.99.0/24"), "6to4 relay anycast"),
+        (IPNetwork.Parse("192.168.0.0/16"), "private"),
+        (IPNetwork.Parse("198.18.0.0/15"), "benchmarking"),
+        (IPNetwork.Parse("198.51.100.0/24"), "documentation"),
+        (IPNetwork.Parse("203.0.113.0/24"), "documentation"),
+        (IPNetwork.Parse("224.0.0.0/3"), "multicast or reserved"),
+        (IPNetwork.Parse("::/96"), "unspecified or IPv4-compatible (an IPv4 address inside IPv6)"),
+        (IPNetwork.Parse("64:ff9b::/96"), "NAT64 (an IPv4 address inside IPv6)"),
+        (IPNetwork.Parse("64:ff9b:1::/48"), "local NAT64 (an IPv4 address inside IPv6)"),
+        (IPNetwork.Parse("100::/64"), "discard-only"),
+        (IPNetwork.Parse("2001::/32"), "Teredo (an IPv4 address inside IPv6)"),
+        (IPNetwork.Parse("2001:db8::/32"), "documentation"),
+        (IPNetwork.Parse("2002::/16"), "6to4 (an IPv4 address inside IPv6)"),
+        (IPNetwork.Parse("fc00::/7"), "unique local (private)"),
+        (IPNetwork.Parse("fe80::/10"), "link-local"),
+        (IPNetwork.Parse("fec0::/10"), "site-local (private)"),
+        (IPNetwork.Parse("ff00::/8"), "multicast"),
+    ];
+
     /// <summary>Why an address may not be connected to (null: it may). Loopback only when allowed.</summary>
     public static string? RefuseAddress(IPAddress address, bool allowLoopback)
     {
         if (address.IsIPv4MappedToIPv6) address = address.MapToIPv4();
         if (IPAddress.IsLoopback(address)) return allowLoopback ? null : "It resolves to a loopback address.";
-        if (address.AddressFamily == AddressFamily.InterNetwork)
-        {
-            byte[] b = address.GetAddressBytes();
-            bool refused = b[0] is 0 or 10 or >= 224 // this network, private, multicast and reserved
-                || (b[0] == 100 && b[1] >= 64 && b[1] < 128) // shared address space (CGNAT)
-                || (b[0] == 169 && b[1] == 254) // link-local, the metadata endpoint
-                || (b[0] == 172 && b[1] >= 16 && b[1] < 32) || (b[0] == 192 && b[1] == 168) // private
-                || (b[0] == 192 && b[1] == 0 && b[2] == 0) || (b[0] == 198 && b[1] is 18 or 19); // IETF protocol, benchmarking
-            return refused ? $"It resolves to {address}, a private, link-local or reserved address." : null;
-        }
-        if (address.AddressFamily == AddressFamily.InterNetworkV6)
-        {
-            byte[] b = address.GetAddressBytes();
-            bool refused = address.IsIPv6LinkLocal || address.IsIPv6SiteLocal || address.IsIPv6Multicast || address.Equals(IPAddress.IPv6Any)
-                || (b[0] & 0xFE) == 0xFC; // unique local fc00::/7
-            return refused ? $"It resolves to {address}, a private, link-local or reserved address." : null;
-        }
-        return $"It resolves to {address}, which is not an IP address webhooks are sent to.";
+        if (address.AddressFamily is not (AddressFamily.InterNetwork or AddressFamily.InterNetworkV6))
+            return $"It resolves to {address}, which is not an IP address webhooks are sent to.";
+        foreach (var (range, why) in RefusedRanges)
+            if (range.Contains(address)) return $"It resolves to {address}, a {why} address ({range}).";
+        return null;
     }
 
     /// <summary>
