@@ -21,7 +21,7 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
     [Function("SubmitGeneration")]
     public async Task<IActionResult> Submit(
         [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct) =>
-        await HttpResults.HandleAsync(req, logger, async () =>
+        await HttpResults.HandleAsync(req, logger, options.Value.HttpTimeBudget, ct, async budget =>
         {
             bool multipart = req.ContentType is { Length: > 0 } type && IsMultipart(type);
             if (req.ContentType is { Length: > 0 } contentType && !multipart && !IsJson(contentType))
@@ -45,7 +45,7 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
                 if (body is null) return TooLarge(req);
             }
 
-            var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), ct, Caller(req), upload);
+            var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), budget.Token, Caller(req), upload);
             req.HttpContext.Response.Headers.Location = HttpResults.JobUrl(req, job.Id);
             req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(JobResource.From(job, null), StatusCodes.Status202Accepted);
@@ -54,9 +54,9 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
     [Function("GetGeneration")]
     public async Task<IActionResult> Get(
         [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}")] HttpRequest req, string id, CancellationToken ct) =>
-        await HttpResults.HandleAsync(req, logger, async () =>
+        await HttpResults.HandleAsync(req, logger, options.Value.HttpTimeBudget, ct, async budget =>
         {
-            var job = await service.GetResourceAsync(id, HttpResults.JobUrl(req, id) + "/image", ct);
+            var job = await service.GetResourceAsync(id, HttpResults.JobUrl(req, id) + "/image", budget.Token);
             if (job.Status is JobStatus.Queued or JobStatus.Running) req.HttpContext.Response.Headers.RetryAfter = RetryAfterSeconds;
             return HttpResults.Json(job);
         });
@@ -64,7 +64,7 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
     [Function("GetGenerationImage")]
     public async Task<IActionResult> GetImage(
         [HttpTrigger(AuthorizationLevel.Function, "get", Route = "generations/{id}/image")] HttpRequest req, string id, CancellationToken ct) =>
-        await HttpResults.HandleAsync(req, logger, async () =>
+        await HttpResults.HandleAsync(req, logger, options.Value.HttpTimeBudget, ct, async budget =>
         {
             string? indexText = req.Query["index"].FirstOrDefault();
             if (req.Query["index"].Count > 1 || (indexText is not null && !(int.TryParse(indexText, System.Globalization.NumberStyles.None, null, out _))))
@@ -73,16 +73,16 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
                     Type = ProblemTypes.Validation, Title = "Invalid request", Status = 400, Detail = "index is the image's number: a whole number from 0, given once.",
                     Errors = new Dictionary<string, string[]> { ["index"] = ["A whole number from 0."] },
                 }, req);
-            var image = await service.GetImageAsync(id, indexText is null ? 0 : int.Parse(indexText, System.Globalization.CultureInfo.InvariantCulture), ct);
+            var image = await service.GetImageAsync(id, indexText is null ? 0 : int.Parse(indexText, System.Globalization.CultureInfo.InvariantCulture), budget.Token);
             return new FileContentResult(image.File.ToArray(), image.ContentType) { FileDownloadName = image.FileName };
         });
 
     [Function("CancelGeneration")]
     public async Task<IActionResult> Cancel(
         [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations/{id}/cancel")] HttpRequest req, string id, CancellationToken ct) =>
-        await HttpResults.HandleAsync(req, logger, async () =>
+        await HttpResults.HandleAsync(req, logger, options.Value.HttpTimeBudget, ct, async budget =>
         {
-            var job = await service.CancelAsync(id, ct);
+            var job = await service.CancelAsync(id, budget.Token);
             // Queued: canceled now (200). Running: the worker stops at its next check (202).
             return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
         });
@@ -96,25 +96,38 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
     private static bool IsMultipart(string contentType) =>
         MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase);
 
-    // The whole form within the body bound; null when it is larger. A form that does not parse is a 400.
+    private const int MaxFormParts = 8, MaxPartHeaderBytes = 16 * 1024;
+
+    // The whole form within the body bound; null when it is larger. A form that does not parse is a 400 in our words (the
+    // reader's own, "Unexpected end of Stream, the content may have already been read by another component", help no one).
     private async Task<IFormCollection?> ReadFormAsync(HttpRequest req, CancellationToken ct)
     {
         try
         {
             return await req.ReadFormAsync(new FormOptions
             {
-                MultipartBodyLengthLimit = MaxBodyBytes, ValueLengthLimit = options.Value.MaxRequestBytes, ValueCountLimit = 8,
-                MultipartHeadersLengthLimit = 16 * 1024, BufferBodyLengthLimit = MaxBodyBytes,
+                MultipartBodyLengthLimit = MaxBodyBytes, ValueLengthLimit = options.Value.MaxRequestBytes, ValueCountLimit = MaxFormParts,
+                MultipartHeadersLengthLimit = MaxPartHeaderBytes, BufferBodyLengthLimit = MaxBodyBytes,
             }, ct);
         }
-        catch (InvalidDataException e) when (e.Message.Contains("limit", StringComparison.OrdinalIgnoreCase)) { return null; }
+        catch (InvalidDataException e) when (e.Message.Contains("count limit", StringComparison.OrdinalIgnoreCase))
+        {
+            throw Malformed($"A multipart request has at most {MaxFormParts} parts: a '{MultipartRequest.RequestPart}' part (JSON) and an '{MultipartRequest.ImagePart}' part.");
+        }
+        catch (InvalidDataException e) when (e.Message.Contains("headers length limit", StringComparison.OrdinalIgnoreCase) || e.Message.Contains("Line length limit", StringComparison.OrdinalIgnoreCase))
+        {
+            throw Malformed($"A part's headers may hold at most {MaxPartHeaderBytes / 1024} KB.");
+        }
+        catch (InvalidDataException e) when (e.Message.Contains("limit", StringComparison.OrdinalIgnoreCase)) { return null; } // the body or a value is too large
         catch (Exception e) when (e is InvalidDataException or IOException)
         {
-            throw new ProblemException(new Problem
-            {
-                Type = ProblemTypes.MalformedJson, Title = "Malformed request", Status = 400, Detail = $"The multipart body could not be read ({e.Message.TrimEnd('.')}).",
-            });
+            throw Malformed("The multipart body could not be read: it is malformed, or ends before its closing boundary.");
         }
+
+        static ProblemException Malformed(string detail) => new(new Problem
+        {
+            Type = ProblemTypes.MalformedJson, Title = "Malformed request", Status = 400, Detail = detail,
+        });
     }
 
     // application/json exactly (any case), with no charset or UTF-8: JSON is UTF-8 (RFC 8259).

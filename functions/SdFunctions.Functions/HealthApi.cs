@@ -9,19 +9,23 @@ using SdFunctions.Jobs;
 namespace SdFunctions.Functions;
 
 /// <summary>
-/// GET /api/health (anonymous): what this instance runs. Never loads the model, never shows settings. The model's
-/// fields come from its profile (<see cref="ModelProfiles"/>), known before this instance loads it; null while it cannot be read.
+/// GET /api/health (anonymous): whether this instance can run jobs and what it runs. 200 with status ok; 503 with status
+/// unavailable when the triggers' queue does not answer or exist, or the model failed to load (each check says why and since
+/// when), so a monitor sees a deployment that would accept jobs and never finish them. Never loads the model, never shows
+/// settings. The model's fields come from its profile (<see cref="ModelProfiles"/>), known before this instance loads it.
 /// </summary>
-public sealed class HealthApi(PipelineHolder pipelines, ModelProfiles profiles, IOptions<JobsOptions> jobs)
+public sealed class HealthApi(PipelineHolder pipelines, ModelProfiles profiles, ServiceHealth health, IOptions<JobsOptions> jobs)
 {
     [Function("Health")]
     public async Task<IActionResult> Run([HttpTrigger(AuthorizationLevel.Anonymous, "get", Route = "health")] HttpRequest req)
     {
         var pipeline = pipelines.Loaded;
         var profile = pipeline?.Profile ?? await profiles.GetAsync(req.HttpContext.RequestAborted);
+        var report = await health.CheckAsync(req.HttpContext.RequestAborted);
         return HttpResults.Json(new
         {
-            Status = "ok",
+            Status = report.IsHealthy ? HealthCheck.Ok : HealthCheck.Unavailable,
+            Checks = report,
             ModelLoaded = pipeline is not null,
             Model = profile?.Model,
             Family = profile?.Family,
@@ -43,6 +47,6 @@ public sealed class HealthApi(PipelineHolder pipelines, ModelProfiles profiles, 
             OnnxRuntime = OnnxSessionFactory.OrtVersion,
             Cpu = new { CpuInfo.Model, CpuInfo.PhysicalCores, Avx512Vnni = CpuInfo.Avx512Vnni, Features = CpuInfo.FeatureSummary },
             InstanceId = JobUsage.CurrentInstanceId,
-        });
+        }, report.IsHealthy ? StatusCodes.Status200OK : StatusCodes.Status503ServiceUnavailable);
     }
 }

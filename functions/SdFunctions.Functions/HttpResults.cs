@@ -29,15 +29,22 @@ internal static class HttpResults
     }
 
     /// <summary>
-    /// Runs a function body and turns refusals into their problem, storage outages and timeouts into a 503 problem (with
-    /// Retry-After) and anything else into a 500 problem that names only a correlation id, so that every error a client
-    /// sees is application/problem+json and none shows our internals.
+    /// Runs a function body and turns refusals into their problem, storage outages and timeouts (the SDK's, or the request's
+    /// <paramref name="storageBudget"/> running out) into a 503 problem (with Retry-After) and anything else into a 500 problem
+    /// that names only a correlation id, so that every error a client sees is application/problem+json and none shows our internals.
     /// </summary>
-    public static async Task<IActionResult> HandleAsync(HttpRequest request, ILogger logger, Func<Task<IActionResult>> body)
+    public static async Task<IActionResult> HandleAsync(HttpRequest request, ILogger logger, TimeSpan storageBudget, CancellationToken ct,
+        Func<TimeBudget, Task<IActionResult>> body)
     {
+        using var budget = new TimeBudget(storageBudget, ct, request.HttpContext.RequestAborted);
         try
         {
-            return await body();
+            return await body(budget);
+        }
+        catch (OperationCanceledException e) when (budget.Expired)
+        {
+            logger.LogError(e, "Storage did not answer {Method} {Path} within {Seconds} s", request.Method, request.Path, storageBudget.TotalSeconds);
+            return Problem(ServerProblems.Unavailable($"Storage did not answer within {storageBudget.TotalSeconds:0} s; try again shortly."), request);
         }
         catch (ProblemException e)
         {
@@ -48,7 +55,7 @@ internal static class HttpResults
             logger.LogError(e, "Storage failed while serving {Method} {Path}", request.Method, request.Path);
             return Problem(ServerProblems.Unavailable("Storage is not reachable right now; try again shortly."), request);
         }
-        catch (OperationCanceledException) when (request.HttpContext.RequestAborted.IsCancellationRequested)
+        catch (OperationCanceledException) when (request.HttpContext.RequestAborted.IsCancellationRequested || ct.IsCancellationRequested)
         {
             throw; // the client went away: there is no one to answer
         }
@@ -64,4 +71,32 @@ internal static class HttpResults
     public static string BaseUrl(HttpRequest request) => $"{request.Scheme}://{request.Host}{request.PathBase}";
 
     public static string JobUrl(HttpRequest request, string id) => $"{BaseUrl(request)}/api/generations/{id}";
+}
+
+/// <summary>
+/// The time an HTTP request may spend on storage (Jobs:HttpTimeBudget), counted from its first use (after the body is read, so
+/// a slow upload does not spend it), or the client going away, whichever comes first. Each function's storage calls take
+/// <see cref="Token"/>: a black-holed store answers 503 within the budget instead of after the SDK's retries (minutes).
+/// </summary>
+internal sealed class TimeBudget(TimeSpan limit, CancellationToken hostStopping, CancellationToken clientGone) : IDisposable
+{
+    private CancellationTokenSource? _source;
+
+    public CancellationToken Token
+    {
+        get
+        {
+            if (_source is null)
+            {
+                _source = CancellationTokenSource.CreateLinkedTokenSource(hostStopping, clientGone);
+                _source.CancelAfter(limit);
+            }
+            return _source.Token;
+        }
+    }
+
+    /// <summary>The budget ran out (not the client nor the host).</summary>
+    public bool Expired => _source is { IsCancellationRequested: true } && !hostStopping.IsCancellationRequested && !clientGone.IsCancellationRequested;
+
+    public void Dispose() => _source?.Dispose();
 }

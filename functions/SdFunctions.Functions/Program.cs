@@ -1,5 +1,6 @@
 using Microsoft.Azure.Functions.Worker.Builder;
 using Microsoft.Extensions.Hosting;
+using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SdFunctions.Functions;
 using SdFunctions.Jobs;
@@ -8,9 +9,13 @@ try
 {
     var builder = FunctionsApplication.CreateBuilder(args);
     builder.ConfigureFunctionsWebApplication();
-    builder.Services.AddGenerationJobs(builder.Configuration);
+    // The SDK logs every storage request at Information: an idle app would fill the console and the log bill.
+    builder.Logging.AddFilter("Azure.Core", LogLevel.Warning);
+    builder.Services.AddGenerationJobs(builder.Configuration).RequireTriggerQueues();
     builder.Services.AddGenerationTelemetry(builder.Configuration);
-    builder.Build().Run();
+    var app = builder.Build();
+    SettingsValidation.ValidateAll(app.Services); // before the host indexes the functions: a bad setting stops the app at once
+    app.Run();
     return 0;
 }
 catch (Exception e) when (e is SettingsException or OptionsValidationException)

@@ -218,7 +218,12 @@ public sealed class GenerationService(JobStore store, JobTransitions transitions
             throw new ProblemException(new Problem
             {
                 Type = ProblemTypes.NotFinished, Title = "Image not ready", Status = 409,
-                Detail = $"Job {id} is {job.Status.ToString().ToLowerInvariant()}; its image exists once it has succeeded.",
+                Detail = job.Status switch
+                {
+                    JobStatus.Canceled => $"Job {id} was canceled: it has no image.",
+                    JobStatus.Failed => $"Job {id} failed: it has no image (its error says why).",
+                    _ => $"Job {id} is {job.Status.ToString().ToLowerInvariant()}; its image exists once it has succeeded.",
+                },
             });
         var file = await images.DownloadAsync(id, index, job.Input.OutputFormat, ct) ?? throw NotFound(id);
         return new ImageDownload(file, ImageFile.ContentType(job.Input.OutputFormat), ImageStore.BlobName(id, index, job.Input.OutputFormat));

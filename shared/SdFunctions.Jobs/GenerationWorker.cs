@@ -67,9 +67,15 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
         try
         {
             var generated = await GenerateAsync(run, reporter);
-            await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
             run.Token.ThrowIfCancellationRequested(); // a stop that came after the last step
-            return await PublishAsync(run, generated, ct);
+            // From here the images exist only in this process: storage errors are retried for a while, not turned into a rerun.
+            run.Phase = JobProgress.Publishing;
+            var publish = new PublishWindow(run.Job.Id, time.GetUtcNow() + Options.PublishRetryWindow, time, logger);
+            var uploaded = await UploadAsync(run, generated, publish, ct);
+            await StopMonitorAsync(); // before the outcome is written, so nothing else writes the record meanwhile
+            if (uploaded is null) return RunOutcome.LostOwnership;
+            run.Token.ThrowIfCancellationRequested(); // canceled while it uploaded
+            return await CompleteAsync(run, generated, uploaded.Value, publish, ct);
         }
         catch (Exception e)
         {
@@ -92,7 +98,11 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
     {
         bool wasLoaded = pipelines.IsLoaded;
         var loadWatch = Stopwatch.StartNew();
-        var pipeline = await pipelines.GetAsync(run.Token);
+        run.Phase = JobProgress.Loading;
+        StableDiffusionPipeline pipeline;
+        try { pipeline = await pipelines.GetAsync(run.Token); }
+        catch (Exception e) when (e is not OperationCanceledException) { throw new ModelLoadException(e); }
+        run.Phase = JobProgress.Generating;
         double loadSeconds = wasLoaded ? 0 : loadWatch.Elapsed.TotalSeconds;
         var input = run.Job.Input;
         var initImage = await LoadInitImageAsync(run.Job, run.Token);
@@ -111,30 +121,72 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
         return new Generated(pipeline.Bundle.Name, results, loadSeconds);
     }
 
-    /// <summary>Encodes and uploads the images (not for a job finished or taken over meanwhile), then completes the job.</summary>
-    private async Task<RunOutcome> PublishAsync(Run run, Generated generated, CancellationToken ct)
+    /// <summary>
+    /// Encodes and uploads the images, unless the job was finished or taken over meanwhile (null then); how long the upload took.
+    /// The monitor still runs: the heartbeat goes on while an outage is waited out.
+    /// </summary>
+    private async Task<TimeSpan?> UploadAsync(Run run, Generated generated, PublishWindow window, CancellationToken ct)
     {
         var (id, input, results) = (run.Job.Id, run.Job.Input, generated.Results);
         var files = new List<byte[]>(results.Count);
         foreach (var result in results)
             files.Add(await result.EncodeAsync(input.OutputFormat, input.Quality, GenerationParameters.Format(input.Prompt, input.NegativePrompt, result, generated.Model), ct));
-        if (await store.GetAsync(id, ct) is not { } current || !transitions.IsOwnedBy(current, run.Owner))
+        if (await window.RetryAsync(() => store.GetAsync(id, ct), "reading the job", ct) is not { } current || !transitions.IsOwnedBy(current, run.Owner))
         {
             logger.LogWarning("Job {JobId} was finished or taken over during this run; its image is not written", id);
-            return RunOutcome.LostOwnership;
+            return null;
         }
         var uploadWatch = Stopwatch.StartNew();
         using (JobsTelemetry.StartUpload()?.SetTag("sdf.image.bytes", files.Sum(f => f.Length)).SetTag("sdf.images", files.Count))
         {
             for (int k = 0; k < files.Count; k++)
-                await images.UploadAsync(id, k, input.OutputFormat, files[k], ImageMetadata(input, results[k], generated.Model), ct);
+            {
+                int index = k;
+                await window.RetryAsync(async () =>
+                {
+                    await images.UploadAsync(id, index, input.OutputFormat, files[index], ImageMetadata(input, results[index], generated.Model), ct);
+                    return true;
+                }, $"uploading image {index}", ct);
+            }
         }
-        int iterations = results.Sum(r => r.Timings.Steps.Count);
-        var output = Output(run, generated, uploadWatch.Elapsed);
-        if (!await transitions.CompleteAsync(id, run.Owner, output, new JobProgress(iterations, iterations, output.Steps), run.Usage!.Stop(billable: true), ct))
+        return uploadWatch.Elapsed;
+    }
+
+    /// <summary>Records the job as succeeded (retried through an outage within the same window as the upload).</summary>
+    private async Task<RunOutcome> CompleteAsync(Run run, Generated generated, TimeSpan upload, PublishWindow window, CancellationToken ct)
+    {
+        string id = run.Job.Id;
+        int iterations = generated.Results.Sum(r => r.Timings.Steps.Count);
+        var output = Output(run, generated, upload);
+        var usage = run.Usage!.Stop(billable: true);
+        if (!await window.RetryAsync(() => transitions.CompleteAsync(id, run.Owner, output, new JobProgress(iterations, iterations, output.Steps), usage, ct),
+                "recording the outcome", ct))
             return RunOutcome.LostOwnership;
         logger.LogInformation("Job {JobId} succeeded in {Seconds:F1} s", id, run.Elapsed.TotalSeconds);
         return RunOutcome.Succeeded;
+    }
+
+    /// <summary>
+    /// The time a finished run keeps trying to publish (<see cref="JobsOptions.PublishRetryWindow"/>): a storage step that fails with
+    /// an outage is tried again after 0.5 s, 1 s, 2 s … (at most 5 s apart) until it succeeds or the window ends, then its error stands.
+    /// </summary>
+    private sealed class PublishWindow(string id, DateTimeOffset deadline, TimeProvider time, ILogger logger)
+    {
+        public async Task<T> RetryAsync<T>(Func<Task<T>> step, string what, CancellationToken ct)
+        {
+            var delay = TimeSpan.FromSeconds(0.5);
+            for (int attempt = 1; ; attempt++)
+            {
+                try { return await step(); }
+                catch (Exception e) when (StorageErrors.IsOutage(e) && time.GetUtcNow() + delay < deadline && !ct.IsCancellationRequested)
+                {
+                    logger.LogWarning(e, "Storage failed {What} for job {JobId} (try {Attempt}); the finished images are kept and it is tried again until {Deadline:O}",
+                        what, id, attempt, deadline);
+                    await Task.Delay(delay, time, ct);
+                    delay = TimeSpan.FromTicks(Math.Min(delay.Ticks * 2, TimeSpan.FromSeconds(5).Ticks));
+                }
+            }
+        }
     }
 
     /// <summary>What ran, as the job's output: the first image's parameters (all share them but the seed) and the job's timings.</summary>
@@ -220,11 +272,17 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
         }
     }
 
-    private static Problem InternalError(Exception e) => new()
-    {
-        Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, CorrelationId = ServerProblems.NewCorrelationId(),
-        Detail = $"{e.GetType().Name}: {e.Message}",
-    };
+    /// <summary>The failure as the record keeps it (the exception's text is for the operator: clients see <see cref="ServerProblems.Shown"/>).</summary>
+    private static Problem InternalError(Exception e) => e is ModelLoadException load
+        ? ServerProblems.ModelUnavailable(ServerProblems.NewCorrelationId()) with { Detail = $"{load.InnerException!.GetType().Name}: {load.InnerException.Message}" }
+        : new()
+        {
+            Type = ProblemTypes.GenerationFailed, Title = "Generation failed", Status = 500, CorrelationId = ServerProblems.NewCorrelationId(),
+            Detail = $"{e.GetType().Name}: {e.Message}",
+        };
+
+    /// <summary>The model did not load: the job is not at fault and is not billed.</summary>
+    private sealed class ModelLoadException(Exception inner) : Exception("The model could not be loaded.", inner);
 
     /// <summary>For the poison queue: the job's retries are used up (or its message was unreadable). No poller may wait forever.</summary>
     public async Task HandlePoisonAsync(string messageText, CancellationToken ct)
@@ -259,10 +317,11 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
             {
                 await Task.Delay(Options.ProgressInterval, time, stop);
                 var (step, totalSteps, steps) = reporter.Current;
+                string phase = run.Phase;
                 var now = time.GetUtcNow();
                 bool beatDue = now - lastBeat >= Options.HeartbeatInterval;
-                var record = await store.UpdateAsync(id, r => !transitions.IsOwnedBy(r, owner) || (r.Progress.Step == step && !beatDue) ? null
-                    : r with { Progress = new JobProgress(step, totalSteps, steps), HeartbeatAt = now }, stop);
+                var record = await store.UpdateAsync(id, r => !transitions.IsOwnedBy(r, owner) || (r.Progress.Step == step && r.Progress.Phase == phase && !beatDue) ? null
+                    : r with { Progress = new JobProgress(step, totalSteps, steps, phase), HeartbeatAt = now }, stop);
                 if (record is not null && transitions.IsOwnedBy(record, owner) && record.HeartbeatAt == now) lastBeat = now;
                 if (record is null || !transitions.IsOwnedBy(record, owner)) run.Stop(record?.CancelRequested == true ? StopReason.CancelRequested : StopReason.LostOwnership);
                 else if (record.CancelRequested) run.Stop(StopReason.CancelRequested);
@@ -358,6 +417,10 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
         /// <summary>From the first generation: what a failure or a cancel records.</summary>
         public UsageMeter? Usage { get; set; }
         public RunOutcome Outcome { get; set; } = RunOutcome.Claimed;
+
+        /// <summary>What the run is doing (<see cref="JobProgress.Phases"/>), set by the run, read by the monitor.</summary>
+        public string Phase { get => Volatile.Read(ref _phase); set => Volatile.Write(ref _phase, value); }
+        private string _phase = JobProgress.Starting;
 
         public void Stop(StopReason reason)
         {

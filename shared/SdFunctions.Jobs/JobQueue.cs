@@ -44,6 +44,9 @@ public sealed class JobQueue(QueueClient queue, QueueClient poison)
         await queue.SendMessageAsync(JsonSerializer.Serialize(new JobMessage(jobId, traceParent), JobJson.Options), delay, cancellationToken: ct);
 
     /// <summary>The queue's approximate message count (visible and invisible ones: Storage counts them lazily).</summary>
+    /// <summary>Whether the queue the triggers read exists on the account (health: without it no job runs).</summary>
+    public async Task<bool> ExistsAsync(CancellationToken ct) => (await queue.ExistsAsync(ct)).Value;
+
     public async Task<int> ApproximateCountAsync(CancellationToken ct) => (await queue.GetPropertiesAsync(ct)).Value.ApproximateMessagesCount;
 
     /// <summary>Moves a message that can never succeed straight to the poison queue (no pointless retries).</summary>

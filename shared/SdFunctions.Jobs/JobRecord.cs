@@ -76,7 +76,13 @@ public sealed record InputImage(string MediaType, int Width, int Height, long By
 /// Progress in denoising iterations: <see cref="Total"/> is how many the scheduler runs, <see cref="Steps"/> the steps asked for
 /// (or the model's default). They differ for PNDM, which runs steps + 1 (its first step evaluates the UNet twice, as in diffusers).
 /// </summary>
-public sealed record JobProgress(int Step, int? Total, int? Steps = null);
+/// <see cref="Phase"/> says what a running job is doing: its instance is loading the model (seconds on a new instance), it is
+/// generating (the steps count), or publishing (encoding and uploading its images); null once it has ended.
+public sealed record JobProgress(int Step, int? Total, int? Steps = null, string? Phase = null)
+{
+    public const string Starting = "starting", Loading = "loading", Generating = "generating", Publishing = "publishing";
+    public static readonly IReadOnlyList<string> Phases = [Starting, Loading, Generating, Publishing];
+}
 
 /// <summary>Seconds spent in each stage of a finished job.</summary>
 public sealed record JobTimings

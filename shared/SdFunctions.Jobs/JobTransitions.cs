@@ -49,7 +49,7 @@ public sealed record RunClaim(RunOutcome Outcome, JobRecord? Job, string? Owner 
 /// watches (<see cref="JobMark.Running"/>). Claim, Complete, Fail, Cancel and Release are the worker's; RequestCancel is the
 /// API's; FailPoisoned and FailNeverQueued end the jobs whose messages were used up or never sent.
 /// </summary>
-public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webhooks.WebhookQueue webhooks, IOptions<JobsOptions> options,
+public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webhooks.WebhookSender webhooks, IOptions<JobsOptions> options,
     TimeProvider time, ILogger<JobTransitions> logger)
 {
     private JobsOptions Options => options.Value;
@@ -81,7 +81,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
             if (r.Status == JobStatus.Running && r.Attempt >= Options.MaxDequeueCount) { abandoned = true; return Abandoned(r); }
             return r with
             {
-                Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null), Error = null,
+                Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null, Phase: JobProgress.Starting), Error = null,
                 RunOwner = owner, HeartbeatAt = started,
             };
         }, ct);
@@ -115,7 +115,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     /// </summary>
     public async Task FailAsync(string id, string owner, Problem problem, JobUsage usage, CancellationToken ct)
     {
-        var shown = problem.CorrelationId is { } correlationId ? ServerProblems.GenerationFailed(correlationId) : problem;
+        var shown = problem.CorrelationId is { } correlationId ? ServerProblems.Shown(problem, correlationId) : problem;
         await EndAsync(id, r => !IsOwnedBy(r, owner) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), Error = shown, LastError = problem, RunOwner = null, Usage = usage,
@@ -160,7 +160,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
         var (job, _) = await EndAsync(id, r => r.IsFinished || HasLiveOwner(r) ? null : r with
         {
             Status = JobStatus.Failed, CompletedAt = time.GetUtcNow(), RunOwner = null, Usage = JobUsage.Nothing(billable: false),
-            Error = r.LastError is { CorrelationId: { } correlationId } ? ServerProblems.GenerationFailed(correlationId)
+            Error = r.LastError is { CorrelationId: { } correlationId } last ? ServerProblems.Shown(last, correlationId)
                 : ServerProblems.GenerationFailed(ServerProblems.NewCorrelationId()) with
                 {
                     Detail = $"The job could not be processed after {Options.MaxDequeueCount} attempts.",

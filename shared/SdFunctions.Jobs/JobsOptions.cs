@@ -59,6 +59,19 @@ public sealed class JobsOptions
     /// <summary>A job that could not be queued for this long is failed instead: its client has long stopped waiting.</summary>
     public TimeSpan MaxQueueWait { get; set; } = TimeSpan.FromHours(1);
 
+    /// <summary>
+    /// How long a finished run keeps retrying to upload its images and record its outcome through a storage outage (it holds the
+    /// images in memory meanwhile), so an outage shorter than this loses nothing and reruns nothing. At most the owner timeout by
+    /// default: past it another delivery may take the job over (and the run then gives way).
+    /// </summary>
+    public TimeSpan PublishRetryWindow { get; set; } = TimeSpan.FromMinutes(1);
+
+    /// <summary>
+    /// The time an HTTP request may spend on storage in all (its retries included) before it answers 503: below the 100 s after
+    /// which .NET's HttpClient gives up, so clients see the problem. The worker keeps the longer per-call retries.
+    /// </summary>
+    public TimeSpan HttpTimeBudget { get; set; } = TimeSpan.FromSeconds(10);
+
     /// <summary>Storage calls: retries after the first try, the delay before the first retry (it doubles), and each try's network timeout.</summary>
     public int StorageMaxRetries { get; set; } = 3;
     public TimeSpan StorageRetryDelay { get; set; } = TimeSpan.FromSeconds(0.8);
@@ -73,12 +86,21 @@ public sealed class ModelOptions
     /// <summary>A local bundle folder (e.g. an Azure Files mount). Relative paths are from the app's folder.</summary>
     public string? Directory { get; set; }
 
+    /// <summary><see cref="Directory"/> as a full path (null when unset).</summary>
+    public string? BundleDirectory => Directory is { Length: > 0 } dir ? FromAppFolder(dir) : null;
+
     /// <summary>Or: a blob container and prefix holding the bundle, downloaded once per instance to <see cref="CacheDirectory"/>.</summary>
     public string? BlobContainer { get; set; }
     public string BlobPrefix { get; set; } = "";
 
-    /// <summary>Where downloaded bundles and optimized graphs are kept on the instance.</summary>
+    /// <summary>Where downloaded bundles and optimized graphs are kept on the instance. Relative paths are from the app's folder.</summary>
     public string CacheDirectory { get; set; } = Path.Combine(Path.GetTempPath(), "sdfunctions");
+
+    /// <summary><see cref="CacheDirectory"/> as a full path.</summary>
+    public string CacheFolder => FromAppFolder(CacheDirectory);
+
+    // The host starts the worker in the app's folder in Azure but not always locally: relative settings mean the app's folder.
+    private static string FromAppFolder(string path) => Path.IsPathRooted(path) ? path : Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, path));
 
     /// <summary>
     /// The decoder requests get when they name none, and the one loaded with the model: full or tiny (TAESD). Null = the

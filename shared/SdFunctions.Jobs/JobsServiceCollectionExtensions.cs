@@ -23,19 +23,12 @@ public static class JobsServiceCollectionExtensions
 
     public static IServiceCollection AddGenerationJobs(this IServiceCollection services, IConfiguration configuration)
     {
-        services.AddOptions<JobsOptions>().Bind(configuration.GetSection(JobsOptions.Section))
-            .Validate(o => o.Width > 0 && o.Height > 0 && o.MaxDequeueCount > 0 && o.ProgressInterval > TimeSpan.Zero, "Jobs settings out of range")
-            .Validate(o => o.HeartbeatInterval > TimeSpan.Zero && o.OwnerTimeout >= 2 * o.HeartbeatInterval && o.OwnerTimeout >= 2 * o.ProgressInterval,
-                "Jobs:OwnerTimeout must be at least twice Jobs:HeartbeatInterval and Jobs:ProgressInterval, or live runs would be taken over")
-            .ValidateOnStart();
-        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section))
-            .Validate(o => o.DecodeTileSize is not { } t || (t >= GenerationRequest.MinTileSize && t <= GenerationRequest.MaxTileSize && t % 8 == 0),
-                $"Model:DecodeTileSize must be a multiple of 8 from {GenerationRequest.MinTileSize} to {GenerationRequest.MaxTileSize} pixels")
-            .Validate(o => IsSize(o.MemoryBudget), "Model:MemoryBudget must be a positive size such as 3GB, 2.5GB, 1536MiB or a byte count")
-            .ValidateOnStart();
-        services.AddOptions<Webhooks.WebhookOptions>().Bind(configuration.GetSection(Webhooks.WebhookOptions.Section))
-            .Validate(o => o.MaxAttempts >= 1 && o.RetryDelay >= TimeSpan.Zero && o.Timeout > TimeSpan.Zero, "Webhooks settings out of range")
-            .ValidateOnStart();
+        services.AddOptions<JobsOptions>().Bind(configuration.GetSection(JobsOptions.Section)).ValidateOnStart();
+        services.AddOptions<ModelOptions>().Bind(configuration.GetSection(ModelOptions.Section)).ValidateOnStart();
+        services.AddOptions<Webhooks.WebhookOptions>().Bind(configuration.GetSection(Webhooks.WebhookOptions.Section)).ValidateOnStart();
+        services.AddSingleton<IValidateOptions<JobsOptions>, SettingsValidation.Jobs>();
+        services.AddSingleton<IValidateOptions<ModelOptions>, SettingsValidation.Model>();
+        services.AddSingleton<IValidateOptions<Webhooks.WebhookOptions>, SettingsValidation.Webhooks>();
         services.AddSingleton(TimeProvider.System);
 
         services.AddAzureClients(clients =>
@@ -54,11 +47,12 @@ public static class JobsServiceCollectionExtensions
         services.AddSingleton(sp =>
         {
             string name = sp.GetRequiredService<IOptions<Webhooks.WebhookOptions>>().Value.QueueName;
-            return new Webhooks.WebhookQueue(Queues(sp).GetQueueClient(name), Queues(sp).GetQueueClient(name + "-poison"), sp.GetRequiredService<ILogger<Webhooks.WebhookQueue>>());
+            return new Webhooks.WebhookQueue(Queues(sp).GetQueueClient(name), Queues(sp).GetQueueClient(name + "-poison"));
         });
         services.AddSingleton<Webhooks.WebhookSender>();
         services.AddSingleton<JobTransitions>();
         services.AddSingleton<ModelProfiles>();
+        services.AddSingleton<ServiceHealth>();
         services.AddSingleton<GenerationService>();
         services.AddSingleton<GenerationWorker>();
         services.AddSingleton<InterruptedJobSweeper>();
@@ -77,19 +71,12 @@ public static class JobsServiceCollectionExtensions
             {
                 Width = Jobs(sp).Width, Height = Jobs(sp).Height, DefaultDecoder = model.DefaultDecoder, DecodeTileSize = model.DecodeTileSize,
                 MemoryBudget = model.MemoryBudgetBytes,
-                Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheDirectory, "ort") },
+                Session = new SessionSettings { IntraOpThreads = model.Threads, OptimizedModelCacheDirectory = Path.Combine(model.CacheFolder, "ort") },
             }, logger, ct);
             sp.GetRequiredService<JobsTelemetry>().RecordModelLoad(watch.Elapsed);
             return pipeline;
         }));
         return services;
-    }
-
-    private static bool IsSize(string? text)
-    {
-        if (text is not { Length: > 0 }) return true;
-        try { MemoryPlan.ParseBytes(text); return true; }
-        catch (FormatException) { return false; }
     }
 
     private static JobsOptions Jobs(IServiceProvider sp) => sp.GetRequiredService<IOptions<JobsOptions>>().Value;

@@ -16,8 +16,7 @@ public sealed class ModelLocator(ModelOptions options, BlobServiceClient blobs, 
 
     public async Task<string> ResolveAsync(CancellationToken ct)
     {
-        if (options.Directory is { Length: > 0 } dir)
-            return Path.IsPathRooted(dir) ? dir : Path.GetFullPath(Path.Combine(AppContext.BaseDirectory, dir));
+        if (options.BundleDirectory is { } dir) return dir;
         if (options.BlobContainer is not { Length: > 0 } containerName)
             throw new ModelBundleException("No model configured: set Model__Directory (a local bundle folder) or Model__BlobContainer (and Model__BlobPrefix).");
 
@@ -28,7 +27,7 @@ public sealed class ModelLocator(ModelOptions options, BlobServiceClient blobs, 
             listed[item.Name[prefix.Length..]] = item.Properties.ContentLength ?? 0;
         if (listed.Count == 0) throw new ModelBundleException($"No blobs under '{containerName}/{prefix}': the model bundle is not uploaded there.");
 
-        string target = Path.Combine(options.CacheDirectory, "models", JobStore.Hash($"{container.Uri}/{prefix}")[..16]);
+        string target = Path.Combine(options.CacheFolder, "models", JobStore.Hash($"{container.Uri}/{prefix}")[..16]);
         if (IsComplete(target, listed)) return target;
 
         logger.LogInformation("Downloading the model bundle {Count} files from {Container}/{Prefix}", listed.Count, containerName, prefix);

@@ -3,6 +3,7 @@ using Azure.Storage.Blobs;
 using Microsoft.Extensions.Logging;
 using Microsoft.Extensions.Options;
 using SdFunctions.Inference.Bundle;
+using SdFunctions.Inference.Pipeline;
 
 namespace SdFunctions.Jobs;
 
@@ -19,6 +20,10 @@ public sealed class ModelProfiles(IOptions<ModelOptions> model, IOptions<JobsOpt
     /// <summary>The profile once read (null before, or when it could not be read).</summary>
     public ModelProfile? Current => Volatile.Read(ref _profile);
 
+    /// <summary>Why the profile could not be read last time, and since when (null once it has been read).</summary>
+    public PipelineLoadFailure? LastFailure => Volatile.Read(ref _failure);
+    private PipelineLoadFailure? _failure;
+
     /// <summary>The profile; null when the model cannot be read (logged): then only the rules that need no model are checked at submit.</summary>
     public async Task<ModelProfile?> GetAsync(CancellationToken ct)
     {
@@ -28,11 +33,13 @@ public sealed class ModelProfiles(IOptions<ModelOptions> model, IOptions<JobsOpt
             var read = await ReadAsync(ct);
             var profile = read.For(jobs.Value.Width, jobs.Value.Height, model.Value.DefaultDecoder is { } d && read.Decoders.Contains(d) ? d : null);
             Volatile.Write(ref _profile, profile);
+            Volatile.Write(ref _failure, null);
             return profile;
         }
         catch (Exception e) when (e is ModelBundleException || StorageErrors.IsOutage(e) || e is RequestFailedException)
         {
             logger.LogWarning(e, "Could not read the model's profile; submissions are checked against it once it can be read");
+            Volatile.Write(ref _failure, LastFailure ?? new PipelineLoadFailure(e, DateTimeOffset.UtcNow)); // since the first failure
             return null;
         }
     }

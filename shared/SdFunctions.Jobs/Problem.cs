@@ -57,6 +57,17 @@ public static class ServerProblems
         Detail = $"The image could not be generated because of an error on our side. Quote {correlationId} when reporting it.",
     };
 
+    /// <summary>The instance could not load its model: not the request's fault, not billed, and /api/health shows it.</summary>
+    public static Problem ModelUnavailable(string correlationId) => new()
+    {
+        Type = ProblemTypes.ServiceUnavailable, Title = "Model unavailable", Status = 503, CorrelationId = correlationId,
+        Detail = $"The service could not load its model, so the job did not run and is not billed; its operator sees this in /api/health. Quote {correlationId} when reporting it.",
+    };
+
+    /// <summary>What a client sees of a server-side failure (one with a correlation id): only texts written here, never an exception's.</summary>
+    public static Problem Shown(Problem failure, string correlationId) =>
+        failure.Type == ProblemTypes.ServiceUnavailable && failure.Title == "Model unavailable" ? ModelUnavailable(correlationId) : GenerationFailed(correlationId);
+
     public static Problem Internal(string correlationId) => new()
     {
         Type = ProblemTypes.InternalError, Title = "Internal error", Status = 500, CorrelationId = correlationId,

@@ -193,7 +193,7 @@ public sealed record SubmitRequest
         }
         catch (InvalidGenerationRequestException e)
         {
-            errors["image"] = [e.Message];
+            errors["image"] = [e.Reason];
             return (null, null);
         }
     }

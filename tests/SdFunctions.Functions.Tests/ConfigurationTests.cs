@@ -122,23 +122,55 @@ public class ConfigurationTests
         Assert.Throws<SettingsException>(() => Registered(new() { ["JobsStorage:credential"] = "managedidentity" })); // no account named
     }
 
-    [Fact]
-    public async Task TheAppProcessPrintsOneLineNamingAMissingStorageSetting()
+    /// <summary>Each setting the app cannot run with, and the start of the one line it prints for it.</summary>
+    public static TheoryData<string, string, string> BadSettings() => new()
+    {
+        { "JobsStorage", "", "JobsStorage is not set" }, // only AzureWebJobsStorage: the triggers could not run
+        { "Jobs__QueueName", "other-queue", "Jobs__QueueName is 'other-queue' but the queue trigger listens on 'generations'" },
+        { "Webhooks__QueueName", "hooks", "Webhooks__QueueName is 'hooks' but the queue trigger listens on 'webhooks'" },
+        { "Webhooks__SigningSecret", "whsec_not base64!", "Webhooks__SigningSecret is not base64 after whsec_" },
+        { "Webhooks__SigningSecret", "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "Webhooks__SigningSecret does not start with whsec_" },
+        { "Webhooks__SigningSecret", "whsec_AAAA", "Webhooks__SigningSecret holds 3 bytes" },
+        { "Model__Directory", "/no/such/bundle", "Model__Directory: /no/such/bundle does not exist" },
+        { "Model__Directory", "/tmp", "Model__Directory: /tmp holds no model bundle" },
+        { "Jobs__Width", "300", "Jobs__Width is 300: the image side must be a multiple of 64" },
+        { "Jobs__Width", "4096", "Jobs__Width is 4096: the image side must be a multiple of 64 from 64 to 2048" },
+        { "Jobs__MaxRequestBytes", "-1", "Jobs__MaxRequestBytes is -1" },
+        { "Model__DefaultDecoder", "fast", "Model__DefaultDecoder is 'fast'" },
+    };
+
+    [Theory, MemberData(nameof(BadSettings))]
+    public async Task TheAppProcessPrintsOneLineNamingABadSetting(string setting, string value, string expected)
     {
         var testDir = new DirectoryInfo(AppContext.BaseDirectory);
         string app = Path.Combine(AzuriteFixture.RepoRoot(), "functions", "SdFunctions.Functions", "bin", testDir.Parent!.Name, testDir.Name, "SdFunctions.Functions.dll");
         var start = new System.Diagnostics.ProcessStartInfo("dotnet", [app]) { RedirectStandardError = true, RedirectStandardOutput = true };
-        start.Environment.Remove("JobsStorage");
+        foreach (string name in start.Environment.Keys.Where(k => k.StartsWith("Jobs", StringComparison.Ordinal) || k.StartsWith("Model__") || k.StartsWith("Webhooks__")).ToList())
+            start.Environment.Remove(name);
         start.Environment["AzureWebJobsStorage"] = "UseDevelopmentStorage=true";
+        start.Environment["JobsStorage"] = "UseDevelopmentStorage=true"; // never contacted: the app stops before it uses storage
+        start.Environment["Model__Directory"] = AzuriteFixture.TinySd;
+        if (value.Length == 0) start.Environment.Remove(setting);
+        else start.Environment[setting] = value;
         using var process = System.Diagnostics.Process.Start(start)!;
         var stderr = process.StandardError.ReadToEndAsync();
         var stdout = process.StandardOutput.ReadToEndAsync();
         using var timeout = new CancellationTokenSource(TimeSpan.FromSeconds(60));
         await process.WaitForExitAsync(timeout.Token);
         Assert.Equal(1, process.ExitCode);
-        string[] lines = (await stderr).Split('\n', StringSplitOptions.RemoveEmptyEntries);
-        Assert.Equal("SdFunctions cannot start: JobsStorage is not set", Assert.Single(lines)[..48]);
+        string line = Assert.Single((await stderr).Split('\n', StringSplitOptions.RemoveEmptyEntries));
+        Assert.StartsWith($"SdFunctions cannot start: {expected}", line);
         Assert.DoesNotContain("   at ", await stdout + await stderr); // no stack trace
+        if (setting == "Webhooks__SigningSecret") Assert.DoesNotContain(value, line); // a secret is never printed
+    }
+
+    [Fact]
+    public void AnImageSizeTheMachineCannotHoldIsRefusedAtStartWithTheMemoryItNeeds()
+    {
+        using var services = Registered(new() { ["JobsStorage"] = AzuriteFixture.ConnectionString, ["Model:Directory"] = AzuriteFixture.TinySd, ["Jobs:Width"] = "2048", ["Jobs:Height"] = "2048" });
+        var e = Assert.Throws<Microsoft.Extensions.Options.OptionsValidationException>(() => SettingsValidation.ValidateAll(services));
+        Assert.Contains("Jobs__Width × Jobs__Height: 2048×2048 needs about", e.Message);
+        Assert.Contains("this machine has", e.Message);
     }
 
     private static ServiceProvider Registered(Dictionary<string, string?> settings)

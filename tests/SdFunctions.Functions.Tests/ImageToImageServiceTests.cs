@@ -90,6 +90,9 @@ public class ImageToImageServiceTests
         { $$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8, "gif"), "image/png")}}"}""", "image" },
         { $$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8, "jpeg"), "image/png")}}"}""", "image" },
         { $$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8)[..40])}}"}""", "image" },
+        { $$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8, "jpeg")[..200], "image/jpeg")}}"}""", "image" }, // cut inside a marker
+        { $$"""{"prompt": "x", "image": "{{DataUri(ExifLoopJpeg(), "image/jpeg")}}"}""", "image" },
+        { $$"""{"prompt": "x", "image": "{{DataUri(PngWithoutData())}}"}""", "image" },
         { """{"prompt": "x", "strength": 0.5}""", "strength" },
         { $$"""{"prompt": "x", "strength": 0, "image": "{{DataUri(Picture(8, 8))}}"}""", "strength" },
         { $$"""{"prompt": "x", "strength": 1.01, "image": "{{DataUri(Picture(8, 8))}}"}""", "strength" },
@@ -101,7 +104,8 @@ public class ImageToImageServiceTests
     {
         await using var app = await TestApp.StartAsync();
         var why = AssertFieldRefused((await app.SubmitAsync(body)).Result, field);
-        Assert.DoesNotContain("Exception", why[0].GetString());
+        // Our words, not the decoder's or .NET's.
+        foreach (string library in new[] { "Exception", "(Parameter", "marker", "chunk", "Stream" }) Assert.DoesNotContain(library, why[0].GetString());
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 
@@ -116,6 +120,37 @@ public class ImageToImageServiceTests
         Assert.Equal(202, withPicture.StatusCode);
         var (tooBig, _) = await app.SubmitAsync($$"""{"prompt": "x", "image": "{{DataUri(RandomNoisePng())}}"}""");
         AssertProblem(tooBig, 413, ProblemTypes.RequestTooLarge);
+    }
+
+    /// <summary>
+    /// A 1.3 KB JPEG whose EXIF sub-IFD pointer leads back to IFD0 (with an orientation tag, so AutoOrient reads it): ImageSharp
+    /// threw InvalidOperationException from AutoOrient, a 500 before the fix.
+    /// </summary>
+    internal static byte[] ExifLoopJpeg()
+    {
+        byte[] jpeg = Picture(16, 16, "jpeg");
+        var tiff = new List<byte> { (byte)'I', (byte)'I', 42, 0, 8, 0, 0, 0 }; // little-endian, IFD0 at 8
+        void Entry(ushort tag, ushort type, uint value)
+        {
+            tiff.AddRange(BitConverter.GetBytes(tag)); tiff.AddRange(BitConverter.GetBytes(type));
+            tiff.AddRange(BitConverter.GetBytes(1u)); tiff.AddRange(BitConverter.GetBytes(value));
+        }
+        tiff.AddRange(BitConverter.GetBytes((ushort)2));
+        Entry(0x0112, 3, 6); // Orientation: rotate 90°
+        Entry(0x8769, 4, 8); // the Exif sub-IFD: IFD0 again
+        tiff.AddRange(BitConverter.GetBytes(0u)); // no next IFD
+        byte[] payload = [.. "Exif\0\0"u8.ToArray(), .. tiff];
+        int length = payload.Length + 2;
+        return [.. jpeg[..2], 0xFF, 0xE1, (byte)(length >> 8), (byte)length, .. payload, .. jpeg[2..]];
+    }
+
+    /// <summary>A PNG signature and header but no image data chunk.</summary>
+    private static byte[] PngWithoutData()
+    {
+        byte[] png = Picture(8, 8);
+        int idat = png.AsSpan().IndexOf("IDAT"u8) - 4; // its length field
+        int iend = png.AsSpan().IndexOf("IEND"u8) - 4;
+        return [.. png[..idat], .. png[iend..]];
     }
 
     // Incompressible pixels: a PNG over 200 KB.
@@ -143,6 +178,36 @@ public class ImageToImageServiceTests
             { new StringContent($$"""{"prompt": "x", "image": "{{DataUri(Picture(8, 8))}}"}"""), "request" }, { new ByteArrayContent(Picture(8, 8)), "image", "a.png" },
         })
             Assert.Contains("once", AssertProblem((await app.SubmitMultipartAsync(twice)).Result, 400, ProblemTypes.Validation).GetProperty("errors").GetProperty("image")[0].GetString());
+        Assert.Null((await app.Messages.PeekMessageAsync()).Value);
+    }
+
+    /// <summary>Defect: more than 8 parts or a 20 KB part header answered 413 "Request too large"; a cut body showed the reader's own words.</summary>
+    [Fact]
+    public async Task MalformedFormsAre400sInOurWords()
+    {
+        await using var app = await TestApp.StartAsync();
+        using (var many = new MultipartFormDataContent())
+        {
+            for (int i = 0; i < 9; i++) many.Add(new StringContent("x"), $"part{i}");
+            Assert.Contains("at most 8 parts", AssertProblem((await app.SubmitMultipartAsync(many)).Result, 400, ProblemTypes.MalformedJson).GetProperty("detail").GetString());
+        }
+        using (var bigHeader = new MultipartFormDataContent())
+        {
+            var part = new StringContent("""{"prompt": "x"}""");
+            part.Headers.Add("X-Padding", new string('a', 20 * 1024));
+            bigHeader.Add(part, "request");
+            Assert.Contains("headers may hold at most 16 KB", AssertProblem((await app.SubmitMultipartAsync(bigHeader)).Result, 400, ProblemTypes.MalformedJson).GetProperty("detail").GetString());
+        }
+
+        // A body cut before its closing boundary.
+        using var whole = new MultipartFormDataContent { { new StringContent("""{"prompt": "x"}"""), "request" }, { new ByteArrayContent(Picture(8, 8)), "image", "a.png" } };
+        byte[] bytes = await whole.ReadAsByteArrayAsync();
+        var req = TestApp.Request("POST", "/api/generations");
+        req.Body = new MemoryStream(bytes[..(bytes.Length - 60)]);
+        req.ContentType = whole.Headers.ContentType!.ToString();
+        string detail = AssertProblem((Microsoft.AspNetCore.Mvc.ContentResult)await app.Api.Submit(req, default), 400, ProblemTypes.MalformedJson).GetProperty("detail").GetString()!;
+        Assert.Contains("ends before its closing boundary", detail);
+        foreach (string library in new[] { "Stream", "component", "Exception" }) Assert.DoesNotContain(library, detail);
         Assert.Null((await app.Messages.PeekMessageAsync()).Value);
     }
 

@@ -78,6 +78,8 @@ public class JobLifecycleTests
         await app.RunNextMessageAsync();
         var job = await AssertCanceledForGood(app, id);
         Assert.Equal(0, job.GetProperty("attempt").GetInt32());
+        var image = (ContentResult)await app.Api.GetImage(TestApp.Request("GET", $"/api/generations/{id}/image"), id, default);
+        Assert.Equal($"Job {id} was canceled: it has no image.", AssertProblem(image, 409, ProblemTypes.NotFinished).GetProperty("detail").GetString());
     }
 
     [Fact]
@@ -183,7 +185,7 @@ public class JobLifecycleTests
         var failed = await app.JobAsync(id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
         var error = failed.GetProperty("error");
-        Assert.Equal(ProblemTypes.GenerationFailed, error.GetProperty("type").GetString());
+        Assert.Equal((ProblemTypes.ServiceUnavailable, "Model unavailable"), (error.GetProperty("type").GetString(), error.GetProperty("title").GetString()));
         AssertSafe(failed, (await app.Store.GetAsync(id, default))!);
     }
 
@@ -212,12 +214,12 @@ public class JobLifecycleTests
         await app.Queue.Process(Delivery.Of(message.Body.ToString(), app.Options.MaxDequeueCount), default); // no throw: final
         var failed = await app.JobAsync(id);
         Assert.Equal("failed", failed.GetProperty("status").GetString());
-        Assert.Equal(500, failed.GetProperty("error").GetProperty("status").GetInt32());
+        Assert.Equal(503, failed.GetProperty("error").GetProperty("status").GetInt32()); // the model, not the request
         AssertSafe(failed, (await app.Store.GetAsync(id, default))!);
     }
 
     // A model folder that cannot load: every attempt fails, as a broken deployment would.
-    private const string BrokenModel = "/no/such/model";
+    private static string BrokenModel => TestApp.UnloadableModel;
 
     /// <summary>Submits a small job and takes its message off the queue, as the trigger would.</summary>
     private static async Task<(string Id, Azure.Storage.Queues.Models.QueueMessage Message)> SubmitAndReceiveAsync(TestApp app)

@@ -46,6 +46,6 @@ public class MemoryBudgetServiceTests
     {
         var app = new TestApp(configure: s => s["Model:MemoryBudget"] = budget);
         var e = Assert.Throws<OptionsValidationException>(() => app.Services.GetRequiredService<IOptions<ModelOptions>>().Value);
-        Assert.Contains("Model:MemoryBudget", e.Message);
+        Assert.Contains("Model__MemoryBudget", e.Message);
     }
 }

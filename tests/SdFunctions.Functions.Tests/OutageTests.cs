@@ -111,6 +111,78 @@ public class OutageTests(Xunit.Abstractions.ITestOutputHelper output)
         Assert.Equal("queued", (await app.JobAsync(id)).GetProperty("status").GetString());
     }
 
+    /// <summary>
+    /// Defect: with a black-holed store a GET waited for the SDK's retries (3 × 30 s) before its 503, past the 100 s after which
+    /// .NET's HttpClient gives up. The HTTP path spends at most Jobs:HttpTimeBudget on storage.
+    /// </summary>
+    [Fact]
+    public async Task ABlackHoledStoreAnswers503WithinTheHttpTimeBudget()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: s =>
+        {
+            storage.Configure(s);
+            s["Jobs:StorageNetworkTimeout"] = "00:00:30"; // as in production: each try waits 30 s
+            s["Jobs:StorageMaxRetries"] = "3";
+            s["Jobs:HttpTimeBudget"] = "00:00:02";
+        });
+        var (submitted, _) = await app.SubmitAsync("""{"prompt": "x", "steps": 2}""");
+        string id = IdOf(submitted);
+        storage.Blobs.Current = FaultProxy.Mode.Hang;
+        storage.Queues.Current = FaultProxy.Mode.Hang;
+        var watch = System.Diagnostics.Stopwatch.StartNew();
+        var problem = AssertProblem(await app.GetAsync(id), 503, ProblemTypes.ServiceUnavailable);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(6), $"the 503 took {watch.Elapsed.TotalSeconds:F1} s");
+        Assert.Contains("within 2 s", problem.GetProperty("detail").GetString());
+        watch.Restart();
+        AssertProblem((await app.SubmitAsync("""{"prompt": "y"}""")).Result, 503, ProblemTypes.ServiceUnavailable);
+        Assert.True(watch.Elapsed < TimeSpan.FromSeconds(6), $"the submit's 503 took {watch.Elapsed.TotalSeconds:F1} s");
+        storage.Blobs.Current = FaultProxy.Mode.Up;
+        storage.Queues.Current = FaultProxy.Mode.Up;
+        Assert.Equal("queued", (await app.JobAsync(id)).GetProperty("status").GetString());
+    }
+
+    /// <summary>
+    /// Defect: an outage over the end of a run made the upload fail after the SDK's retries; the run failed, the release failed
+    /// too, and the job was rerun from scratch (or failed: "run stopped 3 times"). The finished image is kept and its upload and
+    /// record retried through the outage (Jobs:PublishRetryWindow): nothing is lost, nothing reruns.
+    /// </summary>
+    [Fact]
+    public async Task AnOutageOverTheEndOfARunKeepsTheFinishedImageAndRerunsNothing()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: s =>
+        {
+            storage.Configure(s);
+            s["Jobs:OwnerTimeout"] = "00:01:00";
+            s["Jobs:PublishRetryWindow"] = "00:01:00";
+        });
+        var (id, worker) = await app.StartLongJobAsync(); // 150 steps: a few seconds, well inside the outage
+        storage.Blobs.Current = FaultProxy.Mode.Refuse; // over the last steps, the upload and the record
+        var outage = System.Diagnostics.Stopwatch.StartNew();
+        while (!worker.IsCompleted && outage.Elapsed < TimeSpan.FromSeconds(25)) await Task.Delay(100);
+        Assert.False(worker.IsCompleted, "the run ended during the outage instead of waiting it out");
+        storage.Blobs.Current = FaultProxy.Mode.Up;
+        await worker; // the run itself succeeds: no exception, so the host would not redeliver
+
+        var done = await app.JobAsync(id);
+        Assert.Equal(("succeeded", 1), (done.GetProperty("status").GetString(), done.GetProperty("attempt").GetInt32()));
+        Assert.True(await app.Images.GetBlobClient($"{id}.png").ExistsAsync());
+        Assert.Null((await app.Messages.PeekMessageAsync()).Value); // no rerun queued
+        output.WriteLine($"published {done.GetProperty("output").GetProperty("timings").GetProperty("totalSeconds").GetDouble():F1} s after the run began, through a 25 s outage");
+    }
+
+    [Fact]
+    public async Task AnOutageLongerThanThePublishWindowStillRetriesTheJob()
+    {
+        await using var storage = new FaultyStorage();
+        await using var app = await TestApp.StartAsync(configure: s => { storage.Configure(s); s["Jobs:PublishRetryWindow"] = "00:00:02"; });
+        var (id, worker) = await app.StartLongJobAsync();
+        storage.Blobs.Current = FaultProxy.Mode.Refuse;
+        await Assert.ThrowsAnyAsync<Exception>(() => worker); // the window ran out: the host delivers the message again
+        storage.Blobs.Current = FaultProxy.Mode.Up;
+    }
+
     /// <summary>Starts a long job and, once it has made progress, takes blob storage away for 0.6 s: every progress write and its retries fail.</summary>
     private static async Task<(string Id, Task Worker)> RunThroughABlobOutageAsync(TestApp app, FaultyStorage storage, int steps = 40)
     {

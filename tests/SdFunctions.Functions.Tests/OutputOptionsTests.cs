@@ -130,8 +130,8 @@ public class OutputOptionsTests
         Assert.Equal("sdref-tiny-sd", usage.GetProperty("model").GetString());
         Assert.Equal(JobUsage.CurrentInstanceId, usage.GetProperty("instanceId").GetString());
 
-        // A server-side failure (the model cannot be loaded: its folder is gone) is not billable.
-        await using var broken = await TestApp.StartAsync(Path.Combine(Path.GetTempPath(), "no-such-model-" + Guid.NewGuid().ToString("N")),
+        // A server-side failure (the model cannot be loaded) is not billable.
+        await using var broken = await TestApp.StartAsync(TestApp.UnloadableModel,
             s => s["Jobs:MaxDequeueCount"] = "1");
         var (doomed, _) = await broken.SubmitAsync("""{"prompt": "x", "steps": 2}""");
         string doomedId = IdOf(doomed);

@@ -143,7 +143,7 @@ public class TelemetryTests(Xunit.Abstractions.ITestOutputHelper output)
             Assert.Equal("canceled", (await RunSpan(running)).GetTagItem("sdf.job.outcome"));
         }
 
-        await using (var broken = await exported.StartAppAsync(modelDirectory: "/no/such/model"))
+        await using (var broken = await exported.StartAppAsync(modelDirectory: TestApp.UnloadableModel))
         {
             var (submitted, _) = await broken.SubmitAsync("""{"prompt": "x", "steps": 2}""");
             string id = IdOf(submitted);

@@ -71,6 +71,19 @@ public sealed class TestApp : IAsyncDisposable
         Images = Services.GetRequiredService<BlobServiceClient>().GetBlobContainerClient($"images-{suffix}");
     }
 
+    /// <summary>
+    /// A bundle folder that passes the start-up check (it has a model_index.json) but cannot load: its graphs are missing, as in a
+    /// broken deployment. Made once per test run and only read.
+    /// </summary>
+    public static string UnloadableModel => Unloadable.Value;
+    private static readonly Lazy<string> Unloadable = new(() =>
+    {
+        string dir = Path.Combine(Path.GetTempPath(), "sdf-unloadable-model");
+        Directory.CreateDirectory(dir);
+        File.Copy(Path.Combine(AzuriteFixture.TinySd, "model_index.json"), Path.Combine(dir, "model_index.json"), overwrite: true);
+        return dir;
+    });
+
     /// <summary>Starts the app's hosted services, as the host does: they create the queues and containers.</summary>
     public async Task InitializeAsync()
     {
@@ -200,6 +213,20 @@ public sealed class TestApp : IAsyncDisposable
         await WebhookFunctions.Deliver(message.Body.ToString(), ct);
         await WebhookMessages.DeleteMessageAsync(message.MessageId, message.PopReceipt, CancellationToken.None);
         return true;
+    }
+
+    /// <summary>
+    /// Runs the webhook side until it is quiet: waits for the attempts sent in the background, delivers each visible message as
+    /// its trigger would, again until nothing is in flight or visible. How many queue messages it delivered.
+    /// </summary>
+    public async Task<int> DeliverWebhooksAsync()
+    {
+        var sender = Services.GetRequiredService<SdFunctions.Jobs.Webhooks.WebhookSender>();
+        for (int handled = 0; ; handled++)
+        {
+            await sender.IdleAsync();
+            if (!await RunNextWebhookAsync()) return handled;
+        }
     }
 
     public async ValueTask DisposeAsync()

@@ -40,6 +40,6 @@ public class TiledDecodeServiceTests
     {
         var app = new TestApp(configure: s => s["Model:DecodeTileSize"] = "100");
         var e = Assert.Throws<OptionsValidationException>(() => app.Services.GetRequiredService<IOptions<SdFunctions.Jobs.ModelOptions>>().Value);
-        Assert.Contains("Model:DecodeTileSize", e.Message);
+        Assert.Contains("Model__DecodeTileSize", e.Message);
     }
 }

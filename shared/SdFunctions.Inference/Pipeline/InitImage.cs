@@ -36,8 +36,8 @@ public sealed record InitImage(byte[] Rgb, int Width, int Height)
         IImageInfo? info;
         IImageFormat? format;
         try { info = Image.Identify(Formats, encoded, out format); }
-        catch (Exception e) when (e is ImageFormatException or NotSupportedException) { throw Unreadable(e.Message); }
-        if (info is null || format is null) throw Unreadable("it is not a PNG, JPEG or WebP file");
+        catch (Exception e) when (IsUnreadable(e)) { throw Unreadable(); }
+        if (info is null || format is null) throw Unreadable();
         if (info.Width > MaxSide || info.Height > MaxSide)
             throw new InvalidGenerationRequestException("image", $"The image is {info.Width}×{info.Height}; at most {MaxSide}×{MaxSide} pixels are accepted.");
         try
@@ -54,9 +54,14 @@ public sealed record InitImage(byte[] Rgb, int Width, int Height)
             image.CopyPixelDataTo(rgb);
             return new InitImage(rgb, width, height) { SourceWidth = sourceWidth, SourceHeight = sourceHeight, SourceMediaType = format.DefaultMimeType };
         }
-        catch (Exception e) when (e is ImageFormatException or NotSupportedException) { throw Unreadable(e.Message); }
+        catch (Exception e) when (IsUnreadable(e)) { throw Unreadable(); }
     }
 
-    private static InvalidGenerationRequestException Unreadable(string why) =>
-        new("image", $"The image could not be decoded ({why.TrimEnd('.')}). Send a PNG, JPEG or WebP file.");
+    // Whatever a crafted file makes the decoder throw (a format error, or an InvalidOperationException from an EXIF loop in
+    // AutoOrient, an index or argument error from a malformed chunk) is the file's fault; running out of memory is not.
+    private static bool IsUnreadable(Exception e) => e is not (OutOfMemoryException or OperationCanceledException or InvalidGenerationRequestException);
+
+    // The decoder's own words ("the C4 marker", "does not contain a data chunk") mean nothing to a client: one sentence of ours.
+    private static InvalidGenerationRequestException Unreadable() =>
+        new("image", "The image could not be decoded: the file is damaged, cut short or not a PNG, JPEG or WebP picture.");
 }
