@@ -23,6 +23,8 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
         [HttpTrigger(AuthorizationLevel.Function, "post", Route = "generations")] HttpRequest req, CancellationToken ct) =>
         await HttpResults.HandleAsync(req, logger, options.Value.HttpTimeBudget, ct, async budget =>
         {
+            // Our own bounds refuse a large body; Kestrel's (30 MB) would cut the connection instead, mid-drain (see TooLargeAsync).
+            if (req.HttpContext.Features.Get<IHttpMaxRequestBodySizeFeature>() is { IsReadOnly: false } limit) limit.MaxRequestBodySize = MaxDrainBytes;
             bool multipart = req.ContentType is { Length: > 0 } type && IsMultipart(type);
             if (req.ContentType is { Length: > 0 } contentType && !multipart && !IsJson(contentType))
                 return HttpResults.Problem(new Problem
@@ -30,19 +32,19 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
                     Type = ProblemTypes.UnsupportedMediaType, Title = "Unsupported media type", Status = 415,
                     Detail = "Send the request as application/json (UTF-8), or as multipart/form-data with a request part (JSON) and an image part.",
                 }, req);
-            if (req.ContentLength > MaxBodyBytes) return TooLarge(req);
+            if (req.ContentLength > MaxBodyBytes) return await TooLargeAsync(req, ct);
             byte[]? body;
             ImageUpload? upload = null;
             if (multipart)
             {
                 var form = await ReadFormAsync(req, ct);
-                if (form is null) return TooLarge(req);
+                if (form is null) return await TooLargeAsync(req, ct);
                 (body, upload) = await MultipartRequest.ReadAsync(form, ct);
             }
             else
             {
                 body = await ReadBodyAsync(req, ct);
-                if (body is null) return TooLarge(req);
+                if (body is null) return await TooLargeAsync(req, ct);
             }
 
             var (job, _) = await service.SubmitAsync(WithoutBom(body), req.Headers["Idempotency-Key"].FirstOrDefault(), budget.Token, Caller(req), upload);
@@ -87,11 +89,36 @@ public sealed class GenerationsApi(GenerationService service, IOptions<JobsOptio
             return HttpResults.Json(JobResource.From(job, null), job.Status == JobStatus.Canceled ? StatusCodes.Status200OK : StatusCodes.Status202Accepted);
         });
 
-    private ContentResult TooLarge(HttpRequest req) => HttpResults.Problem(new Problem
+    // Reading past the bound costs bandwidth, not memory; beyond this a client is not sending a picture by mistake.
+    private const long MaxDrainBytes = 128L * 1024 * 1024;
+    private static readonly TimeSpan MaxDrainTime = TimeSpan.FromSeconds(30);
+
+    /// <summary>
+    /// The 413 problem, after reading what is left of the body: under the Functions host an answer sent while the client is still
+    /// sending breaks the host's proxy, and the client gets a bare 500 instead (a 50 MB chunked upload did). The rest is
+    /// discarded as it arrives, up to <see cref="MaxDrainBytes"/> or <see cref="MaxDrainTime"/>.
+    /// </summary>
+    private async Task<ContentResult> TooLargeAsync(HttpRequest req, CancellationToken ct)
     {
-        Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
-        Detail = $"The body may be at most {options.Value.MaxRequestBytes} bytes, or {MaxBodyBytes} bytes with an image.",
-    }, req);
+        using var drain = CancellationTokenSource.CreateLinkedTokenSource(ct);
+        drain.CancelAfter(MaxDrainTime);
+        var buffer = new byte[64 * 1024];
+        try
+        {
+            for (long read = 0; read < MaxDrainBytes;)
+            {
+                int n = await req.Body.ReadAsync(buffer, drain.Token);
+                if (n == 0) break;
+                read += n;
+            }
+        }
+        catch (Exception e) when (e is OperationCanceledException or IOException && !ct.IsCancellationRequested) { } // answer anyway
+        return HttpResults.Problem(new Problem
+        {
+            Type = ProblemTypes.RequestTooLarge, Title = "Request too large", Status = 413,
+            Detail = $"The body may be at most {options.Value.MaxRequestBytes} bytes, or {MaxBodyBytes} bytes with an image.",
+        }, req);
+    }
 
     private static bool IsMultipart(string contentType) =>
         MediaTypeHeaderValue.TryParse(contentType, out var media) && media.MediaType.Equals("multipart/form-data", StringComparison.OrdinalIgnoreCase);

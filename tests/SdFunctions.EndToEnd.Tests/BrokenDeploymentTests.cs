@@ -12,6 +12,9 @@ public sealed class BrokenBundleHostFixture : FunctionsHostFixture
 
     protected override string ModelDirectory => _bundle;
 
+    // The app is up once its health answers, ok or (the model cannot be read) unavailable.
+    protected override bool IsReady(HttpResponseMessage health) => health.StatusCode is HttpStatusCode.OK or HttpStatusCode.ServiceUnavailable;
+
     private static string CopyWithout(string source, string missing)
     {
         string target = Directory.CreateTempSubdirectory("sdf-e2e-broken-").FullName;
@@ -54,9 +57,17 @@ public class BrokenDeploymentTests(BrokenBundleHostFixture host, Xunit.Abstracti
         Assert.Equal(3, job.GetProperty("attempt").GetInt32()); // host.json maxDequeueCount
         string text = job.GetRawText();
         var error = job.GetProperty("error");
-        Assert.Equal("/problems/generation-failed", error.GetProperty("type").GetString());
+        Assert.Equal(("/problems/service-unavailable", "Model unavailable"), (error.GetProperty("type").GetString(), error.GetProperty("title").GetString()));
         Assert.Contains(error.GetProperty("correlationId").GetString()!, error.GetProperty("detail").GetString());
         foreach (string secret in new[] { "vae_decoder", "sdf-e2e-broken", "/tmp", "Exception" }) Assert.DoesNotContain(secret, text);
         output.WriteLine($"failed after 3 attempts in {watch.Elapsed.TotalSeconds:F1} s: {error.GetProperty("detail").GetString()}");
+
+        // Health says so (a monitor sees the broken deployment), in words that show no path.
+        using var health = await host.Http.GetAsync($"{host.BaseUrl}/api/health");
+        Assert.Equal(HttpStatusCode.ServiceUnavailable, health.StatusCode);
+        var model = (await health.Content.ReadFromJsonAsync<JsonElement>()).GetProperty("checks").GetProperty("model");
+        Assert.Equal("failed", model.GetProperty("status").GetString());
+        Assert.StartsWith("The model bundle is incomplete or unreadable", model.GetProperty("reason").GetString());
+        Assert.DoesNotContain("sdf-e2e-broken", await health.Content.ReadAsStringAsync());
     }
 }

@@ -27,9 +27,23 @@ public class FunctionsHostFixture : IAsyncLifetime
     public string BaseUrl { get; private set; } = "";
     public HttpClient Http { get; } = new() { Timeout = TimeSpan.FromSeconds(60) };
 
-    public string StorageConnectionString =>
-        $"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DevKey};BlobEndpoint=http://127.0.0.1:{_blobPort}/devstoreaccount1;" +
+    public string StorageConnectionString => ConnectionStringVia(_blobPort);
+
+    /// <summary>The account with its blob endpoint on <paramref name="blobPort"/> (Azurite's, or a proxy's in front of it).</summary>
+    protected string ConnectionStringVia(int blobPort) =>
+        $"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={DevKey};BlobEndpoint=http://127.0.0.1:{blobPort}/devstoreaccount1;" +
         $"QueueEndpoint=http://127.0.0.1:{_queuePort}/devstoreaccount1;TableEndpoint=http://127.0.0.1:{_tablePort}/devstoreaccount1;";
+
+    protected int AzuriteBlobPort => _blobPort;
+
+    /// <summary>Changes the app's settings (the host's environment) before the host starts; a fixture for a fault or a misconfiguration overrides it.</summary>
+    protected virtual void Configure(IDictionary<string, string?> settings) { }
+
+    /// <summary>When the app counts as up: health answers ok (a fixture for a broken model accepts its 503 too).</summary>
+    protected virtual bool IsReady(HttpResponseMessage health) => health.IsSuccessStatusCode;
+
+    /// <summary>False for a fixture whose app must refuse to start: the host is then ready once the worker has said why.</summary>
+    protected virtual bool AppStarts => true;
 
     /// <summary>The model folder the app loads; a fixture for a broken deployment points it elsewhere.</summary>
     protected virtual string ModelDirectory => Path.Combine(RepoRoot(), "..", "shared", "fixtures", "tiny-sd");
@@ -98,6 +112,7 @@ public class FunctionsHostFixture : IAsyncLifetime
         // A run that died is seen as dead after 5 s (not a minute), so the sweep picks it up at the next host start.
         env["Jobs__HeartbeatInterval"] = "00:00:00.500";
         env["Jobs__OwnerTimeout"] = "00:00:05";
+        Configure(env);
         _host = Process.Start(start)!;
         _host.OutputDataReceived += (_, e) => { if (e.Data is not null) _log.Enqueue(e.Data); };
         _host.ErrorDataReceived += (_, e) => { if (e.Data is not null) _log.Enqueue(e.Data); };
@@ -108,9 +123,15 @@ public class FunctionsHostFixture : IAsyncLifetime
         while (watch.Elapsed < TimeSpan.FromSeconds(90))
         {
             if (_host.HasExited) throw new InvalidOperationException($"The Functions host exited ({_host.ExitCode}): {RecentLog}");
+            if (!AppStarts)
+            {
+                if (_log.Any(l => l.Contains("SdFunctions cannot start"))) { RememberWorkers(); return; }
+                await Task.Delay(250);
+                continue;
+            }
             try
             {
-                if ((await Http.GetAsync($"{BaseUrl}/api/health")).IsSuccessStatusCode) { RememberWorkers(); return; }
+                if (IsReady(await Http.GetAsync($"{BaseUrl}/api/health"))) { RememberWorkers(); return; }
             }
             catch (HttpRequestException) { }
             await Task.Delay(250);
