@@ -32,7 +32,8 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
         string id = message.JobId;
         using var span = JobsTelemetry.StartProcess(id, message.TraceParent, queue.QueueName);
         using var scope = logger.BeginScope(new Dictionary<string, object> { ["JobId"] = id });
-        var claim = await transitions.ClaimAsync(id, ct);
+        // A new instance loads the model first (seconds): the claim says so, as the run's first phase.
+        var claim = await transitions.ClaimAsync(id, pipelines.IsLoaded ? JobProgress.Generating : JobProgress.Loading, ct);
         switch (claim.Outcome)
         {
             case RunOutcome.UnknownJob: logger.LogWarning("Message for unknown job {JobId} ignored", id); break;
@@ -98,7 +99,7 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
     {
         bool wasLoaded = pipelines.IsLoaded;
         var loadWatch = Stopwatch.StartNew();
-        run.Phase = JobProgress.Loading;
+        if (!wasLoaded) run.Phase = JobProgress.Loading;
         StableDiffusionPipeline pipeline;
         try { pipeline = await pipelines.GetAsync(run.Token); }
         catch (Exception e) when (e is not OperationCanceledException) { throw new ModelLoadException(e); }
@@ -420,7 +421,7 @@ public sealed class GenerationWorker(JobTransitions transitions, JobStore store,
 
         /// <summary>What the run is doing (<see cref="JobProgress.Phases"/>), set by the run, read by the monitor.</summary>
         public string Phase { get => Volatile.Read(ref _phase); set => Volatile.Write(ref _phase, value); }
-        private string _phase = JobProgress.Starting;
+        private string _phase = job.Progress.Phase ?? JobProgress.Generating;
 
         public void Stop(StopReason reason)
         {

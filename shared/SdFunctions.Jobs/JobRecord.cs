@@ -80,8 +80,8 @@ public sealed record InputImage(string MediaType, int Width, int Height, long By
 /// generating (the steps count), or publishing (encoding and uploading its images); null once it has ended.
 public sealed record JobProgress(int Step, int? Total, int? Steps = null, string? Phase = null)
 {
-    public const string Starting = "starting", Loading = "loading", Generating = "generating", Publishing = "publishing";
-    public static readonly IReadOnlyList<string> Phases = [Starting, Loading, Generating, Publishing];
+    public const string Loading = "loading", Generating = "generating", Publishing = "publishing";
+    public static readonly IReadOnlyList<string> Phases = [Loading, Generating, Publishing];
 }
 
 /// <summary>Seconds spent in each stage of a finished job.</summary>

@@ -60,7 +60,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
     /// before any live run holds it is canceled. A claimed run has its running mark set (first: should this instance die from
     /// here on, the sweep queues the job again) and its pending mark cleared (it was delivered).
     /// </summary>
-    public async Task<RunClaim> ClaimAsync(string id, CancellationToken ct)
+    public async Task<RunClaim> ClaimAsync(string id, string firstPhase, CancellationToken ct)
     {
         var job = await store.GetAsync(id, ct);
         if (job is null) return new(RunOutcome.UnknownJob, null);
@@ -81,7 +81,7 @@ public sealed class JobTransitions(JobStore store, JobsTelemetry telemetry, Webh
             if (r.Status == JobStatus.Running && r.Attempt >= Options.MaxDequeueCount) { abandoned = true; return Abandoned(r); }
             return r with
             {
-                Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null, Phase: JobProgress.Starting), Error = null,
+                Status = JobStatus.Running, Attempt = r.Attempt + 1, StartedAt = started, Progress = new JobProgress(0, null, Phase: firstPhase), Error = null,
                 RunOwner = owner, HeartbeatAt = started,
             };
         }, ct);

@@ -32,32 +32,28 @@ public class HealthTests
     [Fact]
     public async Task AModelThatFailsToLoadMakesHealthUnavailableAndItsJobsSaySo()
     {
-        string bundle = CopyOf(AzuriteFixture.TinySd, without: Path.Combine("unet", "model.onnx"));
-        try
-        {
-            await using var app = await TestApp.StartAsync(bundle, s => s["Jobs:MaxDequeueCount"] = "1");
-            var before = DateTimeOffset.UtcNow;
-            var job = await app.RunJobAsync("""{"prompt": "x", "steps": 1}""");
-            Assert.Equal("failed", job.GetProperty("status").GetString());
-            var error = job.GetProperty("error");
-            Assert.Equal((ProblemTypes.ServiceUnavailable, "Model unavailable", 503),
-                (error.GetProperty("type").GetString(), error.GetProperty("title").GetString(), error.GetProperty("status").GetInt32()));
-            Assert.Contains("not billed", error.GetProperty("detail").GetString());
-            Assert.False(job.GetProperty("usage").GetProperty("billable").GetBoolean());
+        string bundle = TestApp.UnloadableModel;
+        await using var app = await TestApp.StartAsync(bundle, s => s["Jobs:MaxDequeueCount"] = "1");
+        var before = DateTimeOffset.UtcNow;
+        var job = await app.RunJobAsync("""{"prompt": "x", "steps": 1}""");
+        Assert.Equal("failed", job.GetProperty("status").GetString());
+        var error = job.GetProperty("error");
+        Assert.Equal((ProblemTypes.ServiceUnavailable, "Model unavailable", 503),
+            (error.GetProperty("type").GetString(), error.GetProperty("title").GetString(), error.GetProperty("status").GetInt32()));
+        Assert.Contains("not billed", error.GetProperty("detail").GetString());
+        Assert.False(job.GetProperty("usage").GetProperty("billable").GetBoolean());
 
-            var (status, body) = await HealthAsync(app);
-            Assert.Equal((503, "unavailable"), (status, body.GetProperty("status").GetString()));
-            var model = body.GetProperty("checks").GetProperty("model");
-            Assert.Equal("failed", model.GetProperty("status").GetString());
-            Assert.StartsWith("The model bundle is incomplete or unreadable", model.GetProperty("reason").GetString());
-            Assert.InRange(model.GetProperty("since").GetDateTimeOffset(), before.AddSeconds(-1), DateTimeOffset.UtcNow);
-            foreach (string secret in new[] { bundle, "unet", "Exception" })
-            {
-                Assert.DoesNotContain(secret, body.GetRawText());
-                Assert.DoesNotContain(secret, job.GetRawText());
-            }
+        var (status, body) = await HealthAsync(app);
+        Assert.Equal((503, "unavailable"), (status, body.GetProperty("status").GetString()));
+        var model = body.GetProperty("checks").GetProperty("model");
+        Assert.Equal("failed", model.GetProperty("status").GetString());
+        Assert.StartsWith("The model bundle is incomplete or unreadable", model.GetProperty("reason").GetString());
+        Assert.InRange(model.GetProperty("since").GetDateTimeOffset(), before.AddSeconds(-1), DateTimeOffset.UtcNow);
+        foreach (string secret in new[] { bundle, "unet", "Exception" })
+        {
+            Assert.DoesNotContain(secret, body.GetRawText());
+            Assert.DoesNotContain(secret, job.GetRawText());
         }
-        finally { Directory.Delete(bundle, recursive: true); }
     }
 
     [Fact]
@@ -78,18 +74,5 @@ public class HealthTests
         Assert.Contains("does not answer", answer.GetProperty("checks").GetProperty("queue").GetProperty("reason").GetString());
         Assert.True(watch.Elapsed < TimeSpan.FromSeconds(15), $"health took {watch.Elapsed.TotalSeconds:F0} s");
         await unreachable.Services.DisposeAsync();
-    }
-
-    internal static string CopyOf(string source, string without)
-    {
-        string target = Directory.CreateTempSubdirectory("sdf-broken-bundle-").FullName;
-        foreach (string file in Directory.EnumerateFiles(source, "*", SearchOption.AllDirectories))
-        {
-            string relative = Path.GetRelativePath(source, file);
-            if (relative == without) continue;
-            Directory.CreateDirectory(Path.GetDirectoryName(Path.Combine(target, relative))!);
-            File.Copy(file, Path.Combine(target, relative));
-        }
-        return target;
     }
 }

@@ -82,6 +82,29 @@ public class JobLifecycleTests
         Assert.Equal($"Job {id} was canceled: it has no image.", AssertProblem(image, 409, ProblemTypes.NotFinished).GetProperty("detail").GetString());
     }
 
+    /// <summary>Friction: while a new instance loaded the model (~15 s) its job showed running, step 0 of null.</summary>
+    [Fact]
+    public async Task ARunShowsItsPhaseLoadingTheModelThenGeneratingAndNoneOnceDone()
+    {
+        await using var app = await TestApp.StartAsync();
+        Assert.False(app.Pipelines.IsLoaded);
+        string id = await app.SubmitLongJobAsync();
+        var run = app.RunNextMessageAsync();
+        var phases = new List<string?>();
+        while (!run.IsCompleted)
+        {
+            var progress = (await app.JobAsync(id)).GetProperty("progress");
+            string? phase = progress.GetProperty("phase").GetString();
+            if (phases.Count == 0 || phases[^1] != phase) phases.Add(phase);
+            await Task.Delay(20);
+        }
+        await run;
+        Assert.Contains(JobProgress.Loading, phases);
+        Assert.Contains(JobProgress.Generating, phases);
+        Assert.True(phases.IndexOf(JobProgress.Loading) < phases.IndexOf(JobProgress.Generating), string.Join(", ", phases));
+        Assert.Equal(JsonValueKind.Null, (await app.JobAsync(id)).GetProperty("progress").GetProperty("phase").ValueKind);
+    }
+
     [Fact]
     public async Task ARunningJobStopsWhenCanceled()
     {
