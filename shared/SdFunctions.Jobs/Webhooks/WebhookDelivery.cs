@@ -126,6 +126,7 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
     });
     private readonly Lock _lock = new();
     private readonly Dictionary<string, int> _sendingTo = new(StringComparer.OrdinalIgnoreCase);
+    private int _sending; // the sum of _sendingTo
     private readonly HashSet<Task> _inFlight = [];
 
     /// <summary>How long a backup message stays invisible: two timeouts and the writes around an attempt.</summary>
@@ -143,7 +144,7 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
         var message = new WebhookMessage(job.Id, @event, id, 1, snapshot);
         try
         {
-            if (!await TryStartAsync(message, hook.Url, CancellationToken.None)) await queue.SendAsync(message, null, CancellationToken.None);
+            if (!await TryStartAsync(message, job, CancellationToken.None)) await queue.SendAsync(message, null, CancellationToken.None);
         }
         catch (Exception e) when (StorageErrors.IsOutage(e)) { logger.LogError(e, "Could not queue the {Event} webhook of job {JobId}; it is not sent", @event, job.Id); }
     }
@@ -152,12 +153,12 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
     public async Task DeliverAsync(string messageText, CancellationToken ct)
     {
         if (WebhookQueue.TryParse(messageText) is not { } message) { logger.LogError("Malformed webhook message dropped"); return; }
-        if (await store.GetAsync(message.JobId, ct) is not { Input.Webhook: { } hook } job)
+        if (await store.GetAsync(message.JobId, ct) is not { Input.Webhook: not null } job)
         {
             logger.LogWarning("Webhook for job {JobId}, which has none, dropped", message.JobId);
             return;
         }
-        if (!await TryStartAsync(message, hook.Url, ct)) await AttemptAsync(message, backup: null, ct);
+        if (!await TryStartAsync(message, job, ct)) await AttemptAsync(message, job, backup: null, ct);
     }
 
     /// <summary>Waits until no attempt runs in the background (tests; a host that drains before it stops).</summary>
@@ -173,14 +174,17 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
     }
 
     // Reserves a slot for the receiver's host; with one, queues the backup and starts the attempt. False: no slot free.
-    private async Task<bool> TryStartAsync(WebhookMessage message, string url, CancellationToken ct)
+    // The job as just read (or just written, for a new event): the attempt sends from it without reading it again.
+    private async Task<bool> TryStartAsync(WebhookMessage message, JobRecord job, CancellationToken ct)
     {
+        string url = job.Input.Webhook!.Url;
         string host = Uri.TryCreate(url, UriKind.Absolute, out var uri) ? uri.Authority : url;
         lock (_lock)
         {
             int toHost = _sendingTo.GetValueOrDefault(host);
-            if (_sendingTo.Values.Sum() >= Options.Concurrency || toHost >= Options.PerHostConcurrency) return false;
+            if (_sending >= Options.Concurrency || toHost >= Options.PerHostConcurrency) return false;
             _sendingTo[host] = toHost + 1;
+            _sending++;
         }
         try
         {
@@ -198,7 +202,7 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
 
         async Task AttemptInBackgroundAsync(WebhookMessage m, QueuedMessage b)
         {
-            try { await AttemptAsync(m, b, CancellationToken.None); }
+            try { await AttemptAsync(m, job, b, CancellationToken.None); }
             catch (Exception e) { logger.LogWarning(e, "Webhook {Event} of job {JobId}: the attempt could not be recorded; its backup message delivers it", m.Event, m.JobId); }
             finally { Release(host); }
         }
@@ -207,16 +211,18 @@ public sealed class WebhookSender(JobStore store, WebhookQueue queue, ImageStore
     private void Release(string host)
     {
         lock (_lock)
+        {
+            _sending--;
             if (--_sendingTo[host] == 0) _sendingTo.Remove(host);
+        }
     }
 
     /// <summary>
     /// One attempt of one event, recorded on the job; then its retry is queued (the backup message becomes it) or the backup deleted.
     /// </summary>
-    private async Task AttemptAsync(WebhookMessage message, QueuedMessage? backup, CancellationToken ct)
+    private async Task AttemptAsync(WebhookMessage message, JobRecord job, QueuedMessage? backup, CancellationToken ct)
     {
-        var job = await store.GetAsync(message.JobId, ct);
-        if (job?.Input.Webhook is not { } hook || job.Webhooks.FirstOrDefault(w => w.Id == message.Id) is { Status: not WebhookDeliveryState.Pending })
+        if (job.Input.Webhook is not { } hook || job.Webhooks.FirstOrDefault(w => w.Id == message.Id) is { Status: not WebhookDeliveryState.Pending })
         {
             if (backup is not null) await queue.DeleteAsync(backup, ct); // a repeated message, or a job gone meanwhile
             return;
